@@ -1,0 +1,1 @@
+//! The `llm-scheduler` OpenAI-compatible HTTP server.

@@ -1,0 +1,3 @@
+//! `llm-scheduler`: the OpenAI-compatible proxy binary.
+
+fn main() {}

@@ -1,0 +1,1 @@
+//! The shared priority queue of waiting requests, one per model group.

@@ -1,0 +1,1 @@
+//! Model groups, deployments, routing strategies, admission, retries, fallbacks and provider clients.

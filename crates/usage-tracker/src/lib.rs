@@ -1,0 +1,1 @@
+//! Per-deployment usage: RPM/TPM windows, in-flight leases, cooldowns and health statistics.

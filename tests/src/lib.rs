@@ -1,0 +1,1 @@
+//! Cross-crate integration tests: several replicas sharing one Redis, with faults.
