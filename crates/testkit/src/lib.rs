@@ -14,3 +14,8 @@
 mod redis_server;
 
 pub use redis_server::RedisServer;
+mod mock_upstream;
+
+pub use mock_upstream::{
+    Behavior, MockUpstream, MockUpstreamConfig, Outcome, RecordedRequest, DEFAULT_REPLY,
+};

@@ -115,7 +115,10 @@ impl RedisServer {
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
             if let Ok(Some(status)) = child.try_wait() {
-                bail!("redis-server on port {} exited at start: {status}", self.port);
+                bail!(
+                    "redis-server on port {} exited at start: {status}",
+                    self.port
+                );
             }
             // Another server may hold the port (a race between probing and binding): only a reply
             // from our own process counts.
@@ -125,7 +128,10 @@ impl RedisServer {
             }
             if Instant::now() >= deadline {
                 let _ = child.kill().await;
-                bail!("redis-server on port {} did not answer PING within {START_TIMEOUT:?}", self.port);
+                bail!(
+                    "redis-server on port {} did not answer PING within {START_TIMEOUT:?}",
+                    self.port
+                );
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
@@ -145,7 +151,11 @@ async fn server_pid(port: u16) -> Option<u32> {
     let client = redis::Client::open(format!("redis://127.0.0.1:{port}/")).ok()?;
     let attempt = async {
         let mut conn = client.get_multiplexed_async_connection().await.ok()?;
-        let info: String = redis::cmd("INFO").arg("server").query_async(&mut conn).await.ok()?;
+        let info: String = redis::cmd("INFO")
+            .arg("server")
+            .query_async(&mut conn)
+            .await
+            .ok()?;
         info.lines()
             .find_map(|line| line.strip_prefix("process_id:"))
             .and_then(|pid| pid.trim().parse().ok())
