@@ -1,0 +1,113 @@
+//! One multiplexed Redis connection kept from a pool, every call bounded by a timeout.
+
+use std::fmt;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use deadpool_redis::Pool;
+use redis::aio::MultiplexedConnection;
+use redis::{FromRedisValue, ScriptInvocation, Value};
+
+use crate::QueueError;
+
+/// Calls multiplex over one connection taken from the pool and kept while it works; after a connection
+/// failure or timeout the next call takes a fresh one from the pool, which health-checks it. This saves the
+/// pool's per-checkout PING round trip on every call. Clones share the pool and the connection, so queue,
+/// usage and admission scripts of one replica pipeline over one socket.
+#[derive(Clone)]
+pub struct RedisConnection {
+    pool: Pool,
+    timeout: Duration,
+    kept: Arc<Mutex<Option<MultiplexedConnection>>>,
+}
+
+impl fmt::Debug for RedisConnection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisConnection")
+            .field("pool", &self.pool.status())
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+impl RedisConnection {
+    /// A connection source over `pool`; every call (including getting a connection) is bounded by
+    /// `timeout`.
+    pub fn new(pool: Pool, timeout: Duration) -> Self {
+        Self {
+            pool,
+            timeout,
+            kept: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    /// The pool connections come from.
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    /// The bound on every call.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// The kept connection, or a fresh one from the pool.
+    async fn connection(&self) -> Result<MultiplexedConnection, QueueError> {
+        let kept = self
+            .kept
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        if let Some(conn) = kept {
+            return Ok(conn);
+        }
+        let pooled = self.pool.get().await.map_err(QueueError::from_pool)?;
+        let conn = MultiplexedConnection::clone(&pooled);
+        *self.kept.lock().unwrap_or_else(PoisonError::into_inner) = Some(conn.clone());
+        Ok(conn)
+    }
+
+    /// Drops the kept connection so the next call takes a health-checked one from the pool.
+    fn forget(&self) {
+        self.kept
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+    }
+
+    async fn bounded<T>(
+        &self,
+        call: impl std::future::Future<Output = Result<T, QueueError>>,
+    ) -> Result<T, QueueError> {
+        let result = tokio::time::timeout(self.timeout, call)
+            .await
+            .unwrap_or_else(|_| Err(QueueError::timed_out(self.timeout)));
+        if result.as_ref().is_err_and(QueueError::is_retryable) {
+            self.forget();
+        }
+        result
+    }
+
+    /// Runs one script invocation (EVALSHA, reloading on NOSCRIPT), within the timeout.
+    pub async fn invoke(&self, invocation: &ScriptInvocation<'_>) -> Result<Value, QueueError> {
+        self.bounded(async {
+            let mut conn = self.connection().await?;
+            invocation
+                .invoke_async::<Value>(&mut conn)
+                .await
+                .map_err(QueueError::from_redis)
+        })
+        .await
+    }
+
+    /// Runs one command within the timeout.
+    pub async fn query<T: FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, QueueError> {
+        self.bounded(async {
+            let mut conn = self.connection().await?;
+            cmd.query_async::<T>(&mut conn)
+                .await
+                .map_err(QueueError::from_redis)
+        })
+        .await
+    }
+}
