@@ -100,6 +100,20 @@ impl RedisConnection {
         .await
     }
 
+    /// Runs a pipeline within the timeout.
+    pub async fn pipeline<T: FromRedisValue>(
+        &self,
+        pipe: &redis::Pipeline,
+    ) -> Result<T, QueueError> {
+        self.bounded(async {
+            let mut conn = self.connection().await?;
+            pipe.query_async::<T>(&mut conn)
+                .await
+                .map_err(QueueError::from_redis)
+        })
+        .await
+    }
+
     /// Runs one command within the timeout.
     pub async fn query<T: FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, QueueError> {
         self.bounded(async {

@@ -1,0 +1,249 @@
+-- usage-tracker fragment (usage_tracker::lua::USAGE_FRAGMENT), contract version 1.
+--
+-- Defines only `local function`s prefixed `u_`: no top-level code, no KEYS/ARGV access. Composite scripts
+-- compute `now` (epoch ms from Redis TIME) once and pass it in; every key is a parameter. All keys of one
+-- call belong to one model group and so share one Cluster hash tag.
+--
+-- Keys per deployment (see queue_core::Keyspace):
+--   dep      <base>:d:<id>      HASH  w (window start ms), rpm, tpm, ok, fail (current window only),
+--                                     lat (EWMA ms per output token), ttft (EWMA ms), n (latency samples).
+--                                     Expires 2 windows after its last write.
+--   inflight <base>:d:<id>:if   ZSET  reservation id -> lease expiry (epoch ms). A lease is alive while
+--                                     expiry > now; expired leases are removed before in-flight is counted.
+--   cd       <base>:d:<id>:cd   STRING cooldown reason, with PX expiry = cooldown end.
+--
+-- Limits are numbers; -1 means "no limit". A limit of 0 for rpm or max_parallel means the deployment never
+-- takes requests, as does tpm < est or max_input_tokens < prompt: such a candidate is skipped and never
+-- contributes a "capacity returns at" time.
+--
+-- Functions:
+--
+-- u_parse_candidates(keys, argv, key_off, argv_off, n) -> array of candidate tables.
+--   Candidate i reads keys[key_off + 3(i-1) + 1..3] = dep, inflight, cd and
+--   argv[argv_off + 6(i-1) + 1..6] = deployment_id, rpm, tpm, max_parallel, max_input_tokens, tier.
+--   Candidate table fields: dep, inflight, cd, id, rpm, tpm, max_parallel, max_input, tier (numbers).
+--
+-- u_window_start(now, window_ms) -> start (epoch ms) of the fixed window containing now.
+--
+-- u_try_reserve(now, window_ms, cands, order_mode, est, prompt, res_id, lease_ms)
+--   -> i, window_start   (i = 1-based index into cands of the reserved deployment)
+--   -> false, next_ms    (absolute epoch ms when capacity may return: the earliest over candidates of the
+--                         latest of their blockers - cooldown end, window roll for rpm/tpm, the in-flight
+--                         lease expiry that brings them under max_parallel; -1 if no candidate can ever fit)
+--   Walks candidates in order_mode order (0 = as given; 1 = lowest current-window tpm first; 2 = fewest in
+--   flight first; modes 1 and 2 sort stably by (tier, metric, given index)) and reserves on the first that
+--   is not cooling down, accepts `prompt` (max_input_tokens) and has rpm, tpm and max_parallel headroom.
+--   Reserve = window roll if `w` differs (reset rpm/tpm/ok/fail, set w) + HINCRBY rpm 1 + HINCRBY tpm est
+--   + ZADD inflight (now + lease_ms) res_id (always, so least-busy ordering sees in-flight counts)
+--   + PEXPIRE dep 2 windows, inflight at least lease_ms.
+--
+-- u_release(k_dep, k_inflight, res_id, window_start, est, actual) -> 1 if the lease was still held, else 0.
+--   Ends the in-flight lease (ZREM) and, when the hash's `w` still equals window_start and actual >= 0,
+--   corrects tpm by (actual - est), never below 0. actual = -1 means "not known: keep the estimate".
+--
+-- u_give_back(k_dep, k_inflight, res_id, window_start, est)
+--   For a reservation whose request never reached the upstream: u_release with actual 0 (its tokens come
+--   back) and, while still in window_start, the request count comes back too (never below 0).
+--
+-- u_settle(k_dep, k_inflight, res_id, window_start, est, actual, outcome, now, window_ms, lat, ttft, alpha)
+--   -> requests_in_window, failures_in_window
+--   u_release, then (rolling the window if needed) counts the outcome in the current window
+--   (outcome 1 = success -> ok, 2 = failure -> fail, 0 = cancelled -> neither) and folds the latency
+--   samples into the EWMAs: lat = ms per output token, ttft = ms to first token, each -1 when absent;
+--   alpha = EWMA weight of the new sample; EWMAs are stored as "%.4f" strings. Refreshes the hash's
+--   2-window expiry. requests_in_window = ok + fail after counting.
+--
+-- u_renew(k_inflight, res_id, now, lease_ms) -> 1 if the lease was alive and now expires at now + lease_ms,
+--   0 if it had already ended or expired (an ended lease is never revived).
+--
+-- u_stats(c, now, window_ms) -> {rpm, tpm, in_flight, lat, ttft, cooldown_ms, ok, fail} for candidate-like
+--   table c (fields dep, inflight, cd): current-window counters (0 after a roll), live leases, EWMAs as
+--   strings (false when unknown), cooldown remaining ms (-2 none, -1 no expiry). Read only.
+--
+-- The helpers these use (u_int, u_usage, u_in_flight, u_extend_ttl, u_roll, u_blocked_until, u_ewma) are
+-- not part of the contract.
+
+local function u_parse_candidates(keys, argv, key_off, argv_off, n)
+  local cands = {}
+  for i = 1, n do
+    local k = key_off + 3 * (i - 1)
+    local a = argv_off + 6 * (i - 1)
+    cands[i] = {
+      dep = keys[k + 1],
+      inflight = keys[k + 2],
+      cd = keys[k + 3],
+      id = argv[a + 1],
+      rpm = tonumber(argv[a + 2]),
+      tpm = tonumber(argv[a + 3]),
+      max_parallel = tonumber(argv[a + 4]),
+      max_input = tonumber(argv[a + 5]),
+      tier = tonumber(argv[a + 6]),
+    }
+  end
+  return cands
+end
+
+local function u_window_start(now, window_ms)
+  return now - (now % window_ms)
+end
+
+-- Integers as decimal strings: Redis would otherwise format large Lua numbers in exponent notation.
+local function u_int(x)
+  return string.format('%d', x)
+end
+
+-- rpm and tpm used in window ws (0 when the hash belongs to an older window).
+local function u_usage(k_dep, ws)
+  local f = redis.call('HMGET', k_dep, 'w', 'rpm', 'tpm')
+  if tonumber(f[1]) ~= ws then
+    return 0, 0
+  end
+  return tonumber(f[2]) or 0, tonumber(f[3]) or 0
+end
+
+-- Live leases after dropping the expired ones.
+local function u_in_flight(k_inflight, now)
+  redis.call('ZREMRANGEBYSCORE', k_inflight, '-inf', u_int(now))
+  return redis.call('ZCARD', k_inflight)
+end
+
+-- Never shortens: other leases in the key may outlive this one. At least 1 ms (PEXPIRE 0 deletes).
+local function u_extend_ttl(key, ms)
+  if ms < 1 then ms = 1 end
+  if redis.call('PTTL', key) < ms then
+    redis.call('PEXPIRE', key, u_int(ms))
+  end
+end
+
+local function u_roll(k_dep, ws)
+  if tonumber(redis.call('HGET', k_dep, 'w')) ~= ws then
+    redis.call('HSET', k_dep, 'w', u_int(ws), 'rpm', 0, 'tpm', 0, 'ok', 0, 'fail', 0)
+  end
+end
+
+-- 0 when c can take the request now, -1 when it never can, else the epoch ms when its last blocker ends.
+local function u_blocked_until(c, now, ws, window_ms, est, prompt)
+  if c.max_input >= 0 and prompt > c.max_input then return -1 end
+  if c.tpm >= 0 and est > c.tpm then return -1 end
+  if c.rpm == 0 or c.max_parallel == 0 then return -1 end
+  local until_ms = 0
+  local cd = redis.call('PTTL', c.cd)
+  if cd == -1 then return -1 end
+  if cd > 0 then until_ms = now + cd end
+  local rpm_used, tpm_used = u_usage(c.dep, ws)
+  if (c.rpm > 0 and rpm_used + 1 > c.rpm) or (c.tpm >= 0 and tpm_used + est > c.tpm) then
+    until_ms = math.max(until_ms, ws + window_ms)
+  end
+  if c.max_parallel > 0 then
+    local n = u_in_flight(c.inflight, now)
+    if n >= c.max_parallel then
+      local r = redis.call('ZRANGE', c.inflight, n - c.max_parallel, n - c.max_parallel, 'WITHSCORES')
+      until_ms = math.max(until_ms, tonumber(r[2]))
+    end
+  end
+  return until_ms
+end
+
+local function u_try_reserve(now, window_ms, cands, order_mode, est, prompt, res_id, lease_ms)
+  local ws = u_window_start(now, window_ms)
+  local order = {}
+  for i = 1, #cands do
+    local m = 0
+    if order_mode == 1 then
+      local _, tpm_used = u_usage(cands[i].dep, ws)
+      m = tpm_used
+    elseif order_mode == 2 then
+      m = u_in_flight(cands[i].inflight, now)
+    end
+    order[i] = { i = i, tier = cands[i].tier, m = m }
+  end
+  if order_mode == 1 or order_mode == 2 then
+    table.sort(order, function(a, b)
+      if a.tier ~= b.tier then return a.tier < b.tier end
+      if a.m ~= b.m then return a.m < b.m end
+      return a.i < b.i
+    end)
+  end
+  local next_ms = -1
+  for _, o in ipairs(order) do
+    local c = cands[o.i]
+    local blocked = u_blocked_until(c, now, ws, window_ms, est, prompt)
+    if blocked == 0 then
+      u_roll(c.dep, ws)
+      redis.call('HINCRBY', c.dep, 'rpm', 1)
+      redis.call('HINCRBY', c.dep, 'tpm', u_int(est))
+      redis.call('PEXPIRE', c.dep, u_int(2 * window_ms))
+      redis.call('ZADD', c.inflight, u_int(now + lease_ms), res_id)
+      u_extend_ttl(c.inflight, lease_ms)
+      return o.i, ws
+    elseif blocked > 0 and (next_ms < 0 or blocked < next_ms) then
+      next_ms = blocked
+    end
+  end
+  return false, next_ms
+end
+
+local function u_release(k_dep, k_inflight, res_id, window_start, est, actual)
+  local held = redis.call('ZREM', k_inflight, res_id)
+  if actual >= 0 and actual ~= est then
+    local f = redis.call('HMGET', k_dep, 'w', 'tpm')
+    if tonumber(f[1]) == window_start then
+      local tpm = (tonumber(f[2]) or 0) + actual - est
+      if tpm < 0 then tpm = 0 end
+      redis.call('HSET', k_dep, 'tpm', u_int(tpm))
+    end
+  end
+  return held
+end
+
+local function u_give_back(k_dep, k_inflight, res_id, window_start, est)
+  u_release(k_dep, k_inflight, res_id, window_start, est, 0)
+  local f = redis.call('HMGET', k_dep, 'w', 'rpm')
+  if tonumber(f[1]) == window_start and (tonumber(f[2]) or 0) > 0 then
+    redis.call('HINCRBY', k_dep, 'rpm', -1)
+  end
+end
+
+local function u_ewma(k_dep, field, sample, alpha)
+  local v = sample
+  local cur = tonumber(redis.call('HGET', k_dep, field))
+  if cur then v = cur + alpha * (sample - cur) end
+  redis.call('HSET', k_dep, field, string.format('%.4f', v))
+end
+
+local function u_settle(k_dep, k_inflight, res_id, window_start, est, actual, outcome, now, window_ms, lat, ttft, alpha)
+  u_release(k_dep, k_inflight, res_id, window_start, est, actual)
+  u_roll(k_dep, u_window_start(now, window_ms))
+  if outcome == 1 then
+    redis.call('HINCRBY', k_dep, 'ok', 1)
+  elseif outcome == 2 then
+    redis.call('HINCRBY', k_dep, 'fail', 1)
+  end
+  if lat >= 0 then u_ewma(k_dep, 'lat', lat, alpha) end
+  if ttft >= 0 then u_ewma(k_dep, 'ttft', ttft, alpha) end
+  if lat >= 0 or ttft >= 0 then redis.call('HINCRBY', k_dep, 'n', 1) end
+  redis.call('PEXPIRE', k_dep, u_int(2 * window_ms))
+  local f = redis.call('HMGET', k_dep, 'ok', 'fail')
+  local ok, fail = tonumber(f[1]) or 0, tonumber(f[2]) or 0
+  return ok + fail, fail
+end
+
+local function u_renew(k_inflight, res_id, now, lease_ms)
+  local expiry = tonumber(redis.call('ZSCORE', k_inflight, res_id))
+  if not expiry or expiry <= now then return 0 end
+  redis.call('ZADD', k_inflight, u_int(now + lease_ms), res_id)
+  u_extend_ttl(k_inflight, lease_ms)
+  return 1
+end
+
+local function u_stats(c, now, window_ms)
+  local f = redis.call('HMGET', c.dep, 'w', 'rpm', 'tpm', 'ok', 'fail', 'lat', 'ttft')
+  local rpm, tpm, ok, fail = 0, 0, 0, 0
+  if tonumber(f[1]) == u_window_start(now, window_ms) then
+    rpm, tpm = tonumber(f[2]) or 0, tonumber(f[3]) or 0
+    ok, fail = tonumber(f[4]) or 0, tonumber(f[5]) or 0
+  end
+  local in_flight = redis.call('ZCOUNT', c.inflight, '(' .. u_int(now), '+inf')
+  local cd = redis.call('PTTL', c.cd)
+  return { rpm, tpm, in_flight, f[6] or false, f[7] or false, cd, ok, fail }
+end

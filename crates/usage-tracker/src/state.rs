@@ -1,0 +1,518 @@
+//! The in-memory usage state: a synchronous mirror of the Lua fragment, driven by explicit time.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::types::{
+    Candidate, CandidateOrder, DeploymentRef, DeploymentStats, LatencySample, Limits, Outcome,
+    Reservation, ReserveOutcome, ReserveRequest, SettleReport,
+};
+
+/// Usage counters, leases and cooldowns of every deployment, held in memory.
+///
+/// Each method takes the current time (`now_ms`, epoch milliseconds) and does what the function of the same
+/// name in [`crate::lua::USAGE_FRAGMENT`] does in Redis, with the same results: counters of the fixed window
+/// containing `now_ms`, leases alive while their expiry is after `now_ms`, usage hashes forgotten two
+/// windows after their last write. The router composes it with queue-core's state under one lock (see
+/// [`crate::MemoryUsage::shared_state`]); methods never block or allocate beyond the touched deployment.
+#[derive(Debug)]
+pub struct UsageState {
+    window_ms: u64,
+    latency_ewma_alpha: f64,
+    groups: HashMap<Arc<str>, HashMap<Arc<str>, DeploymentUsage>>,
+}
+
+#[derive(Debug, Default)]
+struct DeploymentUsage {
+    /// The `<base>:d:<id>` hash; `None` when absent.
+    hash: Option<UsageHash>,
+    /// The `:if` zset: reservation id -> lease expiry.
+    inflight: HashMap<String, u64>,
+    /// The `:cd` key: cooldown end and reason.
+    cooldown: Option<(u64, String)>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct UsageHash {
+    w: u64,
+    rpm: u64,
+    tpm: u64,
+    ok: u64,
+    fail: u64,
+    lat: Option<f64>,
+    ttft: Option<f64>,
+    /// Last moment the hash exists (Redis drops a key once now > its expiry).
+    expires_at: u64,
+}
+
+/// Whether a candidate can take a request now.
+enum Blocked {
+    Free,
+    Never,
+    Until(u64),
+}
+
+impl DeploymentUsage {
+    fn hash(&self, now: u64) -> Option<&UsageHash> {
+        self.hash.as_ref().filter(|h| now <= h.expires_at)
+    }
+
+    fn hash_mut(&mut self, now: u64) -> Option<&mut UsageHash> {
+        if self.hash.as_ref().is_some_and(|h| now > h.expires_at) {
+            self.hash = None;
+        }
+        self.hash.as_mut()
+    }
+
+    /// `u_usage`: rpm and tpm used in window `ws`.
+    fn usage(&self, now: u64, ws: u64) -> (u64, u64) {
+        match self.hash(now) {
+            Some(h) if h.w == ws => (h.rpm, h.tpm),
+            _ => (0, 0),
+        }
+    }
+
+    /// `u_in_flight`: drops expired leases, counts the rest.
+    fn in_flight(&mut self, now: u64) -> u64 {
+        self.inflight.retain(|_, expiry| *expiry > now);
+        self.inflight.len() as u64
+    }
+
+    /// `u_roll`: the hash for window `ws`, created or reset as needed (latency EWMAs survive a roll).
+    fn roll(&mut self, now: u64, ws: u64) -> &mut UsageHash {
+        if self.hash.as_ref().is_some_and(|h| now > h.expires_at) {
+            self.hash = None;
+        }
+        let h = self.hash.get_or_insert(UsageHash {
+            w: ws,
+            rpm: 0,
+            tpm: 0,
+            ok: 0,
+            fail: 0,
+            lat: None,
+            ttft: None,
+            expires_at: now,
+        });
+        if h.w != ws {
+            *h = UsageHash {
+                w: ws,
+                rpm: 0,
+                tpm: 0,
+                ok: 0,
+                fail: 0,
+                ..*h
+            };
+        }
+        h
+    }
+
+    fn cooldown_remaining(&self, now: u64) -> Option<u64> {
+        self.cooldown
+            .as_ref()
+            .and_then(|(until, _)| (*until > now).then(|| until - now))
+    }
+
+    /// `u_blocked_until`.
+    fn blocked(
+        &mut self,
+        limits: &Limits,
+        now: u64,
+        ws: u64,
+        window_ms: u64,
+        est: u64,
+        prompt: u64,
+    ) -> Blocked {
+        if limits.max_input_tokens.is_some_and(|max| prompt > max)
+            || limits.tpm.is_some_and(|tpm| est > tpm)
+            || limits.rpm == Some(0)
+            || limits.max_parallel == Some(0)
+        {
+            return Blocked::Never;
+        }
+        let mut until = self.cooldown_remaining(now).map_or(0, |left| now + left);
+        let (rpm_used, tpm_used) = self.usage(now, ws);
+        if limits.rpm.is_some_and(|rpm| rpm_used + 1 > rpm)
+            || limits
+                .tpm
+                .is_some_and(|tpm| tpm_used.saturating_add(est) > tpm)
+        {
+            until = until.max(ws + window_ms);
+        }
+        if let Some(max) = limits.max_parallel {
+            let max = u64::from(max);
+            let n = self.in_flight(now);
+            if n >= max {
+                let mut expiries: Vec<u64> = self.inflight.values().copied().collect();
+                expiries.sort_unstable();
+                // The expiry that brings the count below max.
+                until = until.max(expiries[(n - max) as usize]);
+            }
+        }
+        if until == 0 {
+            Blocked::Free
+        } else {
+            Blocked::Until(until)
+        }
+    }
+}
+
+impl UsageState {
+    /// Empty state counting in fixed windows of `window` (at least 1 ms), folding latency samples into the
+    /// EWMAs with weight `latency_ewma_alpha`.
+    pub fn new(window: Duration, latency_ewma_alpha: f64) -> UsageState {
+        UsageState {
+            window_ms: u64::try_from(window.as_millis()).unwrap_or(u64::MAX).max(1),
+            latency_ewma_alpha,
+            groups: HashMap::new(),
+        }
+    }
+
+    /// The window length in milliseconds.
+    pub fn window_ms(&self) -> u64 {
+        self.window_ms
+    }
+
+    /// Start of the window containing `now_ms`.
+    pub fn window_start(&self, now_ms: u64) -> u64 {
+        now_ms - now_ms % self.window_ms
+    }
+
+    fn slot(&self, deployment: &DeploymentRef) -> Option<&DeploymentUsage> {
+        self.groups.get(&deployment.group)?.get(&deployment.id)
+    }
+
+    fn slot_mut(&mut self, deployment: &DeploymentRef) -> &mut DeploymentUsage {
+        self.groups
+            .entry(Arc::clone(&deployment.group))
+            .or_default()
+            .entry(Arc::clone(&deployment.id))
+            .or_default()
+    }
+
+    /// `u_try_reserve`: reserves on the first candidate (in `request.order`) with headroom.
+    ///
+    /// `Unavailable { retry_in }` is the `next_ms` of the fragment minus `now_ms`. Candidates are not
+    /// validated here (see [`crate::UsageStore::reserve`]).
+    pub fn try_reserve(
+        &mut self,
+        now_ms: u64,
+        candidates: &[Candidate],
+        request: &ReserveRequest,
+    ) -> ReserveOutcome {
+        let ws = self.window_start(now_ms);
+        let window_ms = self.window_ms;
+        let mut order: Vec<(u32, u64, usize)> = Vec::with_capacity(candidates.len());
+        for (i, c) in candidates.iter().enumerate() {
+            let metric = match request.order {
+                CandidateOrder::AsGiven => 0,
+                CandidateOrder::LowestTpm => self
+                    .slot(&c.deployment)
+                    .map_or(0, |s| s.usage(now_ms, ws).1),
+                CandidateOrder::FewestInFlight => self.slot_mut(&c.deployment).in_flight(now_ms),
+            };
+            order.push((c.limits.tier, metric, i));
+        }
+        if request.order != CandidateOrder::AsGiven {
+            order.sort_unstable();
+        }
+        let mut next_ms: Option<u64> = None;
+        for (_, _, i) in order {
+            let c = &candidates[i];
+            let slot = self.slot_mut(&c.deployment);
+            match slot.blocked(
+                &c.limits,
+                now_ms,
+                ws,
+                window_ms,
+                request.est_tokens,
+                request.prompt_tokens,
+            ) {
+                Blocked::Free => {
+                    let h = slot.roll(now_ms, ws);
+                    h.rpm += 1;
+                    h.tpm = h.tpm.saturating_add(request.est_tokens);
+                    h.expires_at = now_ms + 2 * window_ms;
+                    let lease_ms = crate::types::duration_ms(request.lease);
+                    slot.inflight
+                        .insert(request.reservation_id.clone(), now_ms + lease_ms);
+                    return ReserveOutcome::Reserved(Reservation {
+                        id: request.reservation_id.clone(),
+                        deployment: c.deployment.clone(),
+                        window_start_ms: ws,
+                        est_tokens: request.est_tokens,
+                        candidate_index: i,
+                    });
+                }
+                Blocked::Until(t) => next_ms = Some(next_ms.map_or(t, |n| n.min(t))),
+                Blocked::Never => {}
+            }
+        }
+        ReserveOutcome::Unavailable {
+            retry_in: next_ms.map(|t| Duration::from_millis(t.saturating_sub(now_ms))),
+        }
+    }
+
+    /// `u_release`: ends the lease and, if the deployment is still in window `window_start_ms`, corrects
+    /// its TPM by `actual_tokens - est_tokens` (never below 0; `None` keeps the estimate). Returns whether
+    /// the lease was still held.
+    pub fn release(
+        &mut self,
+        now_ms: u64,
+        deployment: &DeploymentRef,
+        reservation_id: &str,
+        window_start_ms: u64,
+        est_tokens: u64,
+        actual_tokens: Option<u64>,
+    ) -> bool {
+        let slot = self.slot_mut(deployment);
+        let held = slot.inflight.remove(reservation_id).is_some();
+        if let Some(actual) = actual_tokens.filter(|a| *a != est_tokens) {
+            if let Some(h) = slot.hash_mut(now_ms).filter(|h| h.w == window_start_ms) {
+                let corrected = i128::from(h.tpm) + i128::from(actual) - i128::from(est_tokens);
+                h.tpm = u64::try_from(corrected.max(0)).unwrap_or(u64::MAX);
+            }
+        }
+        held
+    }
+
+    /// `u_give_back`: for a reservation whose request never reached the upstream, the lease ends and its
+    /// tokens and (while still in its window) its request count come back.
+    pub fn give_back(&mut self, now_ms: u64, reservation: &Reservation) {
+        self.release(
+            now_ms,
+            &reservation.deployment,
+            &reservation.id,
+            reservation.window_start_ms,
+            reservation.est_tokens,
+            Some(0),
+        );
+        let slot = self.slot_mut(&reservation.deployment);
+        if let Some(h) = slot
+            .hash_mut(now_ms)
+            .filter(|h| h.w == reservation.window_start_ms)
+        {
+            h.rpm = h.rpm.saturating_sub(1);
+        }
+    }
+
+    /// `u_settle`: releases the reservation, counts the outcome in the current window and folds the
+    /// latency sample into the EWMAs.
+    pub fn settle(
+        &mut self,
+        now_ms: u64,
+        reservation: &Reservation,
+        actual_tokens: Option<u64>,
+        outcome: Outcome,
+        latency: Option<&LatencySample>,
+    ) -> SettleReport {
+        self.release(
+            now_ms,
+            &reservation.deployment,
+            &reservation.id,
+            reservation.window_start_ms,
+            reservation.est_tokens,
+            actual_tokens,
+        );
+        let ws = self.window_start(now_ms);
+        let alpha = self.latency_ewma_alpha;
+        let window_ms = self.window_ms;
+        let h = self.slot_mut(&reservation.deployment).roll(now_ms, ws);
+        match outcome {
+            Outcome::Success => h.ok += 1,
+            Outcome::Failure(_) => h.fail += 1,
+            Outcome::Cancelled => {}
+        }
+        let lat = latency.and_then(LatencySample::ms_per_token);
+        let ttft = latency.and_then(LatencySample::ttft_ms);
+        if let Some(sample) = lat {
+            h.lat = Some(ewma(h.lat, sample, alpha));
+        }
+        if let Some(sample) = ttft {
+            h.ttft = Some(ewma(h.ttft, sample, alpha));
+        }
+        h.expires_at = now_ms + 2 * window_ms;
+        SettleReport {
+            requests_in_window: h.ok + h.fail,
+            failures_in_window: h.fail,
+        }
+    }
+
+    /// `u_renew`: extends a live lease to `now_ms + lease`; false if it already ended or expired.
+    pub fn renew(&mut self, now_ms: u64, reservation: &Reservation, lease: Duration) -> bool {
+        let slot = self.slot_mut(&reservation.deployment);
+        match slot.inflight.get_mut(&reservation.id) {
+            Some(expiry) if *expiry > now_ms => {
+                *expiry = now_ms + crate::types::duration_ms(lease);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Puts the deployment in cooldown until `now_ms + duration` (a zero duration lifts it).
+    pub fn cooldown(
+        &mut self,
+        now_ms: u64,
+        deployment: &DeploymentRef,
+        duration: Duration,
+        reason: &str,
+    ) {
+        let ms = crate::types::duration_ms(duration);
+        let slot = self.slot_mut(deployment);
+        slot.cooldown = (ms > 0).then(|| (now_ms + ms, reason.to_owned()));
+    }
+
+    /// Remaining cooldown of the deployment, if it is cooling down.
+    pub fn cooldown_remaining(&self, now_ms: u64, deployment: &DeploymentRef) -> Option<Duration> {
+        self.slot(deployment)?
+            .cooldown_remaining(now_ms)
+            .map(Duration::from_millis)
+    }
+
+    /// The reason given for the deployment's current cooldown.
+    pub fn cooldown_reason(&self, now_ms: u64, deployment: &DeploymentRef) -> Option<&str> {
+        let slot = self.slot(deployment)?;
+        slot.cooldown_remaining(now_ms)?;
+        slot.cooldown.as_ref().map(|(_, reason)| reason.as_str())
+    }
+
+    /// `u_stats`: usage and health of the deployment (read only).
+    pub fn stats(&self, now_ms: u64, deployment: &DeploymentRef) -> DeploymentStats {
+        let mut stats = DeploymentStats::empty(Arc::clone(&deployment.id));
+        let Some(slot) = self.slot(deployment) else {
+            return stats;
+        };
+        if let Some(h) = slot.hash(now_ms) {
+            if h.w == self.window_start(now_ms) {
+                stats.rpm_used = h.rpm;
+                stats.tpm_used = h.tpm;
+                stats.successes_in_window = h.ok;
+                stats.failures_in_window = h.fail;
+            }
+            stats.latency_ms_per_token = h.lat;
+            stats.ttft_ms = h.ttft;
+        }
+        stats.in_flight = slot.inflight.values().filter(|e| **e > now_ms).count() as u64;
+        stats.cooldown_remaining = slot.cooldown_remaining(now_ms).map(Duration::from_millis);
+        stats
+    }
+}
+
+/// The EWMA step of `u_ewma`, rounded to 4 decimals as the fragment stores it.
+fn ewma(current: Option<f64>, sample: f64, alpha: f64) -> f64 {
+    let v = current.map_or(sample, |c| c + alpha * (sample - c));
+    format!("{v:.4}").parse().unwrap_or(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const W: u64 = 1000;
+    const T0: u64 = 1_700_000_000_000; // a window start
+
+    fn cand(id: &str, limits: Limits) -> Candidate {
+        Candidate {
+            deployment: DeploymentRef::new("g", id),
+            limits,
+        }
+    }
+
+    fn req(id: &str, est: u64) -> ReserveRequest {
+        ReserveRequest {
+            reservation_id: id.to_owned(),
+            est_tokens: est,
+            prompt_tokens: 0,
+            lease: Duration::from_millis(500),
+            order: CandidateOrder::AsGiven,
+        }
+    }
+
+    fn reserved(outcome: ReserveOutcome) -> Reservation {
+        match outcome {
+            ReserveOutcome::Reserved(r) => r,
+            other => panic!("expected a reservation, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn window_roll_resets_counters_and_keeps_latency() {
+        let mut s = UsageState::new(Duration::from_millis(W), 0.5);
+        let c = [cand(
+            "a",
+            Limits {
+                rpm: Some(1),
+                ..Limits::default()
+            },
+        )];
+        let r = reserved(s.try_reserve(T0 + 10, &c, &req("r1", 5)));
+        assert_eq!(r.window_start_ms, T0);
+        assert_eq!(
+            s.try_reserve(T0 + 20, &c, &req("r2", 5)),
+            ReserveOutcome::Unavailable {
+                retry_in: Some(Duration::from_millis(980))
+            }
+        );
+        let sample = LatencySample {
+            total: Duration::from_millis(100),
+            ttft: None,
+            output_tokens: 10,
+        };
+        s.settle(T0 + 30, &r, Some(3), Outcome::Success, Some(&sample));
+        let r2 = reserved(s.try_reserve(T0 + W, &c, &req("r2", 5)));
+        assert_eq!(r2.window_start_ms, T0 + W);
+        let stats = s.stats(T0 + W, &c[0].deployment);
+        assert_eq!(
+            (stats.rpm_used, stats.tpm_used, stats.successes_in_window),
+            (1, 5, 0)
+        );
+        assert_eq!(stats.latency_ms_per_token, Some(10.0));
+        // A settle of last window's reservation does not touch this window's TPM.
+        s.release(T0 + W + 1, &c[0].deployment, "r1", T0, 5, Some(0));
+        assert_eq!(s.stats(T0 + W + 1, &c[0].deployment).tpm_used, 5);
+    }
+
+    #[test]
+    fn usage_is_forgotten_two_windows_after_the_last_write() {
+        let mut s = UsageState::new(Duration::from_millis(W), 0.5);
+        let c = [cand("a", Limits::default())];
+        let r = reserved(s.try_reserve(T0, &c, &req("r1", 5)));
+        let sample = LatencySample {
+            total: Duration::from_millis(100),
+            ttft: None,
+            output_tokens: 10,
+        };
+        s.settle(T0 + 100, &r, None, Outcome::Success, Some(&sample));
+        let d = &c[0].deployment;
+        assert_eq!(
+            s.stats(T0 + 100 + 2 * W, d).latency_ms_per_token,
+            Some(10.0)
+        );
+        assert_eq!(s.stats(T0 + 101 + 2 * W, d).latency_ms_per_token, None);
+    }
+
+    #[test]
+    fn leases_expire_after_their_expiry() {
+        let mut s = UsageState::new(Duration::from_millis(W), 0.5);
+        let c = [cand(
+            "a",
+            Limits {
+                max_parallel: Some(1),
+                ..Limits::default()
+            },
+        )];
+        let r = reserved(s.try_reserve(T0, &c, &req("r1", 1)));
+        assert_eq!(
+            s.try_reserve(T0 + 499, &c, &req("r2", 1)),
+            ReserveOutcome::Unavailable {
+                retry_in: Some(Duration::from_millis(1))
+            }
+        );
+        assert!(
+            !s.renew(T0 + 500, &r, Duration::from_secs(1)),
+            "expired at its expiry"
+        );
+        reserved(s.try_reserve(T0 + 500, &c, &req("r2", 1)));
+    }
+}
