@@ -1,1 +1,74 @@
 //! Model groups, deployments, routing strategies, admission, retries, fallbacks and provider clients.
+//!
+//! The [`Router`] is LiteLLM's Router as a Rust library: it reads LiteLLM's `model_list` and
+//! `router_settings`, spreads requests over the deployments of a model group with a routing strategy,
+//! reserves capacity against limits shared by every replica (usage-tracker), calls the upstream (OpenAI,
+//! OpenAI-compatible servers, Azure, mock responses), retries, falls back to other groups, cools failing
+//! deployments down and caches responses.
+//!
+//! Layout:
+//! - `config`: [`RouterConfig`], [`ModelListEntry`], [`LitellmParams`], [`RouterSettings`]: LiteLLM's config
+//!   shapes (serde; numeric strings accepted; secrets masked in `Debug`).
+//! - `deployment`: validation into the runtime model (deployments with stable ids, model groups, policy).
+//! - `strategy`: [`RoutingStrategy`] and the orders it produces (weighted shuffle, latency, tiers).
+//! - `admission`: the one place capacity is acquired and settled (cooldowns applied there).
+//! - `router`: [`Router`]: the request path with retries, fallbacks and timeouts.
+//! - `provider`: HTTP clients for upstreams, SSE parsing, mock responses, upstream error mapping.
+//! - `stream`: relaying streams chunk by chunk and settling when they end.
+//! - `cache`: the response cache and [`CacheControl`].
+//! - `request`: [`RouterRequest`], [`RouterResponse`], [`ResponseMeta`], [`Endpoint`].
+//! - `backend`: [`Backend`] (memory or Redis) and the shared Redis pool.
+//! - `metrics`: [`RouterMetrics`] counters and latency histograms.
+//! - `error`: [`RouterError`].
+//!
+//! ```no_run
+//! use router::{Backend, Endpoint, ResponseBody, Router, RouterConfig, RouterRequest};
+//!
+//! # async fn demo() -> Result<(), router::RouterError> {
+//! let config = RouterConfig::from_yaml_str(
+//!     r#"
+//! model_list:
+//!   - model_name: gpt-4o
+//!     litellm_params: { model: openai/gpt-4o, api_key: os.environ/OPENAI_API_KEY, rpm: 100 }
+//!   - model_name: gpt-4o
+//!     litellm_params: { model: azure/gpt-4o-eu, api_base: "https://eu.openai.azure.com", api_key: os.environ/AZURE_KEY }
+//! router_settings: { routing_strategy: simple-shuffle, num_retries: 2 }
+//! "#,
+//! )?;
+//! let router = Router::new(config, Backend::Memory).await?;
+//! let body = serde_json::json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]});
+//! let response = router.completion(RouterRequest::from_json(Endpoint::ChatCompletions, body)?).await?;
+//! if let ResponseBody::Json(v) = response.body {
+//!     println!("{} answered after {} attempt(s): {v}", response.meta.deployment_id, response.meta.attempts);
+//! }
+//! # Ok(()) }
+//! ```
+
+mod admission;
+mod backend;
+mod cache;
+mod config;
+mod deployment;
+mod error;
+mod metrics;
+mod provider;
+mod request;
+mod router;
+mod scheduler;
+mod strategy;
+mod stream;
+
+pub use backend::{Backend, RedisBackendConfig};
+pub use cache::CacheControl;
+pub use config::{
+    AliasTarget, CacheSettings, FallbackTargets, LitellmParams, ModelInfo, ModelListEntry,
+    RetryPolicy, RouterConfig, RouterSettings, RoutingStrategyArgs, Secret,
+};
+pub use error::{RouterError, UpstreamError, UpstreamErrorKind};
+pub use metrics::{Histogram, MetricsSnapshot, RouterMetrics, LATENCY_BUCKETS};
+pub use request::{
+    Endpoint, ResponseBody, ResponseMeta, RouterRequest, RouterResponse, ROUTER_ONLY_FIELDS,
+};
+pub use router::{DeploymentHealth, DeploymentInfo, Router};
+pub use scheduler::SchedulerStats;
+pub use strategy::RoutingStrategy;

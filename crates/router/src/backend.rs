@@ -1,0 +1,178 @@
+//! Where shared state lives: in memory (one instance) or in Redis (many replicas, one pool shared by usage
+//! tracking, the queue and the response cache).
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use queue_core::{Clock, Keyspace, QueueState, RedisConnection};
+use usage_tracker::{MemoryUsage, RedisUsage, UsageSettings, UsageStore};
+
+use crate::config::RouterSettings;
+use crate::error::RouterError;
+use crate::scheduler::{AdmissionBackend, MemoryAdmission, RedisAdmission};
+
+/// How to reach Redis: URL (masked in `Debug`), pool size, per-call timeout, key prefix. Shared with
+/// queue-core so every Redis user of the router agrees on it.
+pub type RedisBackendConfig = queue_core::RedisQueueConfig;
+
+/// The state backend. `Memory` (the default) serves one instance; `Redis` shares limits, cooldowns and the
+/// queue between replicas.
+#[derive(Clone, Debug, Default)]
+pub enum Backend {
+    /// In-process state.
+    #[default]
+    Memory,
+    /// Redis.
+    Redis(RedisBackendConfig),
+}
+
+impl Backend {
+    /// The backend `router_settings` names: Redis when `redis_url` or `redis_host` is set, else memory.
+    pub fn from_settings(settings: &RouterSettings) -> Result<Backend, RouterError> {
+        let url = match (&settings.redis_url, &settings.redis_host) {
+            (Some(url), _) => url.expose().to_owned(),
+            (None, Some(host)) => {
+                let port = settings.redis_port.unwrap_or(6379);
+                if port == 0 || port > 65535 {
+                    return Err(RouterError::config(
+                        "router_settings.redis_port",
+                        format!("{port} is not a port"),
+                    ));
+                }
+                match &settings.redis_password {
+                    Some(pw) => format!("redis://:{}@{host}:{port}", pw.expose()),
+                    None => format!("redis://{host}:{port}"),
+                }
+            }
+            (None, None) => return Ok(Backend::Memory),
+        };
+        let prefix = settings
+            .key_prefix
+            .clone()
+            .unwrap_or_else(|| Keyspace::DEFAULT_PREFIX.to_owned());
+        Keyspace::new(prefix.clone())
+            .map_err(|e| RouterError::config("router_settings.key_prefix", e.to_string()))?;
+        Ok(Backend::Redis(RedisBackendConfig {
+            url,
+            key_prefix: prefix,
+            ..RedisBackendConfig::default()
+        }))
+    }
+}
+
+/// The built backend: the usage store, the admission steps and, on Redis, the shared pool.
+pub(crate) struct BackendHandle {
+    pub(crate) usage: Arc<dyn UsageStore>,
+    pub(crate) admission: Arc<dyn AdmissionBackend>,
+    pub(crate) keyspace: Keyspace,
+    /// `Some` on Redis.
+    pub(crate) redis: Option<RedisHandle>,
+}
+
+/// The Redis pool, the kept connection every script of this replica multiplexes over, and the call
+/// timeout.
+#[derive(Clone)]
+pub(crate) struct RedisHandle {
+    pub(crate) pool: deadpool_redis::Pool,
+    pub(crate) connection: RedisConnection,
+    pub(crate) command_timeout: Duration,
+}
+
+impl BackendHandle {
+    pub(crate) fn build(backend: &Backend, window: Duration) -> Result<Self, RouterError> {
+        // The usage store counts in whole milliseconds.
+        let window =
+            Duration::from_millis(u64::try_from(window.as_millis()).unwrap_or(u64::MAX).max(1));
+        match backend {
+            Backend::Memory => {
+                let keyspace = Keyspace::default();
+                let clock = Clock::new();
+                let settings = UsageSettings {
+                    keyspace: keyspace.clone(),
+                    window,
+                    ..UsageSettings::default()
+                };
+                let usage = MemoryUsage::with_clock(&settings, clock).map_err(|e| {
+                    RouterError::config("router_settings.usage_window", e.to_string())
+                })?;
+                let admission = MemoryAdmission::new(
+                    Arc::new(Mutex::new(QueueState::new())),
+                    usage.shared_state(),
+                    clock,
+                );
+                Ok(Self {
+                    usage: Arc::new(usage),
+                    admission: Arc::new(admission),
+                    keyspace,
+                    redis: None,
+                })
+            }
+            Backend::Redis(cfg) => {
+                let keyspace = Keyspace::new(cfg.key_prefix.clone()).map_err(|e| {
+                    RouterError::config("router_settings.key_prefix", e.to_string())
+                })?;
+                let pool = queue_core::create_pool(&cfg.url, cfg.pool_size, cfg.command_timeout)
+                    .map_err(|e| RouterError::config("router_settings.redis_url", e.to_string()))?;
+                let settings = UsageSettings {
+                    keyspace: keyspace.clone(),
+                    window,
+                    command_timeout: cfg.command_timeout,
+                    ..UsageSettings::default()
+                };
+                let connection = RedisConnection::new(pool.clone(), cfg.command_timeout);
+                let usage = RedisUsage::from_connection(connection.clone(), settings)
+                    .map_err(|e| RouterError::config("router_settings", e.to_string()))?;
+                let client = redis::Client::open(cfg.url.as_str())
+                    .map_err(|e| RouterError::config("router_settings.redis_url", e.to_string()))?;
+                let admission =
+                    RedisAdmission::new(connection.clone(), client, keyspace.clone(), window);
+                Ok(Self {
+                    usage: Arc::new(usage),
+                    admission: Arc::new(admission),
+                    keyspace,
+                    redis: Some(RedisHandle {
+                        pool,
+                        connection,
+                        command_timeout: cfg.command_timeout,
+                    }),
+                })
+            }
+        }
+    }
+
+    /// Readiness: Redis answers PING (always Ok in memory).
+    pub(crate) async fn ping(&self) -> Result<(), RouterError> {
+        let Some(r) = &self.redis else {
+            return Ok(());
+        };
+        r.connection
+            .query::<String>(&redis::cmd("PING"))
+            .await
+            .map(drop)
+            .map_err(RouterError::backend)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Secret;
+
+    #[test]
+    fn settings_choose_the_backend() {
+        assert!(matches!(
+            Backend::from_settings(&RouterSettings::default()),
+            Ok(Backend::Memory)
+        ));
+        let s = RouterSettings {
+            redis_host: Some("h".into()),
+            redis_password: Some(Secret::new("pw")),
+            ..RouterSettings::default()
+        };
+        let Ok(Backend::Redis(cfg)) = Backend::from_settings(&s) else {
+            panic!()
+        };
+        assert_eq!(cfg.url, "redis://:pw@h:6379");
+        assert!(!format!("{cfg:?}").contains("pw@"));
+    }
+}

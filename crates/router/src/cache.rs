@@ -1,0 +1,328 @@
+//! Response cache: successful non-streaming responses keyed by a hash of the normalised request, in memory
+//! (size-bounded) or in Redis.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde_json::{Map, Value};
+
+use crate::request::Endpoint;
+
+/// Per-request cache control (`"cache": {"no-cache": true, "no-store": true, "ttl": 60, "s-maxage": 10}`).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct CacheControl {
+    /// Do not answer from the cache (the response is still stored).
+    pub no_cache: bool,
+    /// Do not store the response.
+    pub no_store: bool,
+    /// Lifetime of the stored response instead of the configured TTL.
+    pub ttl: Option<Duration>,
+    /// Only accept a cached response at most this old.
+    pub s_maxage: Option<Duration>,
+}
+
+impl CacheControl {
+    /// Parses the body's `cache` object (LiteLLM's keys: `no-cache`, `no-store`, `ttl`, `s-maxage`; snake_case
+    /// accepted too). Unknown keys are ignored.
+    pub fn from_json(value: &Value) -> Result<Self, crate::RouterError> {
+        let bad = |m: &str| crate::RouterError::BadRequest {
+            message: format!("invalid `cache`: {m}"),
+            param: Some("cache".into()),
+        };
+        let Value::Object(map) = value else {
+            return if value.is_null() {
+                Ok(Self::default())
+            } else {
+                Err(bad("must be an object"))
+            };
+        };
+        let flag = |a: &str, b: &str| -> Result<bool, crate::RouterError> {
+            match map.get(a).or_else(|| map.get(b)) {
+                None | Some(Value::Null) => Ok(false),
+                Some(Value::Bool(v)) => Ok(*v),
+                Some(_) => Err(bad(&format!("`{a}` must be a boolean"))),
+            }
+        };
+        let secs = |a: &str, b: &str| -> Result<Option<Duration>, crate::RouterError> {
+            match map.get(a).or_else(|| map.get(b)) {
+                None | Some(Value::Null) => Ok(None),
+                Some(v) => match v.as_f64() {
+                    Some(s) if (0.0..1e9).contains(&s) => Ok(Some(Duration::from_secs_f64(s))),
+                    _ => Err(bad(&format!(
+                        "`{a}` must be a non-negative number of seconds"
+                    ))),
+                },
+            }
+        };
+        Ok(Self {
+            no_cache: flag("no-cache", "no_cache")?,
+            no_store: flag("no-store", "no_store")?,
+            ttl: secs("ttl", "ttl")?,
+            s_maxage: secs("s-maxage", "s_maxage")?,
+        })
+    }
+}
+
+/// Where cached responses live.
+pub(crate) enum CacheStore {
+    Memory(moka::sync::Cache<String, Arc<Entry>>),
+    Redis {
+        pool: deadpool_redis::Pool,
+        keyspace: queue_core::Keyspace,
+        timeout: Duration,
+    },
+}
+
+/// A cached response.
+pub(crate) struct Entry {
+    created_ms: u64,
+    ttl: Duration,
+    size: u32,
+    body: Value,
+}
+
+struct EntryExpiry;
+
+impl moka::Expiry<String, Arc<Entry>> for EntryExpiry {
+    fn expire_after_create(
+        &self,
+        _key: &String,
+        value: &Arc<Entry>,
+        _created_at: std::time::Instant,
+    ) -> Option<Duration> {
+        Some(value.ttl)
+    }
+}
+
+/// The response cache.
+pub(crate) struct ResponseCache {
+    store: CacheStore,
+    ttl: Duration,
+}
+
+impl ResponseCache {
+    pub(crate) fn memory(ttl: Duration, max_size_bytes: u64) -> Self {
+        let cache = moka::sync::Cache::builder()
+            .max_capacity(max_size_bytes)
+            .weigher(|k: &String, v: &Arc<Entry>| {
+                v.size
+                    .saturating_add(u32::try_from(k.len()).unwrap_or(u32::MAX))
+            })
+            .expire_after(EntryExpiry)
+            .build();
+        Self {
+            store: CacheStore::Memory(cache),
+            ttl,
+        }
+    }
+
+    pub(crate) fn redis(
+        ttl: Duration,
+        pool: deadpool_redis::Pool,
+        keyspace: queue_core::Keyspace,
+        timeout: Duration,
+    ) -> Self {
+        Self {
+            store: CacheStore::Redis {
+                pool,
+                keyspace,
+                timeout,
+            },
+            ttl,
+        }
+    }
+
+    /// The cache key of a request: group + endpoint + body without router-only fields (already removed).
+    pub(crate) fn key(group: &str, endpoint: Endpoint, body: &Map<String, Value>) -> String {
+        let mut text = String::with_capacity(256);
+        text.push_str(endpoint.path());
+        text.push('\n');
+        canonical_json(&Value::Object(body.clone()), &mut text);
+        let digest = sha1_smol::Sha1::from(text.as_bytes()).digest().to_string();
+        // The group leads so keys of a group stay together (and in its Redis hash slot).
+        format!("{group}\u{0}{digest}")
+    }
+
+    /// A cached response not older than `max_age`.
+    pub(crate) async fn get(&self, key: &str, max_age: Option<Duration>) -> Option<Value> {
+        let fresh = |created_ms: u64| match max_age {
+            None => true,
+            Some(age) => {
+                epoch_ms().saturating_sub(created_ms)
+                    <= u64::try_from(age.as_millis()).unwrap_or(u64::MAX)
+            }
+        };
+        match &self.store {
+            CacheStore::Memory(c) => c
+                .get(key)
+                .filter(|e| fresh(e.created_ms))
+                .map(|e| e.body.clone()),
+            CacheStore::Redis {
+                pool,
+                keyspace,
+                timeout,
+            } => {
+                let rkey = redis_key(keyspace, key);
+                let res = tokio::time::timeout(*timeout, async {
+                    let mut conn = pool.get().await.map_err(|e| e.to_string())?;
+                    redis::cmd("GET")
+                        .arg(&rkey)
+                        .query_async::<Option<String>>(&mut conn)
+                        .await
+                        .map_err(|e| e.to_string())
+                })
+                .await;
+                let text = match res {
+                    Ok(Ok(v)) => v?,
+                    Ok(Err(e)) => {
+                        tracing::warn!(error = %e, "response cache read failed");
+                        return None;
+                    }
+                    Err(_) => {
+                        tracing::warn!("response cache read timed out");
+                        return None;
+                    }
+                };
+                let mut v: Value = serde_json::from_str(&text).ok()?;
+                let created = v.get("t")?.as_u64()?;
+                if !fresh(created) {
+                    return None;
+                }
+                Some(v.get_mut("v")?.take())
+            }
+        }
+    }
+
+    /// Stores a response for `ttl` (default: the configured TTL).
+    pub(crate) async fn put(&self, key: &str, body: &Value, ttl: Option<Duration>) {
+        let ttl = ttl.unwrap_or(self.ttl);
+        if ttl.is_zero() {
+            return;
+        }
+        let created_ms = epoch_ms();
+        match &self.store {
+            CacheStore::Memory(c) => {
+                let size = u32::try_from(serde_json::to_vec(body).map_or(0, |v| v.len()))
+                    .unwrap_or(u32::MAX);
+                c.insert(
+                    key.to_owned(),
+                    Arc::new(Entry {
+                        created_ms,
+                        ttl,
+                        size,
+                        body: body.clone(),
+                    }),
+                );
+            }
+            CacheStore::Redis {
+                pool,
+                keyspace,
+                timeout,
+            } => {
+                let rkey = redis_key(keyspace, key);
+                let text = serde_json::json!({"t": created_ms, "v": body}).to_string();
+                let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+                let res = tokio::time::timeout(*timeout, async {
+                    let mut conn = pool.get().await.map_err(|e| e.to_string())?;
+                    redis::cmd("SET")
+                        .arg(&rkey)
+                        .arg(text)
+                        .arg("PX")
+                        .arg(ms)
+                        .query_async::<()>(&mut conn)
+                        .await
+                        .map_err(|e| e.to_string())
+                })
+                .await;
+                match res {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => tracing::warn!(error = %e, "response cache write failed"),
+                    Err(_) => tracing::warn!("response cache write timed out"),
+                }
+            }
+        }
+    }
+}
+
+/// `<prefix>{group}:c:<sha1>`: in the group's hash slot.
+fn redis_key(keyspace: &queue_core::Keyspace, key: &str) -> String {
+    let (group, digest) = key.rsplit_once('\u{0}').unwrap_or(("", key));
+    format!("{}:c:{digest}", keyspace.base(group))
+}
+
+fn epoch_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Writes `v` as JSON with object keys sorted, so equal requests hash equally whatever their key order.
+pub(crate) fn canonical_json(v: &Value, out: &mut String) {
+    match v {
+        Value::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort();
+            out.push('{');
+            for (i, k) in keys.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(&Value::String(k.clone()).to_string());
+                out.push(':');
+                canonical_json(&map[k], out);
+            }
+            out.push('}');
+        }
+        Value::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                canonical_json(item, out);
+            }
+            out.push(']');
+        }
+        other => out.push_str(&other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn keys_ignore_field_order() {
+        let a = json!({"model": "g", "messages": [{"role": "user", "content": "hi"}], "temperature": 0});
+        let b = json!({"temperature": 0, "messages": [{"content": "hi", "role": "user"}], "model": "g"});
+        let (Value::Object(a), Value::Object(b)) = (a, b) else {
+            unreachable!()
+        };
+        assert_eq!(
+            ResponseCache::key("g", Endpoint::ChatCompletions, &a),
+            ResponseCache::key("g", Endpoint::ChatCompletions, &b)
+        );
+        assert_ne!(
+            ResponseCache::key("g", Endpoint::ChatCompletions, &a),
+            ResponseCache::key("g", Endpoint::Completions, &a)
+        );
+    }
+
+    #[test]
+    fn cache_control_parses_litellm_keys() {
+        let c = CacheControl::from_json(&json!({"no-cache": true, "ttl": 5})).unwrap();
+        assert!(c.no_cache && !c.no_store);
+        assert_eq!(c.ttl, Some(Duration::from_secs(5)));
+        assert!(CacheControl::from_json(&json!({"ttl": "x"})).is_err());
+    }
+
+    #[tokio::test]
+    async fn memory_cache_round_trip() {
+        let c = ResponseCache::memory(Duration::from_secs(60), 1 << 20);
+        assert!(c.get("g\u{0}k", None).await.is_none());
+        c.put("g\u{0}k", &json!({"a": 1}), None).await;
+        assert_eq!(c.get("g\u{0}k", None).await, Some(json!({"a": 1})));
+    }
+}

@@ -1,0 +1,402 @@
+//! The router's error type and the decisions callers take from it (status, retry, cooldown, Retry-After).
+
+use std::fmt;
+use std::time::Duration;
+
+/// Everything that can go wrong in the router.
+///
+/// Callers decide with the methods ([`RouterError::status_code`], [`RouterError::is_retryable`],
+/// [`RouterError::triggers_cooldown`], [`RouterError::retry_after`]), never by reading messages. `Display` never
+/// contains API keys: upstream messages are scrubbed of the deployment's key when the error is built.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RouterError {
+    /// The configuration is wrong; `path` names the key (`model_list[2].litellm_params.rpm`).
+    #[error("invalid config{}: {message}", if path.is_empty() { String::new() } else { format!(" at `{path}`") })]
+    InvalidConfig {
+        /// Key path of the offending value.
+        path: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// The request itself is invalid (400).
+    #[error("{message}")]
+    BadRequest {
+        /// What is wrong.
+        message: String,
+        /// The offending request field.
+        param: Option<String>,
+    },
+    /// No model group, alias or deployment has this name (404).
+    #[error("model `{model}` is not served here; known models: {known}")]
+    ModelNotFound {
+        /// The name the client asked for.
+        model: String,
+        /// The model groups served, comma separated.
+        known: String,
+    },
+    /// The prompt exceeds `max_input_tokens` of every deployment of the group (pre-call check; 400).
+    #[error("the prompt ({prompt_tokens} tokens) exceeds the context window of every deployment of `{group}` (largest {max_input_tokens})")]
+    PromptTooLong {
+        /// The model group.
+        group: String,
+        /// Estimated prompt tokens.
+        prompt_tokens: u64,
+        /// The largest `max_input_tokens` in the group.
+        max_input_tokens: u64,
+    },
+    /// Every deployment of the group is cooled down or at its limits (429).
+    #[error("no deployment of `{group}` can take the request now ({reason}){}", RetryHint(*retry_after))]
+    NoDeploymentAvailable {
+        /// The model group.
+        group: String,
+        /// When capacity may return.
+        retry_after: Option<Duration>,
+        /// Why: cooled down, at its limits, prompt too large.
+        reason: String,
+    },
+    /// The group's queue is full (429).
+    #[error("the queue of `{group}` is full{}", RetryHint(*retry_after))]
+    QueueFull {
+        /// The model group.
+        group: String,
+        /// When to try again.
+        retry_after: Option<Duration>,
+    },
+    /// The request waited in the queue until its deadline (408).
+    #[error("the request waited {waited:?} in the queue of `{group}` without being admitted")]
+    QueueTimeout {
+        /// The model group.
+        group: String,
+        /// How long it waited.
+        waited: Duration,
+    },
+    /// An upstream call failed.
+    #[error("{0}")]
+    Upstream(Box<UpstreamError>),
+    /// The usage or queue backend (Redis) failed (503).
+    #[error("backend unavailable: {0}")]
+    Backend(String),
+    /// The router is shutting down (503).
+    #[error("the router is shutting down")]
+    ShuttingDown,
+    /// A bug or an impossible state (500).
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// What an upstream failure was, as the decisions need it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum UpstreamErrorKind {
+    /// 400/413/422: the request is malformed for this upstream.
+    BadRequest,
+    /// 401: the deployment's key is wrong.
+    Authentication,
+    /// 403.
+    PermissionDenied,
+    /// 404: the deployment's model or URL does not exist.
+    NotFound,
+    /// The prompt is longer than the model's context window.
+    ContextWindowExceeded,
+    /// The provider's content filter refused the request.
+    ContentPolicyViolation,
+    /// 429.
+    RateLimited,
+    /// No answer (or no first streamed chunk) within the timeout, or 408.
+    Timeout,
+    /// 503 (and 529-style overload).
+    ServiceUnavailable,
+    /// 500, 502 and other 5xx, 409.
+    InternalServer,
+    /// The connection failed or broke.
+    Connection,
+    /// The upstream answered 2xx with something that is not the expected JSON.
+    InvalidResponse,
+}
+
+/// An upstream failure: which deployment, what kind, what the upstream said (scrubbed of keys).
+#[derive(Clone, Debug)]
+pub struct UpstreamError {
+    /// What it was.
+    pub kind: UpstreamErrorKind,
+    /// The upstream HTTP status, when there was a response.
+    pub status: Option<u16>,
+    /// The upstream's message (or the transport error), without API keys.
+    pub message: String,
+    /// The deployment that failed.
+    pub deployment_id: String,
+    /// The upstream's `Retry-After` (or `retry-after-ms`).
+    pub retry_after: Option<Duration>,
+    /// The upstream's error `code`.
+    pub code: Option<String>,
+    /// The upstream's error `param`.
+    pub param: Option<String>,
+}
+
+impl fmt::Display for UpstreamError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let what = match self.kind {
+            UpstreamErrorKind::BadRequest => "rejected the request",
+            UpstreamErrorKind::Authentication => "refused the credentials",
+            UpstreamErrorKind::PermissionDenied => "denied permission",
+            UpstreamErrorKind::NotFound => "does not know the model",
+            UpstreamErrorKind::ContextWindowExceeded => {
+                "found the prompt too long for its context window"
+            }
+            UpstreamErrorKind::ContentPolicyViolation => "refused the content",
+            UpstreamErrorKind::RateLimited => "is rate limited",
+            UpstreamErrorKind::Timeout => "timed out",
+            UpstreamErrorKind::ServiceUnavailable => "is unavailable",
+            UpstreamErrorKind::InternalServer => "failed",
+            UpstreamErrorKind::Connection => "could not be reached",
+            UpstreamErrorKind::InvalidResponse => "sent an invalid response",
+        };
+        write!(f, "deployment {} {what}", self.deployment_id)?;
+        if let Some(status) = self.status {
+            write!(f, " (HTTP {status})")?;
+        }
+        if !self.message.is_empty() {
+            write!(f, ": {}", self.message)?;
+        }
+        Ok(())
+    }
+}
+
+/// Formats " (retry after N s)" when known.
+struct RetryHint(Option<Duration>);
+
+impl fmt::Display for RetryHint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(d) => write!(f, "; retry after {:.1} s", d.as_secs_f64()),
+            None => Ok(()),
+        }
+    }
+}
+
+impl RouterError {
+    /// Builds an upstream error, scrubbing `secret` (the deployment's API key) from the message.
+    pub(crate) fn upstream(
+        kind: UpstreamErrorKind,
+        deployment_id: &str,
+        status: Option<u16>,
+        message: impl Into<String>,
+        secret: Option<&str>,
+    ) -> Self {
+        Self::Upstream(Box::new(UpstreamError {
+            kind,
+            status,
+            message: redact(message.into(), secret),
+            deployment_id: deployment_id.to_owned(),
+            retry_after: None,
+            code: None,
+            param: None,
+        }))
+    }
+
+    /// The upstream failure, if this is one.
+    pub fn as_upstream(&self) -> Option<&UpstreamError> {
+        match self {
+            Self::Upstream(u) => Some(u),
+            _ => None,
+        }
+    }
+
+    /// The kind of upstream failure, if this is one.
+    pub fn upstream_kind(&self) -> Option<UpstreamErrorKind> {
+        self.as_upstream().map(|u| u.kind)
+    }
+
+    /// HTTP status for the client.
+    pub fn status_code(&self) -> u16 {
+        match self {
+            Self::InvalidConfig { .. } | Self::Internal(_) => 500,
+            Self::BadRequest { .. } | Self::PromptTooLong { .. } => 400,
+            Self::ModelNotFound { .. } => 404,
+            Self::NoDeploymentAvailable { .. } | Self::QueueFull { .. } => 429,
+            Self::QueueTimeout { .. } => 408,
+            Self::Backend(_) | Self::ShuttingDown => 503,
+            Self::Upstream(u) => match u.kind {
+                UpstreamErrorKind::BadRequest => u
+                    .status
+                    .filter(|s| matches!(s, 400 | 413 | 415 | 422))
+                    .unwrap_or(400),
+                UpstreamErrorKind::ContextWindowExceeded
+                | UpstreamErrorKind::ContentPolicyViolation => 400,
+                UpstreamErrorKind::Authentication => 401,
+                UpstreamErrorKind::PermissionDenied => 403,
+                UpstreamErrorKind::NotFound => 404,
+                UpstreamErrorKind::RateLimited => 429,
+                UpstreamErrorKind::Timeout => 504,
+                UpstreamErrorKind::ServiceUnavailable => 503,
+                UpstreamErrorKind::InternalServer
+                | UpstreamErrorKind::Connection
+                | UpstreamErrorKind::InvalidResponse => 502,
+            },
+        }
+    }
+
+    /// Whether another attempt (on this or another deployment of the group) may succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self.upstream_kind(),
+            Some(
+                UpstreamErrorKind::RateLimited
+                    | UpstreamErrorKind::Timeout
+                    | UpstreamErrorKind::ServiceUnavailable
+                    | UpstreamErrorKind::InternalServer
+                    | UpstreamErrorKind::Connection
+                    | UpstreamErrorKind::InvalidResponse
+            )
+        )
+    }
+
+    /// Whether the failure counts against the deployment (allowed_fails, cooldown): LiteLLM's rule of 401, 404,
+    /// 408, 429 and 5xx. Errors caused by the request's content do not.
+    pub fn triggers_cooldown(&self) -> bool {
+        matches!(
+            self.upstream_kind(),
+            Some(
+                UpstreamErrorKind::Authentication
+                    | UpstreamErrorKind::NotFound
+                    | UpstreamErrorKind::RateLimited
+                    | UpstreamErrorKind::Timeout
+                    | UpstreamErrorKind::ServiceUnavailable
+                    | UpstreamErrorKind::InternalServer
+                    | UpstreamErrorKind::Connection
+                    | UpstreamErrorKind::InvalidResponse
+            )
+        )
+    }
+
+    /// When the client (or the router) should try again.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::Upstream(u) => u.retry_after,
+            Self::NoDeploymentAvailable { retry_after, .. }
+            | Self::QueueFull { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+
+    /// OpenAI error `type`.
+    pub fn error_type(&self) -> &'static str {
+        match self.status_code() {
+            400 | 404 | 413 | 415 | 422 => "invalid_request_error",
+            401 => "authentication_error",
+            403 => "permission_error",
+            408 | 504 => "timeout_error",
+            429 => "rate_limit_error",
+            _ => "server_error",
+        }
+    }
+
+    /// OpenAI error `code`.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            Self::Upstream(u) => u.code.as_deref().or(match u.kind {
+                UpstreamErrorKind::ContextWindowExceeded => Some("context_length_exceeded"),
+                UpstreamErrorKind::ContentPolicyViolation => Some("content_policy_violation"),
+                UpstreamErrorKind::RateLimited => Some("rate_limit_exceeded"),
+                UpstreamErrorKind::Timeout => Some("timeout"),
+                _ => None,
+            }),
+            Self::ModelNotFound { .. } => Some("model_not_found"),
+            Self::PromptTooLong { .. } => Some("context_length_exceeded"),
+            Self::NoDeploymentAvailable { .. } => Some("no_deployment_available"),
+            Self::QueueFull { .. } => Some("queue_full"),
+            Self::QueueTimeout { .. } => Some("queue_timeout"),
+            Self::ShuttingDown => Some("shutting_down"),
+            Self::Backend(_) => Some("backend_unavailable"),
+            _ => None,
+        }
+    }
+
+    /// OpenAI error `param`.
+    pub fn param(&self) -> Option<&str> {
+        match self {
+            Self::Upstream(u) => u.param.as_deref(),
+            Self::BadRequest { param, .. } => param.as_deref(),
+            Self::ModelNotFound { .. } => Some("model"),
+            Self::PromptTooLong { .. } => Some("messages"),
+            _ => None,
+        }
+    }
+
+    /// Whether the prompt is too long for the model (upstream context-window error or pre-call check): such
+    /// requests go to `context_window_fallbacks`.
+    pub fn is_context_window(&self) -> bool {
+        matches!(self, Self::PromptTooLong { .. })
+            || self.upstream_kind() == Some(UpstreamErrorKind::ContextWindowExceeded)
+    }
+
+    pub(crate) fn config(path: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::InvalidConfig {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+
+    pub(crate) fn backend(err: impl fmt::Display) -> Self {
+        Self::Backend(err.to_string())
+    }
+}
+
+/// Replaces every occurrence of `secret` in `message` (keys of 4 characters or fewer are left alone: they would
+/// match ordinary words).
+pub(crate) fn redact(message: String, secret: Option<&str>) -> String {
+    match secret {
+        Some(s) if s.len() > 4 && message.contains(s) => message.replace(s, "***"),
+        _ => message,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decisions_follow_the_kind() {
+        let e = RouterError::upstream(
+            UpstreamErrorKind::RateLimited,
+            "d1",
+            Some(429),
+            "slow down",
+            None,
+        );
+        assert_eq!(e.status_code(), 429);
+        assert!(e.is_retryable() && e.triggers_cooldown());
+        let e = RouterError::upstream(
+            UpstreamErrorKind::Authentication,
+            "d1",
+            Some(401),
+            "bad key",
+            None,
+        );
+        assert!(!e.is_retryable() && e.triggers_cooldown());
+        let e = RouterError::upstream(
+            UpstreamErrorKind::ContextWindowExceeded,
+            "d1",
+            Some(400),
+            "",
+            None,
+        );
+        assert!(!e.is_retryable() && !e.triggers_cooldown());
+        assert_eq!(e.code(), Some("context_length_exceeded"));
+        let e = RouterError::upstream(UpstreamErrorKind::Timeout, "d1", None, "", None);
+        assert_eq!((e.status_code(), e.error_type()), (504, "timeout_error"));
+    }
+
+    #[test]
+    fn messages_never_show_the_key() {
+        let e = RouterError::upstream(
+            UpstreamErrorKind::Authentication,
+            "d1",
+            Some(401),
+            "Incorrect API key provided: sk-abcdef123",
+            Some("sk-abcdef123"),
+        );
+        assert!(!e.to_string().contains("sk-abcdef123"), "{e}");
+    }
+}

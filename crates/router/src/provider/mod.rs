@@ -1,0 +1,447 @@
+//! Provider clients: OpenAI and OpenAI-compatible servers, Azure OpenAI, and mock responses; upstream errors
+//! mapped to [`RouterError`].
+
+mod mock;
+pub(crate) mod sse;
+
+use std::time::Duration;
+
+use futures::stream::BoxStream;
+use futures::StreamExt;
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use serde_json::{Map, Value};
+
+use crate::deployment::{Deployment, ProviderKind};
+use crate::error::{RouterError, UpstreamError, UpstreamErrorKind};
+use crate::request::Endpoint;
+pub(crate) use sse::SseEvent;
+
+/// One upstream call.
+pub(crate) struct Call<'a> {
+    pub(crate) deployment: &'a Deployment,
+    pub(crate) endpoint: Endpoint,
+    /// The client's body without router-only fields.
+    pub(crate) body: &'a Map<String, Value>,
+    pub(crate) stream: bool,
+    /// Non-streaming: the whole call. Streaming: up to the first event.
+    pub(crate) timeout: Duration,
+    /// A per-request `mock_response` (replaces the deployment's).
+    pub(crate) mock_response: Option<&'a str>,
+    /// A per-request `mock_delay` (replaces the deployment's).
+    pub(crate) mock_delay: Option<Duration>,
+    /// Prompt tokens (for mock usage).
+    pub(crate) prompt_tokens: u64,
+}
+
+/// A successful upstream answer.
+pub(crate) enum Reply {
+    Json(Value),
+    /// The first event has arrived; the rest follow as the upstream sends them.
+    Stream {
+        first: SseEvent,
+        rest: BoxStream<'static, Result<SseEvent, RouterError>>,
+    },
+}
+
+/// The HTTP client shared by every deployment (one connection pool).
+#[derive(Clone, Debug)]
+pub(crate) struct Providers {
+    client: reqwest::Client,
+}
+
+impl Providers {
+    pub(crate) fn new() -> Result<Self, RouterError> {
+        let client = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .pool_idle_timeout(Duration::from_secs(90))
+            .tcp_nodelay(true)
+            .build()
+            .map_err(|e| RouterError::Internal(format!("cannot build the HTTP client: {e}")))?;
+        Ok(Self { client })
+    }
+
+    pub(crate) async fn call(&self, call: Call<'_>) -> Result<Reply, RouterError> {
+        let d = call.deployment;
+        let mock = call.mock_response.or(d.mock_response.as_deref());
+        let work = async {
+            if let Some(text) = mock {
+                if let Some(delay) = call.mock_delay.or(d.mock_delay) {
+                    tokio::time::sleep(delay).await;
+                }
+                return mock::reply(
+                    d,
+                    call.endpoint,
+                    call.body,
+                    call.stream,
+                    text,
+                    call.prompt_tokens,
+                );
+            }
+            self.send(&call).await
+        };
+        match tokio::time::timeout(call.timeout, work).await {
+            Ok(r) => r,
+            Err(_) => Err(RouterError::upstream(
+                UpstreamErrorKind::Timeout,
+                &d.id,
+                None,
+                format!(
+                    "no {} within {:.3} s",
+                    if call.stream { "first chunk" } else { "answer" },
+                    call.timeout.as_secs_f64()
+                ),
+                None,
+            )),
+        }
+    }
+
+    async fn send(&self, call: &Call<'_>) -> Result<Reply, RouterError> {
+        let d = call.deployment;
+        let secret = d.api_key.as_ref().map(|k| k.expose());
+        let body = upstream_body(d, call.body);
+        let req = self
+            .client
+            .post(url(d, call.endpoint))
+            .headers(headers(d))
+            .json(&body);
+        let resp = req.send().await.map_err(|e| transport_error(d, &e))?;
+        let status = resp.status().as_u16();
+        if !(200..300).contains(&status) {
+            let headers = resp.headers().clone();
+            let text = resp
+                .bytes()
+                .await
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
+                .unwrap_or_default();
+            return Err(error_from_response(d, status, &headers, &text));
+        }
+        if call.stream {
+            let mut events = sse::events(resp.bytes_stream(), d.id.clone());
+            return match events.next().await {
+                Some(Ok(first)) => {
+                    if let Some(err) = stream_error(d, &first) {
+                        return Err(err);
+                    }
+                    Ok(Reply::Stream {
+                        first,
+                        rest: events,
+                    })
+                }
+                Some(Err(e)) => Err(e),
+                None => Err(RouterError::upstream(
+                    UpstreamErrorKind::InvalidResponse,
+                    &d.id,
+                    Some(status),
+                    "the stream ended before its first event",
+                    secret,
+                )),
+            };
+        }
+        let bytes = resp.bytes().await.map_err(|e| transport_error(d, &e))?;
+        match serde_json::from_slice::<Value>(&bytes) {
+            Ok(v) if v.is_object() => Ok(Reply::Json(v)),
+            _ => Err(RouterError::upstream(
+                UpstreamErrorKind::InvalidResponse,
+                &d.id,
+                Some(status),
+                "the response is not a JSON object",
+                secret,
+            )),
+        }
+    }
+}
+
+/// The endpoint URL of a deployment.
+pub(crate) fn url(d: &Deployment, endpoint: Endpoint) -> String {
+    match d.kind {
+        ProviderKind::OpenAi => format!("{}{}", d.api_base, endpoint.path()),
+        ProviderKind::Azure => format!(
+            "{}/openai/deployments/{}{}?api-version={}",
+            d.api_base,
+            d.model,
+            endpoint.path(),
+            d.api_version.as_deref().unwrap_or_default()
+        ),
+    }
+}
+
+fn headers(d: &Deployment) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    if let Some(key) = &d.api_key {
+        let (name, value) = match d.kind {
+            ProviderKind::OpenAi => (
+                HeaderName::from_static("authorization"),
+                format!("Bearer {}", key.expose()),
+            ),
+            ProviderKind::Azure => (HeaderName::from_static("api-key"), key.expose().to_owned()),
+        };
+        if let Ok(mut v) = HeaderValue::from_str(&value) {
+            v.set_sensitive(true);
+            h.insert(name, v);
+        }
+    }
+    // Validated at startup.
+    for (name, value) in &d.headers {
+        if let (Ok(n), Ok(v)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            h.insert(n, v);
+        }
+    }
+    h
+}
+
+/// The client's body with the deployment's model name, its parameter defaults and `extra_body`.
+pub(crate) fn upstream_body(d: &Deployment, body: &Map<String, Value>) -> Value {
+    let mut out = body.clone();
+    out.insert("model".to_owned(), Value::String(d.model.clone()));
+    for (k, v) in &d.body_defaults {
+        out.entry(k.clone()).or_insert_with(|| v.clone());
+    }
+    for (k, v) in &d.extra_body {
+        out.insert(k.clone(), v.clone());
+    }
+    Value::Object(out)
+}
+
+fn transport_error(d: &Deployment, e: &reqwest::Error) -> RouterError {
+    let kind = if e.is_timeout() {
+        UpstreamErrorKind::Timeout
+    } else if e.is_decode() || e.is_body() {
+        UpstreamErrorKind::InvalidResponse
+    } else {
+        UpstreamErrorKind::Connection
+    };
+    RouterError::upstream(
+        kind,
+        &d.id,
+        None,
+        sse::without_url(e),
+        d.api_key.as_ref().map(|k| k.expose()),
+    )
+}
+
+/// An `{"error": ...}` event inside a stream.
+pub(crate) fn stream_error(d: &Deployment, event: &SseEvent) -> Option<RouterError> {
+    if !event.data.contains("\"error\"") {
+        return None;
+    }
+    let v: Value = serde_json::from_str(&event.data).ok()?;
+    v.get("error")?;
+    let status = v
+        .pointer("/error/status")
+        .or_else(|| v.pointer("/error/code"))
+        .and_then(Value::as_u64)
+        .and_then(|s| u16::try_from(s).ok())
+        .filter(|s| (400..600).contains(s))
+        .unwrap_or(500);
+    Some(error_from_response(
+        d,
+        status,
+        &HeaderMap::new(),
+        &event.data,
+    ))
+}
+
+/// Maps an upstream error response to the typed error.
+pub(crate) fn error_from_response(
+    d: &Deployment,
+    status: u16,
+    headers: &HeaderMap,
+    body: &str,
+) -> RouterError {
+    let parsed: Option<Value> = serde_json::from_str(body).ok();
+    let err_obj = parsed.as_ref().and_then(|v| v.get("error"));
+    let field = |k: &str| -> Option<String> {
+        err_obj.and_then(|e| e.get(k)).and_then(|v| match v {
+            Value::String(s) => Some(s.clone()),
+            Value::Number(n) => Some(n.to_string()),
+            _ => None,
+        })
+    };
+    let message = field("message")
+        .or_else(|| err_obj.and_then(Value::as_str).map(str::to_owned))
+        .or_else(|| {
+            parsed
+                .as_ref()
+                .and_then(|v| v.get("message"))
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        })
+        .or_else(|| {
+            parsed
+                .as_ref()
+                .and_then(|v| v.get("detail"))
+                .map(|v| match v {
+                    Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                })
+        })
+        .unwrap_or_else(|| body.chars().take(500).collect());
+    let code = field("code");
+    let lower = message.to_ascii_lowercase();
+    let code_is = |names: &[&str]| code.as_deref().is_some_and(|c| names.contains(&c));
+    let kind = match status {
+        400 | 413 | 422 => {
+            if code_is(&["context_length_exceeded", "string_above_max_length"])
+                || [
+                    "context length",
+                    "context_length",
+                    "maximum context",
+                    "context window",
+                    "too many tokens",
+                    "prompt is too long",
+                    "input is too long",
+                    "reduce the length",
+                ]
+                .iter()
+                .any(|p| lower.contains(p))
+            {
+                UpstreamErrorKind::ContextWindowExceeded
+            } else if code_is(&["content_policy_violation", "content_filter"])
+                || [
+                    "content management policy",
+                    "content_policy",
+                    "safety system",
+                    "content filter",
+                ]
+                .iter()
+                .any(|p| lower.contains(p))
+            {
+                UpstreamErrorKind::ContentPolicyViolation
+            } else {
+                UpstreamErrorKind::BadRequest
+            }
+        }
+        401 => UpstreamErrorKind::Authentication,
+        403 => UpstreamErrorKind::PermissionDenied,
+        404 => UpstreamErrorKind::NotFound,
+        408 => UpstreamErrorKind::Timeout,
+        429 => UpstreamErrorKind::RateLimited,
+        503 | 529 => UpstreamErrorKind::ServiceUnavailable,
+        504 => UpstreamErrorKind::Timeout,
+        409 | 500..=599 => UpstreamErrorKind::InternalServer,
+        _ => UpstreamErrorKind::BadRequest,
+    };
+    let secret = d.api_key.as_ref().map(|k| k.expose());
+    let mut err = RouterError::upstream(kind, &d.id, Some(status), message, secret);
+    if let RouterError::Upstream(u) = &mut err {
+        let u: &mut UpstreamError = u;
+        u.retry_after = retry_after(headers);
+        u.code = code.map(|c| crate::error::redact(c, secret));
+        u.param = field("param");
+    }
+    err
+}
+
+/// `retry-after-ms` (milliseconds) or `retry-after` (seconds).
+fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let num = |name: &str| -> Option<f64> {
+        headers
+            .get(name)?
+            .to_str()
+            .ok()?
+            .trim()
+            .parse::<f64>()
+            .ok()
+            .filter(|v| v.is_finite() && *v >= 0.0 && *v < 1e7)
+    };
+    num("retry-after-ms")
+        .map(|ms| Duration::from_secs_f64(ms / 1000.0))
+        .or_else(|| num("retry-after").map(Duration::from_secs_f64))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{LitellmParams, ModelListEntry, RouterConfig, Secret};
+
+    fn deployment(model: &str, base: &str) -> std::sync::Arc<Deployment> {
+        let cfg = RouterConfig {
+            model_list: vec![ModelListEntry {
+                model_name: "g".into(),
+                litellm_params: LitellmParams {
+                    model: model.into(),
+                    api_base: Some(base.into()),
+                    api_key: Some(Secret::new("sk-secret-123")),
+                    api_version: Some("2024-06-01".into()),
+                    ..LitellmParams::default()
+                },
+                model_info: None,
+                rpm: None,
+                tpm: None,
+                extra: Default::default(),
+            }],
+            settings: Default::default(),
+        };
+        let t = crate::deployment::build(&cfg).unwrap();
+        t.groups["g"].deployments[0].clone()
+    }
+
+    #[test]
+    fn urls() {
+        let d = deployment("azure/gpt-dep", "https://r.openai.azure.com/");
+        assert_eq!(
+            url(&d, Endpoint::ChatCompletions),
+            "https://r.openai.azure.com/openai/deployments/gpt-dep/chat/completions?api-version=2024-06-01"
+        );
+        let d = deployment("openai/gpt-4o", "http://localhost:8000/v1");
+        assert_eq!(
+            url(&d, Endpoint::Embeddings),
+            "http://localhost:8000/v1/embeddings"
+        );
+        let d = deployment("ollama_chat/llama3", "http://localhost:11434");
+        assert_eq!(
+            url(&d, Endpoint::ChatCompletions),
+            "http://localhost:11434/v1/chat/completions"
+        );
+        let d = deployment("hosted_vllm/meta-llama/Llama-3-8B", "http://h:8000/v1");
+        assert_eq!(d.model, "meta-llama/Llama-3-8B");
+    }
+
+    #[test]
+    fn error_mapping() {
+        let d = deployment("openai/x", "http://h/v1");
+        let mut h = HeaderMap::new();
+        h.insert("retry-after", HeaderValue::from_static("2"));
+        let e = error_from_response(
+            &d,
+            429,
+            &h,
+            r#"{"error":{"message":"slow","code":"rate_limit_exceeded"}}"#,
+        );
+        assert_eq!(e.upstream_kind(), Some(UpstreamErrorKind::RateLimited));
+        assert_eq!(e.retry_after(), Some(Duration::from_secs(2)));
+        let e = error_from_response(
+            &d,
+            400,
+            &HeaderMap::new(),
+            r#"{"error":{"message":"This model's maximum context length is 8192 tokens","code":null}}"#,
+        );
+        assert_eq!(
+            e.upstream_kind(),
+            Some(UpstreamErrorKind::ContextWindowExceeded)
+        );
+        let e = error_from_response(
+            &d,
+            400,
+            &HeaderMap::new(),
+            r#"{"error":{"code":"content_filter","message":"no"}}"#,
+        );
+        assert_eq!(
+            e.upstream_kind(),
+            Some(UpstreamErrorKind::ContentPolicyViolation)
+        );
+        let e = error_from_response(
+            &d,
+            401,
+            &HeaderMap::new(),
+            r#"{"error":{"message":"Incorrect API key provided: sk-secret-123"}}"#,
+        );
+        assert_eq!(e.status_code(), 401);
+        assert!(!e.to_string().contains("sk-secret-123"));
+        let e = error_from_response(&d, 502, &HeaderMap::new(), "<html>bad gateway</html>");
+        assert!(e.is_retryable());
+    }
+}

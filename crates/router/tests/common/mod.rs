@@ -1,0 +1,99 @@
+//! Helpers shared by the router's integration tests.
+#![allow(dead_code, unreachable_pub)]
+
+use std::time::Duration;
+
+use router::{
+    Backend, Endpoint, RedisBackendConfig, ResponseBody, Router, RouterConfig, RouterRequest,
+};
+use serde_json::{json, Value};
+use testkit::{MockUpstream, RedisServer};
+
+/// Runs each named `async fn(Backend) -> anyhow::Result<()>` against the memory backend and against a fresh
+/// redis-server.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod memory {
+            $(
+                #[tokio::test]
+                async fn $name() -> anyhow::Result<()> {
+                    super::$name(router::Backend::Memory).await
+                }
+            )*
+        }
+        mod redis {
+            $(
+                #[tokio::test]
+                async fn $name() -> anyhow::Result<()> {
+                    let server = testkit::RedisServer::start().await?;
+                    super::$name($crate::common::redis_backend(&server)).await
+                }
+            )*
+        }
+    };
+}
+
+/// The Redis backend on `server` (short timeouts, default prefix: each test has its own server).
+pub fn redis_backend(server: &RedisServer) -> Backend {
+    Backend::Redis(RedisBackendConfig {
+        url: server.url(),
+        pool_size: 8,
+        command_timeout: Duration::from_secs(2),
+        ..RedisBackendConfig::default()
+    })
+}
+
+/// A router from a `config.yaml`-shaped JSON value.
+pub async fn router(config: Value, backend: Backend) -> anyhow::Result<Router> {
+    Ok(Router::new(RouterConfig::from_json(config)?, backend).await?)
+}
+
+/// A `model_list` entry for an OpenAI-compatible deployment on `upstream`, serving `model` upstream.
+pub fn openai(group: &str, model: &str, upstream: &MockUpstream, extra: Value) -> Value {
+    let mut params = json!({"model": format!("openai/{model}"), "api_base": upstream.base_url(), "api_key": "sk-test"});
+    if let (Some(p), Value::Object(e)) = (params.as_object_mut(), extra) {
+        p.extend(e);
+    }
+    json!({"model_name": group, "litellm_params": params})
+}
+
+/// A chat request for `model`.
+pub fn chat(model: &str) -> RouterRequest {
+    chat_with(model, json!({}))
+}
+
+/// A chat request for `model` with extra body fields.
+pub fn chat_with(model: &str, extra: Value) -> RouterRequest {
+    let mut body = json!({"model": model, "messages": [{"role": "user", "content": "Say hello"}]});
+    if let (Some(b), Value::Object(e)) = (body.as_object_mut(), extra) {
+        b.extend(e);
+    }
+    match RouterRequest::from_json(Endpoint::ChatCompletions, body) {
+        Ok(r) => r,
+        Err(e) => panic!("bad test request: {e}"),
+    }
+}
+
+/// The JSON body of a response (panics on a stream).
+pub fn json_body(body: ResponseBody) -> Value {
+    match body {
+        ResponseBody::Json(v) => v,
+        ResponseBody::Stream(_) => panic!("expected JSON, got a stream"),
+    }
+}
+
+/// The `model` field of every request `upstream` received.
+pub fn models_seen(upstream: &MockUpstream) -> Vec<String> {
+    upstream
+        .requests()
+        .iter()
+        .map(|r| {
+            r.body
+                .get("model")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned()
+        })
+        .collect()
+}
