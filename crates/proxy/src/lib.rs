@@ -1,1 +1,46 @@
-//! The `llm-scheduler` OpenAI-compatible HTTP server.
+//! The `llm-scheduler` proxy: an OpenAI-compatible HTTP server in front of the [`router`], configured by LiteLLM's
+//! `config.yaml`.
+//!
+//! Layout:
+//! - `config`: loading `config.yaml` ([`Config`]): `os.environ/` references, `litellm_settings` merged into the
+//!   router settings, unimplemented keys collected, backend choice ([`BackendChoice`]).
+//! - `auth`: the master key ([`MasterKey`]), refused when publicly known, compared in constant time.
+//! - `request`: reading and validating inference bodies (`priority`, `timeout`, `cache`).
+//! - `routes`: [`app`], the axum router and its handlers; response headers.
+//! - `error`: [`ApiError`], the OpenAI-shaped error every handler answers with.
+//! - `metrics`: Prometheus metrics of the edge and the router.
+//! - `state`: [`AppState`], shared by handlers.
+//! - `server`: [`run`], serving until shutdown with a grace period.
+//! - `check`: [`check_config`], the `check-config` subcommand.
+//!
+//! ```no_run
+//! # async fn demo() -> anyhow::Result<()> {
+//! let config = proxy::Config::load("examples/mock-config.yaml")?;
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:4000").await?;
+//! proxy::run(listener, config, async {
+//!     let _ = tokio::signal::ctrl_c().await;
+//! })
+//! .await?;
+//! # Ok(()) }
+//! ```
+
+mod auth;
+mod check;
+mod config;
+mod error;
+mod metrics;
+mod request;
+mod routes;
+mod server;
+mod state;
+
+pub use auth::MasterKey;
+pub use check::check_config;
+pub use config::{BackendChoice, Config, ConfigError};
+pub use error::ApiError;
+pub use routes::{
+    app, HEADER_ATTEMPTS, HEADER_CACHE_HIT, HEADER_DEPLOYMENT_ID, HEADER_FALLBACKS,
+    HEADER_MODEL_GROUP, HEADER_OVERHEAD_MS, HEADER_QUEUE_WAIT_MS,
+};
+pub use server::{run, RunError};
+pub use state::AppState;

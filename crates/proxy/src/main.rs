@@ -1,3 +1,152 @@
-//! `llm-scheduler`: the OpenAI-compatible proxy binary.
+//! `llm-scheduler`: the OpenAI-compatible proxy binary. Parses the CLI and config, sets up logging, binds, and
+//! hands over to [`proxy::run`].
 
-fn main() {}
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use tracing_subscriber::EnvFilter;
+
+/// A priority-scheduling gateway in front of LLM APIs (OpenAI-compatible, LiteLLM config.yaml).
+#[derive(Parser, Debug)]
+#[command(
+    name = "llm-scheduler",
+    version,
+    about,
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+
+    /// LiteLLM-style config.yaml.
+    #[arg(long, short, env = "LLM_SCHEDULER_CONFIG")]
+    config: Option<PathBuf>,
+
+    /// Address to listen on.
+    #[arg(long, default_value = "0.0.0.0")]
+    host: String,
+
+    /// Port to listen on (0 picks a free one; the log line `listening on ...` names it).
+    #[arg(long, default_value_t = 4000)]
+    port: u16,
+
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Pretty)]
+    log_format: LogFormat,
+
+    /// Seconds in-flight requests get to finish after SIGTERM/SIGINT.
+    #[arg(long, default_value_t = 30.0)]
+    grace_period: f64,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Validate a config file and print its model groups (secrets masked).
+    CheckConfig {
+        /// The config file.
+        file: PathBuf,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Pretty,
+    /// One JSON object per line.
+    Json,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = match cli.command {
+        Some(Command::CheckConfig { ref file }) => runtime.block_on(check(file)),
+        None => runtime.block_on(serve(cli)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn check(file: &std::path::Path) -> anyhow::Result<()> {
+    let report = proxy::check_config(file).await?;
+    print!("{report}");
+    Ok(())
+}
+
+async fn serve(cli: Cli) -> anyhow::Result<()> {
+    let Some(path) = cli.config else {
+        anyhow::bail!("no config: pass --config config.yaml (or set LLM_SCHEDULER_CONFIG)");
+    };
+    let mut config =
+        proxy::Config::load(&path).with_context(|| format!("loading {}", path.display()))?;
+    if !(cli.grace_period.is_finite() && cli.grace_period >= 0.0) {
+        anyhow::bail!("--grace-period must be a non-negative number of seconds");
+    }
+    config.grace_period = Duration::from_secs_f64(cli.grace_period);
+    init_tracing(
+        cli.log_format == LogFormat::Json || config.json_logs,
+        config.verbose,
+    );
+    let listener = tokio::net::TcpListener::bind((cli.host.as_str(), cli.port))
+        .await
+        .with_context(|| format!("binding {}:{}", cli.host, cli.port))?;
+    proxy::run(listener, config, shutdown_signal()).await?;
+    Ok(())
+}
+
+/// `RUST_LOG` when set; else info (debug for the proxy and router with `litellm_settings.set_verbose`).
+fn init_tracing(json: bool, verbose: bool) {
+    let default = if verbose {
+        "info,proxy=debug,router=debug"
+    } else {
+        "info"
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stdout().is_terminal());
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+/// SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}

@@ -1,0 +1,224 @@
+//! `ApiError`: every failure the HTTP edge answers, in OpenAI's error shape with an honest status.
+
+use std::time::Duration;
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use router::RouterError;
+use serde_json::json;
+
+/// An error answered to a client as `{"error": {"message", "type", "param", "code"}}`.
+///
+/// Built from the proxy's own checks (bad input, auth, routing) or from a [`RouterError`], whose
+/// `status_code()`, `error_type()`, `code()`, `param()` and `retry_after()` it keeps.
+#[derive(Clone, Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+    error_type: &'static str,
+    param: Option<String>,
+    code: Option<String>,
+    retry_after: Option<Duration>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, error_type: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+            error_type,
+            param: None,
+            code: None,
+            retry_after: None,
+        }
+    }
+
+    /// 400: the request is malformed; `param` names the offending field.
+    pub fn bad_request(message: impl Into<String>, param: Option<&str>) -> Self {
+        let mut err = Self::new(StatusCode::BAD_REQUEST, "invalid_request_error", message);
+        err.param = param.map(str::to_owned);
+        err
+    }
+
+    /// 401: missing or wrong key.
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "invalid_request_error", message)
+            .with_code("invalid_api_key")
+    }
+
+    /// 404 for a path this server does not have.
+    pub fn unknown_route(method: &str, path: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            format!("unknown route: {method} {path}"),
+        )
+        .with_code("not_found")
+    }
+
+    /// 404 for a model this server does not serve, naming the ones it does.
+    pub fn unknown_model(model: &str, groups: &[String]) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            format!(
+                "model `{model}` is not served here; known models: {}",
+                groups.join(", ")
+            ),
+        )
+        .with_code("model_not_found")
+        .with_param("model")
+    }
+
+    /// 405 for a known path called with the wrong method.
+    pub fn method_not_allowed(method: &str, path: &str) -> Self {
+        Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "invalid_request_error",
+            format!("method {method} is not allowed on {path}"),
+        )
+        .with_code("method_not_allowed")
+    }
+
+    /// 413: the body is larger than `general_settings.max_request_size_mb`.
+    pub fn payload_too_large(limit_bytes: usize) -> Self {
+        #[allow(clippy::cast_precision_loss)]
+        let mib = limit_bytes as f64 / (1024.0 * 1024.0);
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "invalid_request_error",
+            format!("request body is larger than the limit of {mib} MiB (general_settings.max_request_size_mb)"),
+        )
+        .with_code("request_too_large")
+    }
+
+    /// 503 with a message (e.g. the backend is unreachable).
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "server_error", message)
+    }
+
+    /// 500: something this server got wrong.
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", message)
+    }
+
+    /// The same error naming the offending request field.
+    #[must_use]
+    pub(crate) fn with_param(mut self, param: &str) -> Self {
+        self.param = Some(param.to_owned());
+        self
+    }
+
+    /// The same error with an OpenAI `code`.
+    #[must_use]
+    pub fn with_code(mut self, code: impl Into<String>) -> Self {
+        self.code = Some(code.into());
+        self
+    }
+
+    /// The same error answered with another status (the edge's own rule for a router error).
+    #[must_use]
+    pub(crate) fn with_status(mut self, status: StatusCode) -> Self {
+        self.status = status;
+        self
+    }
+
+    /// The HTTP status.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// The message shown to the client.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// The OpenAI error `type`.
+    pub fn error_type(&self) -> &'static str {
+        self.error_type
+    }
+
+    /// The offending request field, when known.
+    pub fn param(&self) -> Option<&str> {
+        self.param.as_deref()
+    }
+
+    /// The JSON body (also used for errors inside an event stream).
+    pub fn body(&self) -> serde_json::Value {
+        json!({
+            "error": {
+                "message": self.message,
+                "type": self.error_type,
+                "param": self.param,
+                "code": self.code,
+            }
+        })
+    }
+}
+
+impl From<RouterError> for ApiError {
+    fn from(err: RouterError) -> Self {
+        let status =
+            StatusCode::from_u16(err.status_code()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        Self {
+            status,
+            message: err.to_string(),
+            error_type: err.error_type(),
+            param: err.param().map(str::to_owned),
+            code: err.code().map(str::to_owned),
+            retry_after: err.retry_after().or_else(|| {
+                // A 429 without a hint still tells clients to back off a little rather than hammer.
+                (status == StatusCode::TOO_MANY_REQUESTS).then(|| Duration::from_secs(1))
+            }),
+        }
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.status.as_u16(), self.message)
+    }
+}
+
+impl std::error::Error for ApiError {}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = (self.status, Json(self.body())).into_response();
+        if let Some(after) = self.retry_after {
+            // Whole seconds, rounded up: "0" would invite an immediate retry.
+            let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
+            if let Ok(value) = HeaderValue::from_str(&secs.max(1).to_string()) {
+                response.headers_mut().insert(header::RETRY_AFTER, value);
+            }
+        }
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn router_errors_keep_status_type_and_retry_after() {
+        let err = ApiError::from(RouterError::QueueFull {
+            group: "g".into(),
+            retry_after: Some(Duration::from_millis(1500)),
+        });
+        assert_eq!(err.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(err.error_type(), "rate_limit_error");
+        let response = err.into_response();
+        assert_eq!(response.headers()[header::RETRY_AFTER], "2");
+    }
+
+    #[test]
+    fn the_body_has_the_openai_shape() {
+        let body = ApiError::bad_request("bad `priority`", Some("priority")).body();
+        assert_eq!(body["error"]["param"], "priority");
+        assert_eq!(body["error"]["type"], "invalid_request_error");
+        assert!(body["error"]["code"].is_null());
+        assert_eq!(body["error"]["message"], "bad `priority`");
+    }
+}

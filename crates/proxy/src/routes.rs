@@ -1,0 +1,429 @@
+//! The HTTP surface: [`app`] and its handlers (inference, models, health, metrics, fallbacks).
+
+use std::convert::Infallible;
+use std::time::{Duration, Instant};
+
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{middleware, Json};
+use futures::StreamExt;
+use router::{Endpoint, ResponseBody, ResponseMeta, RouterError};
+use serde_json::{json, Value};
+
+use crate::auth;
+use crate::error::ApiError;
+use crate::metrics::RequestLabels;
+use crate::request;
+use crate::state::AppState;
+
+/// Response header: the deployment that answered.
+pub const HEADER_DEPLOYMENT_ID: &str = "x-llm-scheduler-deployment-id";
+/// Response header: the model group that answered (a fallback group when fallbacks were used).
+pub const HEADER_MODEL_GROUP: &str = "x-llm-scheduler-model-group";
+/// Response header: upstream attempts made.
+pub const HEADER_ATTEMPTS: &str = "x-llm-scheduler-attempts";
+/// Response header: fallback groups tried, comma separated.
+pub const HEADER_FALLBACKS: &str = "x-llm-scheduler-fallbacks";
+/// Response header: milliseconds waited for capacity.
+pub const HEADER_QUEUE_WAIT_MS: &str = "x-llm-scheduler-queue-wait-ms";
+/// Response header: milliseconds to the response head minus the upstream latency.
+pub const HEADER_OVERHEAD_MS: &str = "x-llm-scheduler-overhead-ms";
+/// Response header: `true` when served from the response cache.
+pub const HEADER_CACHE_HIT: &str = "x-llm-scheduler-cache-hit";
+
+/// The proxy's HTTP app over `state`: OpenAI-compatible endpoints, health, metrics.
+///
+/// Testable in-process with `tower::ServiceExt::oneshot`.
+pub fn app(state: AppState) -> axum::Router {
+    let authenticated = axum::Router::new()
+        .route("/chat/completions", post(chat_completions))
+        .route("/v1/chat/completions", post(chat_completions))
+        .route("/completions", post(completions))
+        .route("/v1/completions", post(completions))
+        .route("/embeddings", post(embeddings))
+        .route("/v1/embeddings", post(embeddings))
+        .route("/queue/chat/completions", post(queue_chat_completions))
+        .route("/v1/queue/chat/completions", post(queue_chat_completions))
+        .route("/models", get(models))
+        .route("/v1/models", get(models))
+        .route("/models/{model}", get(model))
+        .route("/v1/models/{model}", get(model))
+        .route("/health", get(health))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_master_key,
+        ));
+    let open = axum::Router::new()
+        .route("/health/readiness", get(readiness))
+        .route("/health/liveliness", get(liveliness))
+        .route("/health/liveness", get(liveliness))
+        .route("/metrics", get(metrics));
+    let limit = state.max_request_size();
+    authenticated
+        .merge(open)
+        .fallback(unknown_route)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(state)
+}
+
+async fn chat_completions(
+    State(state): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    inference(state, Endpoint::ChatCompletions, false, body).await
+}
+
+async fn queue_chat_completions(
+    State(state): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    inference(state, Endpoint::ChatCompletions, true, body).await
+}
+
+async fn completions(
+    State(state): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    inference(state, Endpoint::Completions, false, body).await
+}
+
+async fn embeddings(
+    State(state): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    inference(state, Endpoint::Embeddings, false, body).await
+}
+
+/// Counts one inference request in flight and, when dropped (after the JSON answer or at the end of a stream,
+/// also when the client goes away), records its duration. A request dropped before any answer (the client
+/// disconnected while it waited) is counted with status 499.
+struct Tracker {
+    state: AppState,
+    endpoint: Endpoint,
+    model_group: String,
+    answered: bool,
+    started: Instant,
+}
+
+impl Tracker {
+    fn new(state: AppState, endpoint: Endpoint) -> Self {
+        state.metrics().request_started();
+        Self {
+            state,
+            endpoint,
+            model_group: String::new(),
+            answered: false,
+            started: Instant::now(),
+        }
+    }
+
+    fn count(&self, deployment: &str, status: u16) {
+        self.state.metrics().answered(RequestLabels {
+            endpoint: self.endpoint.name().to_owned(),
+            model_group: self.model_group.clone(),
+            deployment: deployment.to_owned(),
+            status: status.to_string(),
+        });
+    }
+
+    fn answered(&mut self, model_group: &str, deployment: &str, status: StatusCode) {
+        self.model_group = model_group.to_owned();
+        self.answered = true;
+        self.count(deployment, status.as_u16());
+    }
+
+    /// Counts and logs `err`, and answers with it.
+    fn refuse(mut self, err: ApiError) -> Response {
+        let group = std::mem::take(&mut self.model_group);
+        self.answered(&group, "", err.status());
+        log_error(self.endpoint, &group, &err, self.started.elapsed());
+        err.into_response()
+    }
+}
+
+impl Drop for Tracker {
+    fn drop(&mut self) {
+        if !self.answered {
+            self.count("", 499);
+            tracing::info!(endpoint = self.endpoint.name(), model_group = %self.model_group,
+                took_ms = millis(self.started.elapsed()), "client went away before the answer");
+        }
+        let metrics = self.state.metrics();
+        metrics.request_finished();
+        metrics.duration(
+            self.endpoint.name(),
+            &self.model_group,
+            self.started.elapsed(),
+        );
+    }
+}
+
+/// One inference request, start to end. The router call is awaited here, never spawned: when the client
+/// disconnects the server drops this future, which drops the router's and cancels a queued entry.
+async fn inference(
+    state: AppState,
+    endpoint: Endpoint,
+    force_queue: bool,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let mut tracker = Tracker::new(state.clone(), endpoint);
+    let parsed = body
+        .map_err(|rejection| body_error(&rejection, state.max_request_size()))
+        .and_then(|body| request::parse(endpoint, &body, force_queue));
+    let parsed = match parsed {
+        Ok(parsed) => parsed,
+        Err(err) => return tracker.refuse(err),
+    };
+    // Label metrics with the model only when it is a served group: clients choose the text.
+    let model = &parsed.router_request.model;
+    if state.serves(model) {
+        tracker.model_group.clone_from(model);
+    }
+    let response = match state.router().completion(parsed.router_request).await {
+        Ok(response) => response,
+        Err(err) => return tracker.refuse(edge_error_counted(err, Some(&state))),
+    };
+
+    let meta = response.meta;
+    let elapsed = tracker.started.elapsed();
+    let overhead = elapsed.saturating_sub(meta.upstream_latency);
+    state.metrics().routed(
+        &meta.model_group,
+        &meta.deployment_id,
+        meta.queue_wait,
+        meta.upstream_latency,
+        overhead.saturating_sub(meta.queue_wait),
+    );
+    tracker.answered(&meta.model_group, &meta.deployment_id, StatusCode::OK);
+    tracing::info!(
+        endpoint = endpoint.name(),
+        model_group = %meta.model_group,
+        deployment = %meta.deployment_id,
+        status = 200,
+        attempts = meta.attempts,
+        queue_wait_ms = millis(meta.queue_wait),
+        upstream_ms = millis(meta.upstream_latency),
+        cache_hit = meta.cache_hit,
+        "request answered"
+    );
+    let headers = meta_headers(&meta, overhead);
+
+    match response.body {
+        ResponseBody::Json(value) => (headers, Json(value)).into_response(),
+        ResponseBody::Stream(stream) => {
+            // The tracker rides along with the stream: the request ends when the stream does.
+            let group = meta.model_group.clone();
+            let events = stream.map(move |item| {
+                let _tracker = &tracker;
+                Ok::<_, Infallible>(match item {
+                    Ok(bytes) => bytes,
+                    Err(err) => {
+                        let err = edge_error(err);
+                        tracing::warn!(model_group = %group, error = %err, "stream broke");
+                        Bytes::from(format!("data: {}\n\n", err.body()))
+                    }
+                })
+            });
+            let mut response = (headers, Body::from_stream(events)).into_response();
+            let h = response.headers_mut();
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/event-stream"),
+            );
+            h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+            // Tells buffering reverse proxies (nginx) to pass chunks on at once.
+            h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+            response
+        }
+    }
+}
+
+/// A router error as the edge answers it. An unknown model is the client's mistake: 400 naming the groups.
+fn edge_error(err: RouterError) -> ApiError {
+    edge_error_counted(err, None)
+}
+
+/// [`edge_error`], counting backend (Redis) failures.
+fn edge_error_counted(err: RouterError, state: Option<&AppState>) -> ApiError {
+    if let (RouterError::Backend(_), Some(state)) = (&err, state) {
+        state.metrics().backend_errors().inc();
+    }
+    let unknown_model = matches!(err, RouterError::ModelNotFound { .. });
+    let api = ApiError::from(err);
+    if unknown_model {
+        api.with_status(StatusCode::BAD_REQUEST)
+    } else {
+        api
+    }
+}
+
+/// The body could not be read: too large (413) or broken.
+fn body_error(rejection: &BytesRejection, limit: usize) -> ApiError {
+    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::payload_too_large(limit)
+    } else {
+        ApiError::bad_request(
+            format!("could not read the request body: {}", rejection.body_text()),
+            None,
+        )
+    }
+}
+
+fn log_error(endpoint: Endpoint, group: &str, err: &ApiError, took: Duration) {
+    let status = err.status().as_u16();
+    if err.status().is_server_error() {
+        tracing::warn!(endpoint = endpoint.name(), model_group = %group, status, took_ms = millis(took),
+            error = %err.message(), "request failed");
+    } else {
+        tracing::info!(endpoint = endpoint.name(), model_group = %group, status, took_ms = millis(took),
+            error = %err.message(), "request refused");
+    }
+}
+
+fn millis(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1_000_000.0).round() / 1000.0
+}
+
+fn meta_headers(meta: &ResponseMeta, overhead: Duration) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    let mut put = |name: &'static str, value: String| {
+        // Names of groups and deployments are config text; one that is not a valid header value is left out.
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            headers.insert(HeaderName::from_static(name), value);
+        }
+    };
+    put(HEADER_DEPLOYMENT_ID, meta.deployment_id.clone());
+    put(HEADER_MODEL_GROUP, meta.model_group.clone());
+    put(HEADER_ATTEMPTS, meta.attempts.to_string());
+    put(HEADER_FALLBACKS, meta.fallbacks.join(","));
+    put(
+        HEADER_QUEUE_WAIT_MS,
+        format!("{:.3}", millis(meta.queue_wait)),
+    );
+    put(HEADER_OVERHEAD_MS, format!("{:.3}", millis(overhead)));
+    put(HEADER_CACHE_HIT, meta.cache_hit.to_string());
+    headers
+}
+
+/// `GET /v1/models`: the model groups in OpenAI's list shape.
+async fn models(State(state): State<AppState>) -> Json<Value> {
+    let created = state.started_epoch_secs();
+    let data: Vec<Value> = state
+        .router()
+        .model_groups()
+        .into_iter()
+        .map(|id| model_object(&id, created))
+        .collect();
+    Json(json!({ "object": "list", "data": data }))
+}
+
+/// `GET /v1/models/{model}`.
+async fn model(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let groups = state.router().model_groups();
+    if groups.contains(&id) {
+        Ok(Json(model_object(&id, state.started_epoch_secs())))
+    } else {
+        Err(ApiError::unknown_model(&id, &groups))
+    }
+}
+
+fn model_object(id: &str, created: u64) -> Value {
+    json!({ "id": id, "object": "model", "created": created, "owned_by": "llm-scheduler" })
+}
+
+/// `GET /health`: per-deployment state (cooldowns, in-flight, usage); authenticated.
+async fn health(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let deployments = state
+        .router()
+        .health()
+        .await
+        .map_err(|e| edge_error_counted(e, Some(&state)))?;
+    let cooling = deployments
+        .iter()
+        .filter(|d| d.cooldown_remaining.is_some())
+        .count();
+    let deployments: Vec<Value> = deployments
+        .into_iter()
+        .map(|d| {
+            json!({
+                "id": d.id,
+                "model_group": d.group,
+                "healthy": d.cooldown_remaining.is_none(),
+                "cooldown_remaining_secs": d.cooldown_remaining.map(|r| r.as_secs_f64()),
+                "in_flight": d.in_flight,
+                "rpm_used": d.rpm_used,
+                "rpm_limit": d.rpm_limit,
+                "tpm_used": d.tpm_used,
+                "tpm_limit": d.tpm_limit,
+                "successes_in_window": d.successes_in_window,
+                "failures_in_window": d.failures_in_window,
+                "latency_ms_per_token": d.latency_ms_per_token,
+                "ttft_ms": d.ttft_ms,
+            })
+        })
+        .collect();
+    Ok(Json(json!({
+        "backend": state.backend_name(),
+        "healthy_count": deployments.len() - cooling,
+        "unhealthy_count": cooling,
+        "deployments": deployments,
+    })))
+}
+
+/// `GET /health/readiness`: the backend answers and the replica is not shutting down.
+async fn readiness(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    if state.is_shutting_down() {
+        return Err(ApiError::unavailable("shutting down"));
+    }
+    state.router().ping_backend().await.map_err(|e| {
+        state.metrics().backend_errors().inc();
+        ApiError::unavailable(format!("backend not reachable: {e}"))
+    })?;
+    Ok(Json(json!({
+        "status": "ready",
+        "backend": state.backend_name(),
+        "version": env!("CARGO_PKG_VERSION"),
+    })))
+}
+
+/// `GET /health/liveliness`: the process answers.
+async fn liveliness() -> Json<Value> {
+    Json(json!("I'm alive!"))
+}
+
+/// `GET /metrics`: Prometheus (OpenMetrics) text.
+async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
+    if state.metrics_require_auth() {
+        auth::check(state.master_key(), &headers)?;
+    }
+    let router_registry =
+        crate::metrics::router_registry(state.router(), state.metrics().backend_errors()).await;
+    let text = state
+        .metrics()
+        .encode(&router_registry)
+        .map_err(|e| ApiError::internal(format!("cannot encode metrics: {e}")))?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response())
+}
+
+async fn unknown_route(request: Request) -> ApiError {
+    ApiError::unknown_route(request.method().as_str(), request.uri().path())
+}
+
+async fn method_not_allowed(request: Request) -> ApiError {
+    ApiError::method_not_allowed(request.method().as_str(), request.uri().path())
+}

@@ -1,0 +1,131 @@
+//! The binary's command line: `--version`, `check-config` (validation, masking, `os.environ/` errors) and start-up
+//! failures. No server stays up.
+
+mod common;
+
+use common::{repo_root, run};
+
+fn example(name: &str) -> String {
+    repo_root()
+        .join("examples")
+        .join(name)
+        .display()
+        .to_string()
+}
+
+const EXAMPLE_ENV: &[(&str, &str)] = &[
+    ("OPENAI_API_KEY", "sk-openai-secret-value-1"),
+    (
+        "AZURE_API_BASE",
+        "https://example-resource.openai.azure.com",
+    ),
+    ("AZURE_API_KEY", "azure-secret-value-0000001"),
+    ("REDIS_HOST", "redis.internal"),
+    ("REDIS_PORT", "6380"),
+    ("REDIS_PASSWORD", "redis-secret-pw"),
+    ("LITELLM_MASTER_KEY", "sk-master-secret-value-9"),
+];
+
+#[test]
+fn version_is_printed() {
+    let (code, out, _) = run(&["--version"], &[]);
+    assert_eq!(code, 0);
+    assert!(out.starts_with("llm-scheduler "), "{out}");
+}
+
+#[test]
+fn check_config_describes_the_examples_with_secrets_masked() {
+    let (code, out, err) = run(&["check-config", &example("mock-config.yaml")], &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("gpt-4o (2 deployments)"), "{out}");
+    assert!(
+        out.contains("gpt-4o-mock-a -> openai/gpt-4o (mock_response)"),
+        "{out}"
+    );
+    assert!(out.contains("in-memory"), "{out}");
+    assert!(out.contains("fallbacks: gpt-4o -> gpt-4o-mini"), "{out}");
+    assert!(!out.contains("sk-local-dev-key"), "{out}");
+
+    let (code, out, err) = run(&["check-config", &example("config.yaml")], EXAMPLE_ENV);
+    assert_eq!(code, 0, "{err}");
+    for secret in [
+        "sk-openai-secret-value-1",
+        "azure-secret-value-0000001",
+        "redis-secret-pw",
+        "sk-master-secret-value-9",
+    ] {
+        assert!(!out.contains(secret), "{secret} printed:\n{out}");
+    }
+    assert!(
+        out.contains("redis redis://:***@redis.internal:6380/"),
+        "{out}"
+    );
+    assert!(
+        out.contains(
+            "gpt-4o-azure -> azure/gpt-4o-prod at https://example-resource.openai.azure.com"
+        ),
+        "{out}"
+    );
+    assert!(out.contains("api_key sk-…ue-1"), "{out}");
+    assert!(out.contains("llama-3.1-8b (1 deployment)"), "{out}");
+
+    let compose_env = [
+        ("REDIS_HOST", "127.0.0.1"),
+        ("REDIS_PORT", "6390"),
+        ("LITELLM_MASTER_KEY", "sk-local-dev-key"),
+    ];
+    let (code, out, err) = run(
+        &["check-config", &example("compose-config.yaml")],
+        &compose_env,
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("redis redis://127.0.0.1:6390/"), "{out}");
+}
+
+#[test]
+fn a_missing_environment_variable_is_named_with_its_key() {
+    let env: Vec<(&str, &str)> = EXAMPLE_ENV
+        .iter()
+        .copied()
+        .filter(|(k, _)| *k != "AZURE_API_KEY")
+        .collect();
+    let (code, out, err) = run(&["check-config", &example("config.yaml")], &env);
+    assert_eq!(code, 1, "{out}");
+    assert!(err.contains("AZURE_API_KEY"), "{err}");
+    assert!(
+        err.contains("model_list[1].litellm_params.api_key"),
+        "{err}"
+    );
+
+    // The server refuses to start the same way.
+    let (code, _, err) = run(&["--config", &example("config.yaml"), "--port", "0"], &env);
+    assert_eq!(code, 1);
+    assert!(err.contains("AZURE_API_KEY"), "{err}");
+}
+
+#[test]
+fn bad_configs_are_refused_with_the_key_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        ("general_settings:\n  master_key: sk-1234\n", "publicly known"),
+        (
+            "model_list:\n  - model_name: g\n    litellm_params:\n      model: openai/x\n      rpm: many\n",
+            "model_list[0].litellm_params.rpm",
+        ),
+        ("litellm_settings:\n  num_retries: [1]\n", "litellm_settings.num_retries"),
+        ("model_list: [\n", "YAML"),
+    ];
+    for (i, (text, needle)) in cases.iter().enumerate() {
+        let path = dir.path().join(format!("c{i}.yaml"));
+        std::fs::write(&path, text).unwrap();
+        let (code, _, err) = run(&["check-config", path.to_str().unwrap()], &[]);
+        assert_eq!(code, 1, "{text}");
+        assert!(err.contains(needle), "{needle}: {err}");
+    }
+    let (code, _, err) = run(&["check-config", "/nonexistent/config.yaml"], &[]);
+    assert_eq!(code, 1);
+    assert!(err.contains("cannot read config file"), "{err}");
+    let (code, _, err) = run(&[], &[]);
+    assert_eq!(code, 1);
+    assert!(err.contains("--config"), "{err}");
+}
