@@ -220,6 +220,12 @@ fn counter(registry: &mut Registry, name: &str, help: &str, value: u64) {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct QueueLabels {
+    model_group: String,
+    priority: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct SourceLabels {
     source: String,
 }
@@ -380,6 +386,28 @@ pub(crate) async fn router_registry(
         Err(err) => {
             edge_backend_errors.inc();
             tracing::warn!(error = %err, "metrics: cannot read deployment state");
+        }
+    }
+    match router.queue_depths().await {
+        Ok(depths) => {
+            let waiting = Family::<QueueLabels, Gauge>::default();
+            for d in depths {
+                waiting
+                    .get_or_create(&QueueLabels {
+                        model_group: d.group,
+                        priority: d.priority.to_string(),
+                    })
+                    .set(gauge_value(d.waiting));
+            }
+            registry.register(
+                "queue_depth",
+                "Requests waiting in the model group's queue, by priority (all replicas)",
+                waiting,
+            );
+        }
+        Err(err) => {
+            edge_backend_errors.inc();
+            tracing::warn!(error = %err, "metrics: cannot read queue depths");
         }
     }
     let backend_errors = Family::<SourceLabels, Counter>::default();

@@ -645,6 +645,18 @@ general_settings:
     })
     .await;
     assert!(queued, "the second request never entered the queue");
+    let metrics = http
+        .get(proxy.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(r#"llm_scheduler_queue_depth{model_group="held",priority="3"} 1"#),
+        "{metrics}"
+    );
     waiter.abort();
     let left = eventually(Duration::from_secs(5), || {
         let mut conn = conn.clone();
@@ -667,5 +679,29 @@ general_settings:
         left,
         "the disconnected client's entry is still queued (depth {depth})"
     );
+
+    // The holder's client goes away during the upstream call: its in-flight slot comes back at once,
+    // not when the lease expires.
     holder.abort();
+    let released = eventually(Duration::from_secs(5), || {
+        let mut conn = conn.clone();
+        async move {
+            let keys: Vec<String> = redis::cmd("KEYS")
+                .arg("proc3:{held}:d:*:if")
+                .query_async(&mut conn)
+                .await
+                .unwrap_or_default();
+            let mut held = 0;
+            for key in keys {
+                held += redis::cmd("ZCARD")
+                    .arg(&key)
+                    .query_async::<u64>(&mut conn)
+                    .await
+                    .unwrap_or(1);
+            }
+            held == 0
+        }
+    })
+    .await;
+    assert!(released, "the abandoned request still holds its in-flight slot");
 }

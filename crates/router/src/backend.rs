@@ -4,7 +4,10 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use queue_core::{Clock, Keyspace, QueueState, RedisConnection};
+use queue_core::{
+    Clock, Keyspace, MemoryQueue, QueueBackend, QueueState, RedisConnection, RedisQueue,
+    RedisQueueSettings,
+};
 use usage_tracker::{MemoryUsage, RedisUsage, UsageSettings, UsageStore};
 
 use crate::config::RouterSettings;
@@ -63,6 +66,8 @@ impl Backend {
 /// The built backend: the usage store, the admission steps and, on Redis, the shared pool.
 pub(crate) struct BackendHandle {
     pub(crate) usage: Arc<dyn UsageStore>,
+    /// The queues, for reads (depths); admission changes them through `admission` only.
+    pub(crate) queue: Arc<dyn QueueBackend>,
     pub(crate) admission: Arc<dyn AdmissionBackend>,
     pub(crate) keyspace: Keyspace,
     /// `Some` on Redis.
@@ -95,13 +100,12 @@ impl BackendHandle {
                 let usage = MemoryUsage::with_clock(&settings, clock).map_err(|e| {
                     RouterError::config("router_settings.usage_window", e.to_string())
                 })?;
-                let admission = MemoryAdmission::new(
-                    Arc::new(Mutex::new(QueueState::new())),
-                    usage.shared_state(),
-                    clock,
-                );
+                let queue_state = Arc::new(Mutex::new(QueueState::new()));
+                let queue = MemoryQueue::with_state(queue_state.clone(), clock);
+                let admission = MemoryAdmission::new(queue_state, usage.shared_state(), clock);
                 Ok(Self {
                     usage: Arc::new(usage),
+                    queue: Arc::new(queue),
                     admission: Arc::new(admission),
                     keyspace,
                     redis: None,
@@ -126,8 +130,16 @@ impl BackendHandle {
                     .map_err(|e| RouterError::config("router_settings.redis_url", e.to_string()))?;
                 let admission =
                     RedisAdmission::new(connection.clone(), client, keyspace.clone(), window);
+                let queue = RedisQueue::from_connection(
+                    connection.clone(),
+                    RedisQueueSettings {
+                        keyspace: keyspace.clone(),
+                        command_timeout: cfg.command_timeout,
+                    },
+                );
                 Ok(Self {
                     usage: Arc::new(usage),
+                    queue: Arc::new(queue),
                     admission: Arc::new(admission),
                     keyspace,
                     redis: Some(RedisHandle {

@@ -513,6 +513,17 @@ fn merge_defaults(mut p: LitellmParams, d: &LitellmParams) -> LitellmParams {
     p
 }
 
+/// Whether the router implements `key` among the untyped keys of `litellm_params`: OpenAI body parameters
+/// that become defaults of every upstream request, and the header and body extras. Config loaders report
+/// the other untyped keys as not implemented.
+pub fn implements_litellm_param(key: &str) -> bool {
+    BODY_DEFAULT_KEYS.contains(&key)
+        || matches!(
+            key,
+            "extra_headers" | "headers" | "organization" | "extra_body"
+        )
+}
+
 /// OpenAI body parameters that `litellm_params` may set as defaults for every request.
 const BODY_DEFAULT_KEYS: &[&str] = &[
     "temperature",

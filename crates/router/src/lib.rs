@@ -69,6 +69,7 @@ pub use metrics::{Histogram, MetricsSnapshot, RouterMetrics, LATENCY_BUCKETS};
 pub use request::{
     Endpoint, ResponseBody, ResponseMeta, RouterRequest, RouterResponse, ROUTER_ONLY_FIELDS,
 };
-pub use router::{DeploymentHealth, DeploymentInfo, Router};
+pub use deployment::implements_litellm_param;
+pub use router::{DeploymentHealth, DeploymentInfo, QueueDepth, Router};
 pub use scheduler::SchedulerStats;
 pub use strategy::RoutingStrategy;

@@ -11,7 +11,7 @@ use rand::Rng;
 use serde_json::Value;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use usage_tracker::{Candidate, LatencySample, Limits, TokenEstimator};
+use usage_tracker::{Candidate, LatencySample, Limits, Reservation, TokenEstimator};
 
 use crate::admission::{Ask, Settlement};
 use crate::backend::{Backend, BackendHandle};
@@ -94,6 +94,17 @@ pub struct DeploymentInfo {
     pub tags: Vec<String>,
     /// Answers with `mock_response`.
     pub mock: bool,
+}
+
+/// Requests waiting in one model group's queue at one priority.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueueDepth {
+    /// Model group.
+    pub group: String,
+    /// Priority (lower is served first).
+    pub priority: u32,
+    /// Requests waiting.
+    pub waiting: u64,
 }
 
 /// Live usage and health of a deployment.
@@ -182,6 +193,8 @@ impl Router {
             None => TokenEstimator::default(),
         };
         let providers = Providers::new()?;
+        // Loading the BPE tables takes a fraction of a second: do it now, not on the first request.
+        let _ = tokio::task::spawn_blocking(usage_tracker::preload_tokenizers).await;
         let settings = SchedulerSettings {
             polling_interval: topology.policy.queue.polling_interval,
             owner_lease: topology.policy.queue.queue_lease,
@@ -293,6 +306,27 @@ impl Router {
     pub async fn shutdown(&self) {
         self.inner.shutdown.cancel();
         self.inner.scheduler.shutdown().await;
+    }
+
+    /// Requests waiting in each model group's queue, by priority (all replicas; one backend call per
+    /// group). Entries of a crashed replica count until they are reaped at the head of the queue.
+    pub async fn queue_depths(&self) -> Result<Vec<QueueDepth>, RouterError> {
+        let mut out = Vec::new();
+        for group in self.inner.topology.groups.keys() {
+            let depths = self
+                .inner
+                .backend
+                .queue
+                .depth_by_priority(group)
+                .await
+                .map_err(RouterError::backend)?;
+            out.extend(depths.into_iter().map(|(priority, waiting)| QueueDepth {
+                group: group.clone(),
+                priority: priority.get(),
+                waiting,
+            }));
+        }
+        Ok(out)
     }
 
     /// This replica's id in the shared queue.
@@ -598,7 +632,9 @@ impl Router {
                 })
                 .await?;
             job.queue_wait += waited;
-            let Some(&index) = order.get(reservation.candidate_index) else {
+            // From here the request may be dropped at any await (client gone): the guard settles it.
+            let mut held = Held::new(inner.clone(), reservation);
+            let Some(&index) = order.get(held.reservation().candidate_index) else {
                 return Err(RouterError::Internal(
                     "reservation index out of range".into(),
                 ));
@@ -652,7 +688,7 @@ impl Router {
                         output_tokens: output.unwrap_or(0),
                     };
                     inner
-                        .settle(&reservation, Settlement::success(actual, sample))
+                        .settle(&held.take(), Settlement::success(actual, sample))
                         .await;
                     return Ok(Answer {
                         body: ResponseBody::Json(v),
@@ -668,11 +704,12 @@ impl Router {
                     let relay = stream::relay(
                         stream::Relay::new(
                             inner.clone(),
-                            reservation,
+                            held.take(),
                             d.clone(),
                             sent,
                             latency,
                             attempt_timeout,
+                            job.prompt_tokens,
                         ),
                         first,
                         rest,
@@ -690,7 +727,7 @@ impl Router {
                     tracing::warn!(group = %group.name, deployment = %d.id, attempt = job.attempts, error = %e,
                         "upstream attempt failed");
                     let cooled = inner
-                        .settle(&reservation, Settlement::failure(&e))
+                        .settle(&held.take(), Settlement::failure(&e))
                         .await
                         .is_some();
                     failed.insert(index);
@@ -788,6 +825,47 @@ impl Router {
             .unwrap_or_else(PoisonError::into_inner)
             .insert(group.name.clone(), (Instant::now(), v.clone()));
         v
+    }
+}
+
+/// A reservation whose request is on its way upstream. Dropped unsettled (the client went away during the
+/// call), it is settled as cancelled in the background so its in-flight slot comes back at once.
+struct Held {
+    inner: Arc<RouterInner>,
+    reservation: Reservation,
+    settled: bool,
+}
+
+impl Held {
+    fn new(inner: Arc<RouterInner>, reservation: Reservation) -> Held {
+        Held {
+            inner,
+            reservation,
+            settled: false,
+        }
+    }
+
+    fn reservation(&self) -> &Reservation {
+        &self.reservation
+    }
+
+    /// The reservation, to settle now (the guard no longer settles it).
+    fn take(&mut self) -> Reservation {
+        self.settled = true;
+        self.reservation.clone()
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if self.settled {
+            return;
+        }
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            let inner = self.inner.clone();
+            let r = self.reservation.clone();
+            handle.spawn(async move { inner.settle(&r, Settlement::cancelled()).await });
+        }
     }
 }
 

@@ -28,6 +28,8 @@ pub(crate) struct Relay {
     /// (total, completion) tokens from the usage chunk.
     usage: (Option<u64>, Option<u64>),
     events: u64,
+    /// Prompt tokens of the request, for settling a stream that reports no usage.
+    prompt_tokens: u64,
 }
 
 impl Relay {
@@ -38,6 +40,7 @@ impl Relay {
         sent: Instant,
         ttft: Duration,
         idle: Duration,
+        prompt_tokens: u64,
     ) -> Self {
         Self {
             inner,
@@ -48,6 +51,7 @@ impl Relay {
             idle,
             usage: (None, None),
             events: 0,
+            prompt_tokens,
         }
     }
 
@@ -71,8 +75,14 @@ impl Relay {
                 // Without a usage chunk, content events approximate output tokens.
                 output_tokens: self.usage.1.unwrap_or(self.events),
             };
+            // Without a usage chunk the tokens are the prompt plus one per content event: closer than
+            // keeping the estimate, which assumes the whole max_tokens.
+            let actual = self
+                .usage
+                .0
+                .unwrap_or(self.prompt_tokens + sample.output_tokens);
             self.inner
-                .settle(&r, Settlement::success(self.usage.0, sample))
+                .settle(&r, Settlement::success(Some(actual), sample))
                 .await;
         }
     }

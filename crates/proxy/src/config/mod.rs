@@ -347,35 +347,6 @@ fn coerce_scalar(value: &mut Value, path: &KeyPath) -> bool {
     }
 }
 
-/// `litellm_params` keys the router reads from its `extra` map: OpenAI parameters that become defaults of the
-/// upstream body, and the keys for headers and body extras. (Mirrors the router's list; anything else there is
-/// reported as not implemented.)
-const DEPLOYMENT_EXTRA_PARAMS: &[&str] = &[
-    "temperature",
-    "top_p",
-    "n",
-    "max_tokens",
-    "max_completion_tokens",
-    "presence_penalty",
-    "frequency_penalty",
-    "logit_bias",
-    "seed",
-    "stop",
-    "user",
-    "response_format",
-    "reasoning_effort",
-    "dimensions",
-    "encoding_format",
-    "parallel_tool_calls",
-    "logprobs",
-    "top_logprobs",
-    "service_tier",
-    "extra_headers",
-    "headers",
-    "organization",
-    "extra_body",
-];
-
 /// Keys the router's config types kept in their `extra` maps that nothing implements.
 fn router_extras(model_list: &[ModelListEntry], settings: &RouterSettings) -> Vec<KeyPath> {
     let mut out = Vec::new();
@@ -389,7 +360,7 @@ fn router_extras(model_list: &[ModelListEntry], settings: &RouterSettings) -> Ve
                 .litellm_params
                 .extra
                 .keys()
-                .filter(|k| !DEPLOYMENT_EXTRA_PARAMS.contains(&k.as_str()))
+                .filter(|k| !router::implements_litellm_param(k))
                 .map(|k| params.key(k.as_str())),
         );
     }
