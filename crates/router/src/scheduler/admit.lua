@@ -45,6 +45,9 @@ local k_q, k_seq, k_owners, k_grants = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local cands = u_parse_candidates(KEYS, ARGV, 4, 10, n)
 -- Every step is a heartbeat: this replica's waiting entries stay alive while it runs steps.
 q_heartbeat(k_owners, owner, now + owner_lease)
+-- Owners whose lease expired are forgotten (their entries are dead either way), so the set stays as small as
+-- the number of live replicas.
+redis.call('ZREMRANGEBYSCORE', k_owners, '-inf', '(' .. q_num(now))
 
 -- The earliest epoch ms at which some candidate could take a request (cooldowns and full windows; in-flight
 -- slots may free at any time), -1 if none ever can. A lower bound: entries ahead may take that capacity.
@@ -173,6 +176,6 @@ if status == 'queued' then
   if rank then position = rank end
 end
 local reply = { status, next_ms, depth, position, fast_dep, fast_window, a, b }
-local mine = q_take_grants(k_grants, owner)
+local mine = q_take_grants(k_grants, owner, k_owners, now)
 for _, v in ipairs(mine) do reply[#reply + 1] = v end
 return reply
