@@ -1,7 +1,7 @@
 //! Capacity: the one place requests take deployment capacity ([`RouterInner::acquire`], through the
 //! priority scheduler) and give it back ([`RouterInner::settle`], which also feeds cooldowns).
 
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
 use queue_core::Priority;
@@ -27,8 +27,6 @@ pub(crate) struct Ask<'a> {
     pub(crate) priority: Priority,
     pub(crate) deadline: Instant,
     pub(crate) force_queue: bool,
-    /// How long the in-flight lease lives without a settle.
-    pub(crate) lease: Duration,
     /// Not the request's first attempt: cooldowns refuse it at once instead of queueing it.
     pub(crate) retry: bool,
 }
@@ -109,10 +107,10 @@ impl RouterInner {
             priority: ask.priority,
             deadline: ask.deadline,
             force_queue: ask.force_queue,
-            lease: ask.lease,
+            lease: self.topology.policy.queue.inflight_lease,
             retry: ask.retry,
         };
-        self.scheduler.acquire(request).await.map_err(|e| match e {
+        let (reservation, waited) = self.scheduler.acquire(request).await.map_err(|e| match e {
             AdmissionError::QueueFull { group, depth } => RouterError::QueueFull {
                 group: format!("{group} ({depth} waiting)"),
                 retry_after: Some(self.topology.policy.queue.polling_interval.max(Duration::from_secs(1))),
@@ -135,7 +133,12 @@ impl RouterInner {
             }
             AdmissionError::ShuttingDown => RouterError::ShuttingDown,
             AdmissionError::Backend(e) => RouterError::Backend(e.to_string()),
-        })
+        })?;
+        self.in_flight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(reservation.id.clone(), reservation.clone());
+        Ok((reservation, waited))
     }
 
     /// Gives the capacity back with the real usage and, after a failure, applies the cooldown policy; returns
@@ -146,6 +149,10 @@ impl RouterInner {
         reservation: &Reservation,
         s: Settlement,
     ) -> Option<Duration> {
+        self.in_flight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&reservation.id);
         let usage = &self.backend.usage;
         let release = Release {
             sent: true,

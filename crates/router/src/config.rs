@@ -196,6 +196,10 @@ pub struct RouterSettings {
     /// dropped after this). Default 10.
     #[serde(default, deserialize_with = "lenient::opt_f64")]
     pub queue_lease: Option<f64>,
+    /// Seconds a request's in-flight slot survives without renewal (renewed every third of it while the
+    /// request runs; a crashed replica's slots come back after this). Default 30.
+    #[serde(default, deserialize_with = "lenient::opt_f64")]
+    pub inflight_lease: Option<f64>,
     /// Length of the RPM/TPM window in seconds (default 60).
     #[serde(default, deserialize_with = "lenient::opt_f64")]
     pub usage_window: Option<f64>,

@@ -103,6 +103,8 @@ pub(crate) struct QueueSettings {
     pub(crate) polling_interval: Duration,
     /// How long a replica's queue entries live without its heartbeat.
     pub(crate) queue_lease: Duration,
+    /// How long an in-flight slot lives without renewal.
+    pub(crate) inflight_lease: Duration,
     pub(crate) default_priority: u32,
     pub(crate) max_queue_depth: u64,
     pub(crate) usage_window: Duration,
@@ -363,6 +365,8 @@ fn policy(
         polling_interval: secs(s.polling_interval, &p("polling_interval"))?
             .unwrap_or(Duration::from_millis(30)),
         queue_lease: secs(s.queue_lease, &p("queue_lease"))?.unwrap_or(Duration::from_secs(10)),
+        inflight_lease: secs(s.inflight_lease, &p("inflight_lease"))?
+            .unwrap_or(Duration::from_secs(30)),
         default_priority,
         max_queue_depth: s.max_queue_depth.unwrap_or(10_000),
         usage_window: secs(s.usage_window, &p("usage_window"))?.unwrap_or(Duration::from_secs(60)),
@@ -378,6 +382,12 @@ fn policy(
         return Err(RouterError::config(
             p("queue_lease"),
             "must be at least three polling intervals, or waiting requests would expire between heartbeats",
+        ));
+    }
+    if queue.inflight_lease < Duration::from_millis(300) {
+        return Err(RouterError::config(
+            p("inflight_lease"),
+            "must be at least 0.3 seconds",
         ));
     }
     if queue.usage_window < Duration::from_millis(100) {

@@ -2,9 +2,18 @@
 //!
 //! The [`Router`] is LiteLLM's Router as a Rust library: it reads LiteLLM's `model_list` and
 //! `router_settings`, spreads requests over the deployments of a model group with a routing strategy,
-//! reserves capacity against limits shared by every replica (usage-tracker), calls the upstream (OpenAI,
-//! OpenAI-compatible servers, Azure, mock responses), retries, falls back to other groups, cools failing
-//! deployments down and caches responses.
+//! admits requests in global priority order across every replica sharing the backend (queue-core +
+//! usage-tracker, composed into one atomic admission step), calls the upstream (OpenAI, OpenAI-compatible
+//! servers, Azure, mock responses), retries, falls back to other groups, cools failing deployments down and
+//! caches responses.
+//!
+//! Admission: a request first tries the fast path, one atomic step (one Redis round trip) that reserves a
+//! deployment when nobody of equal or better priority waits and a deployment has headroom, and otherwise
+//! enqueues it in the group's sorted set. One poller per replica and group with local waiters then admits
+//! from the global head whenever capacity returns (next-capacity hint, `polling_interval`, or a pub/sub
+//! wake-up), granting entries to whichever replica owns them. Finishing a request (release) runs the same
+//! admission step, so freed capacity goes to the head of the queue with no extra round trip. The
+//! uncontended path costs two round trips: submit and release.
 //!
 //! Layout:
 //! - `config`: [`RouterConfig`], [`ModelListEntry`], [`LitellmParams`], [`RouterSettings`]: LiteLLM's config
@@ -12,6 +21,8 @@
 //! - `deployment`: validation into the runtime model (deployments with stable ids, model groups, policy).
 //! - `strategy`: [`RoutingStrategy`] and the orders it produces (weighted shuffle, latency, tiers).
 //! - `admission`: the one place capacity is acquired and settled (cooldowns applied there).
+//! - `scheduler`: priority admission: the `admit_v1` script (Redis) and its in-memory twin, pollers,
+//!   grants, wake-ups, cancellation; [`SchedulerStats`].
 //! - `router`: [`Router`]: the request path with retries, fallbacks and timeouts.
 //! - `provider`: HTTP clients for upstreams, SSE parsing, mock responses, upstream error mapping.
 //! - `stream`: relaying streams chunk by chunk and settling when they end.
@@ -64,12 +75,12 @@ pub use config::{
     AliasTarget, CacheSettings, FallbackTargets, LitellmParams, ModelInfo, ModelListEntry,
     RetryPolicy, RouterConfig, RouterSettings, RoutingStrategyArgs, Secret,
 };
+pub use deployment::implements_litellm_param;
 pub use error::{RouterError, UpstreamError, UpstreamErrorKind};
 pub use metrics::{Histogram, MetricsSnapshot, RouterMetrics, LATENCY_BUCKETS};
 pub use request::{
     Endpoint, ResponseBody, ResponseMeta, RouterRequest, RouterResponse, ROUTER_ONLY_FIELDS,
 };
-pub use deployment::implements_litellm_param;
 pub use router::{DeploymentHealth, DeploymentInfo, QueueDepth, Router};
 pub use scheduler::SchedulerStats;
 pub use strategy::RoutingStrategy;

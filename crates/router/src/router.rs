@@ -60,6 +60,11 @@ pub(crate) struct RouterInner {
     latency: Mutex<HashMap<String, (Instant, Latencies)>>,
     pub(crate) shutdown: CancellationToken,
     pub(crate) scheduler: Scheduler,
+    /// Reservations of this replica's requests in flight, by reservation id: their leases are renewed
+    /// until they are settled.
+    pub(crate) in_flight: Mutex<HashMap<String, Reservation>>,
+    /// The lease renewer, awaited on shutdown.
+    renewer: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 /// Latency per output token of each deployment of a group, in the group's order.
@@ -198,7 +203,7 @@ impl Router {
         let settings = SchedulerSettings {
             polling_interval: topology.policy.queue.polling_interval,
             owner_lease: topology.policy.queue.queue_lease,
-            reservation_lease: topology.policy.timeout + Duration::from_secs(10),
+            reservation_lease: topology.policy.queue.inflight_lease,
             max_queue_depth: topology.policy.queue.max_queue_depth,
             max_grants_per_step: 128,
         };
@@ -220,8 +225,16 @@ impl Router {
                 latency: Mutex::new(HashMap::new()),
                 shutdown: CancellationToken::new(),
                 scheduler: Scheduler::new(owner, admission, settings, candidates),
+                in_flight: Mutex::new(HashMap::new()),
+                renewer: Mutex::new(None),
             }
         });
+        let renewer = tokio::spawn(renew_leases(
+            Arc::downgrade(&inner),
+            inner.topology.policy.queue.inflight_lease,
+            inner.shutdown.clone(),
+        ));
+        *inner.renewer.lock().unwrap_or_else(PoisonError::into_inner) = Some(renewer);
         Ok(Router { inner })
     }
 
@@ -306,6 +319,15 @@ impl Router {
     pub async fn shutdown(&self) {
         self.inner.shutdown.cancel();
         self.inner.scheduler.shutdown().await;
+        let renewer = self
+            .inner
+            .renewer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(renewer) = renewer {
+            let _ = renewer.await;
+        }
     }
 
     /// Requests waiting in each model group's queue, by priority (all replicas; one backend call per
@@ -611,12 +633,6 @@ impl Router {
                 .collect();
             let deployment_timeout =
                 |d: &Deployment| job.timeout.or(d.timeout).unwrap_or(policy.timeout);
-            let lease = order
-                .iter()
-                .map(|&i| deployment_timeout(&group.deployments[i]))
-                .max()
-                .unwrap_or(policy.timeout)
-                + Duration::from_secs(10);
             let (reservation, waited) = inner
                 .acquire(Ask {
                     group: &group.name,
@@ -627,7 +643,6 @@ impl Router {
                     priority: job.priority,
                     deadline: job.deadline,
                     force_queue: job.force_queue,
-                    lease,
                     retry: job.attempts > 0,
                 })
                 .await?;
@@ -825,6 +840,40 @@ impl Router {
             .unwrap_or_else(PoisonError::into_inner)
             .insert(group.name.clone(), (Instant::now(), v.clone()));
         v
+    }
+}
+
+/// Renews the in-flight leases of this replica's requests every third of the lease (`inflight_lease`):
+/// one backend call per model group with requests in flight, whatever their number.
+async fn renew_leases(
+    inner: std::sync::Weak<RouterInner>,
+    lease: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(lease / 3);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = shutdown.cancelled() => return,
+        }
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        let held: Vec<Reservation> = inner
+            .in_flight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .cloned()
+            .collect();
+        if held.is_empty() {
+            continue;
+        }
+        if let Err(e) = inner.backend.usage.renew(&held, lease).await {
+            tracing::warn!(error = %e, "renewing in-flight leases failed (retried at the next tick)");
+        }
     }
 }
 
