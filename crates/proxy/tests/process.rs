@@ -703,5 +703,8 @@ general_settings:
         }
     })
     .await;
-    assert!(released, "the abandoned request still holds its in-flight slot");
+    assert!(
+        released,
+        "the abandoned request still holds its in-flight slot"
+    );
 }
