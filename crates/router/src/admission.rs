@@ -1,35 +1,17 @@
 //! Capacity: the one place requests take deployment capacity ([`RouterInner::acquire`], through the
 //! priority scheduler) and give it back ([`RouterInner::settle`], which also feeds cooldowns).
 
-use std::sync::{Arc, PoisonError};
+use std::sync::PoisonError;
 use std::time::Duration;
 
-use queue_core::Priority;
-use tokio::time::Instant;
 use usage_tracker::{
-    cooldown_decision, Candidate, CandidateOrder, FailureContext, FailureKind, LatencySample,
-    Outcome, Reservation,
+    cooldown_decision, FailureContext, FailureKind, LatencySample, Outcome, Reservation,
 };
 
 use crate::scheduler::{AdmissionError, AdmitRequest, Release};
 
 use crate::error::{RouterError, UpstreamErrorKind};
 use crate::router::RouterInner;
-
-/// A request for capacity in one model group.
-pub(crate) struct Ask<'a> {
-    pub(crate) group: &'a str,
-    /// Deployments in the strategy's preference order.
-    pub(crate) candidates: Vec<Candidate>,
-    pub(crate) order: CandidateOrder,
-    pub(crate) est_tokens: u64,
-    pub(crate) prompt_tokens: u64,
-    pub(crate) priority: Priority,
-    pub(crate) deadline: Instant,
-    pub(crate) force_queue: bool,
-    /// Not the request's first attempt: cooldowns refuse it at once instead of queueing it.
-    pub(crate) retry: bool,
-}
 
 /// How a reserved request ended.
 pub(crate) struct Settlement {
@@ -95,21 +77,8 @@ impl RouterInner {
     /// the time spent waiting.
     pub(crate) async fn acquire(
         &self,
-        ask: Ask<'_>,
+        request: AdmitRequest,
     ) -> Result<(Reservation, Duration), RouterError> {
-        let group: Arc<str> = Arc::from(ask.group);
-        let request = AdmitRequest {
-            group,
-            candidates: ask.candidates,
-            order: ask.order,
-            est_tokens: ask.est_tokens,
-            prompt_tokens: ask.prompt_tokens,
-            priority: ask.priority,
-            deadline: ask.deadline,
-            force_queue: ask.force_queue,
-            lease: self.topology.policy.queue.inflight_lease,
-            retry: ask.retry,
-        };
         let (reservation, waited) = self.scheduler.acquire(request).await.map_err(|e| match e {
             AdmissionError::QueueFull { group, depth } => RouterError::QueueFull {
                 group: format!("{group} ({depth} waiting)"),

@@ -13,7 +13,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use usage_tracker::{Candidate, LatencySample, Limits, Reservation, TokenEstimator};
 
-use crate::admission::{Ask, Settlement};
+use crate::admission::Settlement;
 use crate::backend::{Backend, BackendHandle};
 use crate::cache::ResponseCache;
 use crate::config::RouterConfig;
@@ -24,7 +24,9 @@ use crate::provider::{Call, Providers, Reply};
 use crate::request::{
     Controls, Endpoint, ResponseBody, ResponseMeta, RouterRequest, RouterResponse,
 };
-use crate::scheduler::{GroupCandidates, GroupOrder, Scheduler, SchedulerSettings, SchedulerStats};
+use crate::scheduler::{
+    AdmitRequest, GroupCandidates, GroupOrder, Scheduler, SchedulerSettings, SchedulerStats,
+};
 use crate::strategy::{self, Strategy};
 use crate::stream;
 
@@ -634,8 +636,8 @@ impl Router {
             let deployment_timeout =
                 |d: &Deployment| job.timeout.or(d.timeout).unwrap_or(policy.timeout);
             let (reservation, waited) = inner
-                .acquire(Ask {
-                    group: &group.name,
+                .acquire(AdmitRequest {
+                    group: group.name.as_str().into(),
                     candidates,
                     order: policy.strategy.candidate_order(),
                     est_tokens: job.est_tokens,
@@ -643,6 +645,7 @@ impl Router {
                     priority: job.priority,
                     deadline: job.deadline,
                     force_queue: job.force_queue,
+                    lease: policy.queue.inflight_lease,
                     retry: job.attempts > 0,
                 })
                 .await?;
