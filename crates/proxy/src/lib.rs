@@ -28,6 +28,7 @@ mod auth;
 mod check;
 mod config;
 mod error;
+pub mod loadtest;
 mod metrics;
 mod request;
 mod routes;

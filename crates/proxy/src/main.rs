@@ -50,6 +50,8 @@ enum Command {
         /// The config file.
         file: PathBuf,
     },
+    /// Load-test an OpenAI-compatible endpoint on this machine and print throughput and latency.
+    Loadtest(proxy::loadtest::LoadtestArgs),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -71,6 +73,10 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Some(Command::CheckConfig { ref file }) => runtime.block_on(check(file)),
+        Some(Command::Loadtest(ref args)) => runtime
+            .block_on(proxy::loadtest::run_cli(args))
+            .map(drop)
+            .map_err(anyhow::Error::from),
         None => runtime.block_on(serve(cli)),
     };
     match result {

@@ -779,3 +779,45 @@ async fn the_binary_prints_its_address_and_serves() {
         .unwrap();
     assert!(status.success(), "{status}");
 }
+
+#[tokio::test]
+async fn the_admin_route_serves_the_log_as_json_and_clears_it() {
+    let upstream = MockUpstream::start().await.unwrap();
+    for content in ["a", "b"] {
+        assert_eq!(chat(&upstream, &chat_body(&[content])).await.status(), 200);
+    }
+    let admin = format!("{}/__mock/requests", upstream.url());
+    let log: Value = client()
+        .get(&admin)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(log["count"], 2);
+    assert_eq!(log["in_flight"], 0);
+    assert_eq!(log["peak_in_flight"], 1);
+    assert_eq!(log["recording"], true);
+    let requests = log["requests"].as_array().unwrap();
+    assert_eq!(requests.len(), 2);
+    assert_eq!(requests[1]["path"], "/v1/chat/completions");
+    assert_eq!(requests[1]["body"]["messages"][0]["content"], "b");
+    assert!(requests[0]["epoch_ms"].as_u64().unwrap() > 0);
+    // Reading the log is not itself a request of the mock.
+    assert_eq!(upstream.request_count(), 2);
+
+    let cleared = client().delete(&admin).send().await.unwrap();
+    assert_eq!(cleared.status(), 204);
+    assert_eq!(upstream.request_count(), 0);
+    let log: Value = client()
+        .get(&admin)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(log["count"], 0);
+    assert_eq!(log["requests"], json!([]));
+}

@@ -65,7 +65,47 @@ pub(super) fn router(shared: Arc<Shared>) -> Router {
             shared.clone(),
             track_in_flight,
         ))
+        // Added after the layer: reading the log is neither recorded nor counted in flight.
+        .route(ADMIN_REQUESTS_PATH, get(admin_requests).delete(admin_clear))
         .with_state(shared)
+}
+
+/// Admin route of the mock (for processes that cannot call [`super::MockUpstream::requests`], such as
+/// benchmarks against the `mock-upstream` binary): `GET` answers the counters and the recorded requests as
+/// JSON, `DELETE` clears the log and the arrival count and restarts peak in-flight tracking.
+const ADMIN_REQUESTS_PATH: &str = "/__mock/requests";
+
+/// `GET /__mock/requests`: `{"count", "in_flight", "peak_in_flight", "recording", "requests": [{"epoch_ms",
+/// "method", "path", "body"}, ...]}`, requests in arrival order.
+async fn admin_requests(State(shared): State<Arc<Shared>>) -> Response {
+    let requests: Vec<Value> = shared
+        .recorder
+        .requests()
+        .into_iter()
+        .map(|r| {
+            serde_json::json!({
+                "epoch_ms": r.epoch_ms,
+                "method": r.method,
+                "path": r.path,
+                "body": r.body,
+            })
+        })
+        .collect();
+    Json(serde_json::json!({
+        "count": shared.recorder.count(),
+        "in_flight": shared.in_flight.current(),
+        "peak_in_flight": shared.in_flight.peak(),
+        "recording": shared.recorder.is_enabled(),
+        "requests": requests,
+    }))
+    .into_response()
+}
+
+/// `DELETE /__mock/requests`.
+async fn admin_clear(State(shared): State<Arc<Shared>>) -> StatusCode {
+    shared.recorder.clear();
+    shared.in_flight.reset_peak();
+    StatusCode::NO_CONTENT
 }
 
 fn openai(endpoint: Endpoint) -> MethodRouter<Arc<Shared>> {
