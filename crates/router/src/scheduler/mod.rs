@@ -649,8 +649,9 @@ impl Inner {
         let notify = {
             let mut groups = lock(&self.groups);
             let state = groups.entry(group.clone()).or_default();
-            if let Some(notify) = &state.poller {
-                notify.notify_one();
+            // A running poller needs no nudge: the submit step that queued this request already admitted
+            // what capacity allowed.
+            if state.poller.is_some() {
                 return;
             }
             let notify = Arc::new(Notify::new());
