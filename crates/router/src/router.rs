@@ -652,10 +652,14 @@ impl Router {
             job.queue_wait += waited;
             // From here the request may be dropped at any await (client gone): the guard settles it.
             let mut held = Held::new(inner.clone(), reservation);
-            let Some(&index) = order.get(held.reservation().candidate_index) else {
-                return Err(RouterError::Internal(
-                    "reservation index out of range".into(),
-                ));
+            // The reservation names its deployment: a grant from the queue was made with the poller's
+            // candidate order, not this request's, so its candidate index means nothing here.
+            let reserved = &held.reservation().deployment.id;
+            let Some(index) = group.deployments.iter().position(|d| *d.id == **reserved) else {
+                return Err(RouterError::Internal(format!(
+                    "reservation names deployment {reserved}, not in group {}",
+                    group.name
+                )));
             };
             let d = &group.deployments[index];
             job.attempts += 1;

@@ -128,20 +128,15 @@ local function q_record_grant(k_grants, member, payload)
 end
 
 -- Takes (reads and deletes) the grants of `owner`'s entries; returns a flat array {member, payload, ...}
--- in no particular order. With `k_owners` and `now`, grants of owners whose lease expired (a replica that
--- crashed before collecting them) are dropped on the way, so the hash stays as small as the grants in
--- transit; their reservations end with their in-flight leases.
-local function q_take_grants(k_grants, owner, k_owners, now)
+-- in no particular order.
+local function q_take_grants(k_grants, owner)
   local all = redis.call('HGETALL', k_grants)
   local out = {}
-  local cache = {}
   for i = 1, #all, 2 do
     local e = q_decode(all[i])
     if e ~= nil and e.owner == owner then
       out[#out + 1] = all[i]
       out[#out + 1] = all[i + 1]
-      redis.call('HDEL', k_grants, all[i])
-    elseif e == nil or (k_owners ~= nil and not q_owner_alive(k_owners, e.owner, now, cache)) then
       redis.call('HDEL', k_grants, all[i])
     end
   end

@@ -18,11 +18,13 @@
 --                E+8 time to first token ms (-1 none), E+9 EWMA weight of the latency sample
 --       cancel:  E+1 member
 -- Reply (decoded by scheduler::redis::AdmitReply):
---   { status, next_ms, depth, position, fast_deployment, fast_window, a, b, member1, payload1, ... }
+--   { status, next_ms, depth (-1 when not read), position, fast_deployment, fast_window, a, b, member1,
+--     payload1, ... }
 --   status: "granted" (fast path: fast_deployment/fast_window), "queued" (position = 0-based rank,
 --           a = epoch ms before which no deployment can take the request, -1 if none ever can),
 --           "full" (depth), "polled", "released" (a = requests in window, b = failures in window),
---           "cancelled" (a = 1 when the entry was waiting, 2 when its grant was taken back, 0 when absent)
+--           "cancelled" (a = 1 when the entry was waiting, 2 when its grant was taken back, 3 when a fast-path
+--           reservation of its racing submit was given back, 0 when absent)
 --   next_ms: epoch ms when capacity may return for the head (-1 unknown), then this replica's grants as
 --   member/payload pairs; a payload is "<deployment_id>|<window_start>" or "reject" for an entry no deployment
 --   can ever serve.
@@ -43,11 +45,13 @@ local e = 10 + 6 * n
 local k_q, k_seq, k_owners, k_grants = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 
 local cands = u_parse_candidates(KEYS, ARGV, 4, 10, n)
--- Every step is a heartbeat: this replica's waiting entries stay alive while it runs steps.
-q_heartbeat(k_owners, owner, now + owner_lease)
--- Owners whose lease expired are forgotten (their entries are dead either way), so the set stays as small as
--- the number of live replicas.
-redis.call('ZREMRANGEBYSCORE', k_owners, '-inf', '(' .. q_num(now))
+-- The owner's heartbeat: its waiting entries stay alive while it runs submit and poll steps (a replica with
+-- waiting entries polls every polling interval). Owners whose lease expired are forgotten on the way (their
+-- entries are dead either way), so the set stays as small as the number of live replicas.
+local function s_heartbeat()
+  q_heartbeat(k_owners, owner, now + owner_lease)
+  redis.call('ZREMRANGEBYSCORE', k_owners, '-inf', '(' .. q_num(now))
+end
 
 -- The earliest epoch ms at which some candidate could take a request (cooldowns and full windows; in-flight
 -- slots may free at any time), -1 if none ever can. A lower bound: entries ahead may take that capacity.
@@ -92,9 +96,10 @@ if mode == 'submit' then
     local i, w = u_try_reserve(now, window_ms, cands, order_mode, entry.est, entry.prompt, entry.id,
       tonumber(ARGV[e + 5]))
     if i then
-      return { 'granted', -1, redis.call('ZCARD', k_q), -1, cands[i].id, w, 0, 0 }
+      return { 'granted', -1, -1, -1, cands[i].id, w, 0, 0 }
     end
   end
+  s_heartbeat()
   local score, rank = q_enqueue(k_q, k_seq, member, priority, max_depth)
   if not score then
     -- Entries of crashed replicas still count until reaped: reap, then try once more.
@@ -106,6 +111,8 @@ if mode == 'submit' then
   end
   status = 'queued'
   a = s_not_before(cands, now, window_ms, entry.est, entry.prompt)
+elseif mode == 'poll' then
+  s_heartbeat()
 elseif mode == 'release' then
   local c = cands[tonumber(ARGV[e + 2])]
   local outcome = tonumber(ARGV[e + 6])
@@ -136,12 +143,60 @@ elseif mode == 'cancel' then
       a = 2
     elseif payload then
       a = 2
+    else
+      -- A submit step that the request gave up on while it was on the way may have reserved on the fast
+      -- path (its in-flight lease carries the entry id, reserved res_lease ago at most): give it back.
+      local entry = q_decode(member)
+      for _, c in ipairs(cands) do
+        local expiry = redis.call('ZSCORE', c.inflight, entry.id)
+        if expiry then
+          local w = u_window_start(tonumber(expiry) - res_lease, window_ms)
+          u_give_back(c.dep, c.inflight, entry.id, w, entry.est)
+          a = 3
+        end
+      end
     end
   end
   status = 'cancelled'
 end
 
--- Admit from the global head while some deployment has headroom for it.
+-- Grants waiting in the hash: this replica's are taken; those of replicas that died before collecting them
+-- hold capacity no request will use, so it is given back now (a crashed replica holds a deployment no longer
+-- than its queue lease). A dead owner's grant naming a deployment missing from this step's candidates waits
+-- for a step that has it.
+local mine = {}
+local pending = redis.call('HGETALL', k_grants)
+if #pending > 0 then
+  local alive = {}
+  for j = 1, #pending, 2 do
+    local member, payload = pending[j], pending[j + 1]
+    local entry = q_decode(member)
+    if entry == nil then
+      redis.call('HDEL', k_grants, member)
+    elseif entry.owner == owner then
+      mine[#mine + 1] = member
+      mine[#mine + 1] = payload
+      redis.call('HDEL', k_grants, member)
+    elseif not q_owner_alive(k_owners, entry.owner, now, alive) then
+      local sep = string.find(payload, '|', 1, true)
+      if sep == nil then
+        redis.call('HDEL', k_grants, member)
+      else
+        local dep_id = string.sub(payload, 1, sep - 1)
+        local w = tonumber(string.sub(payload, sep + 1))
+        for _, c in ipairs(cands) do
+          if c.id == dep_id then
+            u_give_back(c.dep, c.inflight, entry.id, w, entry.est)
+            redis.call('HDEL', k_grants, member)
+          end
+        end
+      end
+    end
+  end
+end
+
+-- Admit from the global head while some deployment has headroom for it. This replica's grants go straight
+-- into the reply; other replicas' are recorded in the hash and their owners woken.
 local next_ms = -1
 local granted = 0
 local woken = {}
@@ -162,20 +217,26 @@ while granted < max_grants do
     break
   end
   q_remove(k_q, member)
-  q_record_grant(k_grants, member, payload)
-  if entry.owner ~= owner then woken[entry.owner] = true end
+  if entry.owner == owner then
+    mine[#mine + 1] = member
+    mine[#mine + 1] = payload
+  else
+    q_record_grant(k_grants, member, payload)
+    woken[entry.owner] = true
+  end
   granted = granted + 1
 end
 for other in pairs(woken) do
   redis.call('PUBLISH', wake_prefix .. other, group)
 end
 
-local depth = redis.call('ZCARD', k_q)
+-- Depth is reported where someone reads it (queue position, pollers); -1 elsewhere.
+local depth = -1
+if status == 'queued' or status == 'polled' then depth = redis.call('ZCARD', k_q) end
 if status == 'queued' then
   local rank = redis.call('ZRANK', k_q, ARGV[e + 1])
   if rank then position = rank end
 end
 local reply = { status, next_ms, depth, position, fast_dep, fast_window, a, b }
-local mine = q_take_grants(k_grants, owner, k_owners, now)
 for _, v in ipairs(mine) do reply[#reply + 1] = v end
 return reply

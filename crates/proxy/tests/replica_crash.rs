@@ -1,0 +1,209 @@
+//! A replica killed with SIGKILL while its clients' requests wait at the head of the shared queue: the other
+//! replicas' waiting requests proceed within about one `queue_lease`, all of them complete, and nothing of the
+//! dead replica is left in Redis.
+
+mod common;
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use common::{client, eventually, signal, Proxy, KEY};
+use serde_json::{json, Value};
+use testkit::{Behavior, MockUpstream, MockUpstreamConfig, RecordedRequest, RedisServer};
+
+/// `queue_lease` of the test config, in milliseconds.
+const LEASE_MS: u64 = 1500;
+/// How long the request holding the deployment's only slot stays at the upstream.
+const HOLD: Duration = Duration::from_millis(1000);
+
+fn epoch_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn tag_of(r: &RecordedRequest) -> &str {
+    r.body
+        .get("user")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+}
+
+async fn zcard(conn: &redis::aio::MultiplexedConnection, key: &str) -> u64 {
+    let mut conn = conn.clone();
+    redis::cmd("ZCARD")
+        .arg(key)
+        .query_async(&mut conn)
+        .await
+        .unwrap_or(u64::MAX)
+}
+
+async fn hlen(conn: &redis::aio::MultiplexedConnection, key: &str) -> u64 {
+    let mut conn = conn.clone();
+    redis::cmd("HLEN")
+        .arg(key)
+        .query_async(&mut conn)
+        .await
+        .unwrap_or(u64::MAX)
+}
+
+/// Posts a chat request tagged `tag` to `proxy` in the background; yields the status.
+fn post(
+    http: &reqwest::Client,
+    proxy: &Proxy,
+    tag: &str,
+    priority: u32,
+) -> tokio::task::JoinHandle<Result<u16, String>> {
+    let request = http.post(proxy.url("/v1/chat/completions")).json(&json!({
+        "model": "shared",
+        "messages": [{"role": "user", "content": "hello there"}],
+        "user": tag,
+        "priority": priority,
+        "timeout": 10,
+    }));
+    tokio::spawn(async move {
+        request
+            .send()
+            .await
+            .map(|r| r.status().as_u16())
+            .map_err(|e| e.to_string())
+    })
+}
+
+/// Waits until the group's queue holds `n` entries.
+async fn queued(conn: &redis::aio::MultiplexedConnection, n: u64) -> bool {
+    eventually(Duration::from_secs(10), || async {
+        zcard(conn, "crash:{shared}:q").await == n
+    })
+    .await
+}
+
+/// Three replicas share one deployment that takes one request at a time. C's request holds the slot; A's
+/// clients queue three priority-0 requests (the head of the queue), B's clients three priority-5 requests;
+/// then A is killed with SIGKILL, without any chance to cancel its entries. The slot frees while A's lease
+/// still runs, so admission may first pick A's dead entries; B's requests must nevertheless reach the upstream
+/// at most about one lease after the kill (or right after the holder, if that ends later), every one of
+/// them completes (their clients give up after 10 s), and the queue, the grants and the deployment's in-flight
+/// leases end empty. `inflight_lease` keeps its default (30 s): capacity granted to the dead replica's entries
+/// must come back with its queue lease, not with the in-flight lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_replica_blocks_the_queue_no_longer_than_its_lease() {
+    let redis = RedisServer::start().await.unwrap();
+    let upstream = MockUpstream::start_with(MockUpstreamConfig {
+        behavior: Behavior::ok().with_latency(Duration::from_millis(20)),
+        ..MockUpstreamConfig::default()
+    })
+    .await
+    .unwrap();
+    let config = format!(
+        r#"
+model_list:
+  - model_name: shared
+    litellm_params: {{ model: openai/gpt-4o, api_base: "{base}", api_key: sk-test, max_parallel_requests: 1 }}
+    model_info: {{ id: solo }}
+router_settings:
+  redis_url: {url}
+  key_prefix: "crash:"
+  queue_lease: {lease}
+  polling_interval: 0.03
+  num_retries: 0
+  timeout: 30
+general_settings:
+  master_key: {KEY}
+"#,
+        base = upstream.base_url(),
+        url = redis.url(),
+        lease = LEASE_MS as f64 / 1000.0,
+    );
+    let a = Proxy::start(&config, &[]).unwrap();
+    let b = Proxy::start(&config, &[]).unwrap();
+    let c = Proxy::start(&config, &[]).unwrap();
+    let http = client();
+    let conn = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection_with_config(
+            &redis::AsyncConnectionConfig::new()
+                .set_response_timeout(Some(Duration::from_secs(10))),
+        )
+        .await
+        .unwrap();
+
+    upstream.push_behavior(Behavior::ok().with_latency(HOLD));
+    let holder = post(&http, &c, "holder", 0);
+    assert!(
+        upstream
+            .wait_for_in_flight(1, Duration::from_secs(10))
+            .await,
+        "the holder never reached the upstream"
+    );
+    let held_since = Instant::now();
+    let mut a_requests = Vec::new();
+    for i in 0..3 {
+        a_requests.push(post(&http, &a, &format!("a-{i}"), 0));
+        assert!(queued(&conn, i + 1).await, "A's request {i} was not queued");
+    }
+    let mut b_requests = Vec::new();
+    for i in 0..3 {
+        b_requests.push((format!("b-{i}"), post(&http, &b, &format!("b-{i}"), 5)));
+        assert!(queued(&conn, 4 + i).await, "B's request {i} was not queued");
+    }
+    assert!(
+        held_since.elapsed() < HOLD - Duration::from_millis(100) && upstream.request_count() == 1,
+        "setup too slow: the holder ended before the kill ({:?})",
+        held_since.elapsed()
+    );
+
+    signal(a.pid(), "KILL");
+    let killed_at = epoch_ms();
+    for r in a_requests {
+        // A's clients lose their connection; they are not the subject.
+        let _ = r.await;
+    }
+
+    let mut b_statuses = Vec::new();
+    for (tag, r) in b_requests {
+        b_statuses.push((tag, r.await.unwrap()));
+    }
+    assert_eq!(holder.await.unwrap(), Ok(200), "the holder failed");
+
+    let seen = upstream.requests();
+    assert!(
+        seen.iter().all(|r| !tag_of(r).starts_with("a-")),
+        "a request of the killed replica reached the upstream"
+    );
+    let holder_end = seen
+        .iter()
+        .find(|r| tag_of(r) == "holder")
+        .map(|r| r.epoch_ms + HOLD.as_millis() as u64)
+        .unwrap();
+    let first_b = seen
+        .iter()
+        .filter(|r| tag_of(r).starts_with("b-"))
+        .map(|r| r.epoch_ms)
+        .min();
+    // The dead replica's entries live until its lease expires (at most LEASE_MS after the kill); then the
+    // next admission step must serve B. One second of slack covers polling and scheduling.
+    let bound = holder_end.max(killed_at + LEASE_MS) + 1000;
+    assert!(
+        first_b.is_some_and(|t| t <= bound) && b_statuses.iter().all(|(_, s)| *s == Ok(200)),
+        "B's requests ended {b_statuses:?}; the first reached the upstream {} after A was killed (lease \
+         {LEASE_MS} ms, holder ended {} ms after the kill, bound {} ms)",
+        first_b.map_or("never".to_owned(), |t| format!("{} ms", t - killed_at)),
+        holder_end.saturating_sub(killed_at),
+        bound - killed_at
+    );
+
+    let clean = eventually(Duration::from_secs(3), || async {
+        zcard(&conn, "crash:{shared}:q").await == 0
+            && hlen(&conn, "crash:{shared}:grants").await == 0
+            && zcard(&conn, "crash:{shared}:d:solo:if").await == 0
+    })
+    .await;
+    assert!(
+        clean,
+        "left in Redis: queue {}, grants {}, in-flight leases {}",
+        zcard(&conn, "crash:{shared}:q").await,
+        hlen(&conn, "crash:{shared}:grants").await,
+        zcard(&conn, "crash:{shared}:d:solo:if").await
+    );
+    drop((b, c));
+}
