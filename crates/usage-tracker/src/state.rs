@@ -276,24 +276,22 @@ impl UsageState {
         held
     }
 
-    /// `u_give_back`: for a reservation whose request never reached the upstream, the lease ends and its
-    /// tokens and (while still in its window) its request count come back.
-    pub fn give_back(&mut self, now_ms: u64, reservation: &Reservation) {
-        self.release(
-            now_ms,
-            &reservation.deployment,
-            &reservation.id,
-            reservation.window_start_ms,
-            reservation.est_tokens,
-            Some(0),
-        );
+    /// `u_give_back`: for a reservation whose request never reached the upstream, the lease ends and, while
+    /// still in its window, its request and its estimated tokens come back. Only the call that ends the
+    /// lease gives anything back (racing give-backs count once); returns whether it did.
+    pub fn give_back(&mut self, now_ms: u64, reservation: &Reservation) -> bool {
         let slot = self.slot_mut(&reservation.deployment);
+        if slot.inflight.remove(&reservation.id).is_none() {
+            return false;
+        }
         if let Some(h) = slot
             .hash_mut(now_ms)
             .filter(|h| h.w == reservation.window_start_ms)
         {
             h.rpm = h.rpm.saturating_sub(1);
+            h.tpm = h.tpm.saturating_sub(reservation.est_tokens);
         }
+        true
     }
 
     /// `u_settle`: releases the reservation, counts the outcome in the current window and folds the
@@ -434,6 +432,21 @@ mod tests {
             ReserveOutcome::Reserved(r) => r,
             other => panic!("expected a reservation, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn give_back_counts_once() {
+        let mut s = UsageState::new(Duration::from_millis(W), 0.5);
+        let c = [cand("a", Limits::default())];
+        reserved(s.try_reserve(T0 + 10, &c, &req("kept", 7)));
+        let r = reserved(s.try_reserve(T0 + 10, &c, &req("unsent", 5)));
+        assert!(s.give_back(T0 + 20, &r));
+        assert!(
+            !s.give_back(T0 + 30, &r),
+            "a second give-back of one reservation"
+        );
+        let stats = s.stats(T0 + 30, &c[0].deployment);
+        assert_eq!((stats.rpm_used, stats.tpm_used, stats.in_flight), (1, 7, 1));
     }
 
     #[test]

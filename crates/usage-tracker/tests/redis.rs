@@ -349,3 +349,37 @@ async fn settings_are_validated() -> anyhow::Result<()> {
     ));
     Ok(())
 }
+
+/// Giving back a reservation twice (two racing paths that both learn it was never sent) counts once.
+#[tokio::test]
+async fn give_back_counts_once() -> anyhow::Result<()> {
+    let server = RedisServer::start().await?;
+    let mut c = conn(&server).await?;
+    let body = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local cands = u_parse_candidates(KEYS, ARGV, 0, 0, 1)
+local _, ws = u_try_reserve(now, 60000, cands, 0, 7, 1, 'kept', 10000)
+local _, ws2 = u_try_reserve(now, 60000, cands, 0, 5, 1, 'unsent', 10000)
+local first = u_give_back(cands[1].dep, cands[1].inflight, 'unsent', ws2, 5)
+local second = u_give_back(cands[1].dep, cands[1].inflight, 'unsent', ws2, 5)
+return { first, second, tonumber(redis.call('HGET', cands[1].dep, 'rpm')),
+         tonumber(redis.call('HGET', cands[1].dep, 'tpm')), redis.call('ZCARD', cands[1].inflight) }
+"#;
+    let script = redis::Script::new(&format!("{USAGE_FRAGMENT}{body}"));
+    let reply: (i64, i64, i64, i64, i64) = script
+        .prepare_invoke()
+        .key("{g}:d:a")
+        .key("{g}:d:a:if")
+        .key("{g}:d:a:cd")
+        .arg("a")
+        .arg(-1)
+        .arg(-1)
+        .arg(-1)
+        .arg(-1)
+        .arg(0)
+        .invoke_async(&mut c)
+        .await?;
+    ensure!(reply == (1, 0, 1, 7, 1), "{reply:?}");
+    Ok(())
+}

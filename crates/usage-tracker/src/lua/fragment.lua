@@ -41,9 +41,10 @@
 --   Ends the in-flight lease (ZREM) and, when the hash's `w` still equals window_start and actual >= 0,
 --   corrects tpm by (actual - est), never below 0. actual = -1 means "not known: keep the estimate".
 --
--- u_give_back(k_dep, k_inflight, res_id, window_start, est)
---   For a reservation whose request never reached the upstream: u_release with actual 0 (its tokens come
---   back) and, while still in window_start, the request count comes back too (never below 0).
+-- u_give_back(k_dep, k_inflight, res_id, window_start, est) -> 1 if given back, 0 if the lease was gone
+--   For a reservation whose request never reached the upstream: ends its in-flight lease and, while still in
+--   window_start, its request and its estimated tokens come back (never below 0). Idempotent: only the call
+--   that ends the lease gives anything back, so racing give-backs of one reservation count once.
 --
 -- u_settle(k_dep, k_inflight, res_id, window_start, est, actual, outcome, now, window_ms, lat, ttft, alpha)
 --   -> requests_in_window, failures_in_window
@@ -197,11 +198,16 @@ local function u_release(k_dep, k_inflight, res_id, window_start, est, actual)
 end
 
 local function u_give_back(k_dep, k_inflight, res_id, window_start, est)
-  u_release(k_dep, k_inflight, res_id, window_start, est, 0)
-  local f = redis.call('HMGET', k_dep, 'w', 'rpm')
-  if tonumber(f[1]) == window_start and (tonumber(f[2]) or 0) > 0 then
-    redis.call('HINCRBY', k_dep, 'rpm', -1)
+  if redis.call('ZREM', k_inflight, res_id) == 0 then
+    return 0
   end
+  local f = redis.call('HMGET', k_dep, 'w', 'rpm', 'tpm')
+  if tonumber(f[1]) == window_start then
+    local rpm = math.max((tonumber(f[2]) or 0) - 1, 0)
+    local tpm = math.max((tonumber(f[3]) or 0) - est, 0)
+    redis.call('HSET', k_dep, 'rpm', u_int(rpm), 'tpm', u_int(tpm))
+  end
+  return 1
 end
 
 local function u_ewma(k_dep, field, sample, alpha)
