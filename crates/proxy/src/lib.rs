@@ -12,6 +12,7 @@
 //! - `state`: [`AppState`], shared by handlers.
 //! - `server`: [`run`], serving until shutdown with a grace period.
 //! - `check`: [`check_config`], the `check-config` subcommand.
+//! - [`loadtest`]: the `loadtest` subcommand, an open- or closed-loop load generator with a latency summary.
 //!
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {

@@ -51,7 +51,7 @@ enum Command {
         file: PathBuf,
     },
     /// Load-test an OpenAI-compatible endpoint on this machine and print throughput and latency.
-    Loadtest(proxy::loadtest::LoadtestArgs),
+    Loadtest(Box<proxy::loadtest::LoadtestArgs>),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

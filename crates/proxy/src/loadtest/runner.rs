@@ -1,0 +1,295 @@
+//! Driving the load: one HTTP client, a closed loop of workers or an open loop paced by arrival time.
+
+use std::io::IsTerminal;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_TYPE};
+use reqwest::Url;
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+
+use super::report::{Outcome, Report, RunFacts, Sample};
+use super::{Load, LoadConfig, LoadtestError};
+use crate::routes::{HEADER_OVERHEAD_MS, HEADER_QUEUE_WAIT_MS};
+
+/// Connections kept idle per host: enough for any concurrency this tool is used with.
+const IDLE_CONNECTIONS_PER_HOST: usize = 4096;
+
+/// Concurrency of the warm-up of an open-loop run.
+const OPEN_LOOP_WARMUP_CONCURRENCY: usize = 8;
+
+/// What every request task shares.
+struct Shared {
+    client: reqwest::Client,
+    urls: Vec<Url>,
+    /// One pre-serialised body per priority class.
+    bodies: Vec<Bytes>,
+    auth: Option<HeaderValue>,
+    mix: Option<super::PriorityMix>,
+    timeout: Duration,
+    start: Instant,
+    progress: ProgressBar,
+}
+
+impl Shared {
+    fn micros(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.start).as_micros()).unwrap_or(u64::MAX)
+    }
+
+    /// Sends request number `i`, due at `due`, and reads its answer to the end.
+    async fn send(&self, i: u64, due: Instant) -> Sample {
+        let class = self.mix.as_ref().map_or(0, |m| m.class_of(i));
+        let url = self.urls[(i % self.urls.len() as u64) as usize].clone();
+        let mut request = self
+            .client
+            .post(url)
+            .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
+            .body(self.bodies[class].clone());
+        if let Some(auth) = &self.auth {
+            request = request.header(AUTHORIZATION, auth.clone());
+        }
+        let sent = Instant::now();
+        let exchange = async {
+            let mut response = request.send().await?;
+            let status = response.status().as_u16();
+            let queue_wait = header_micros(response.headers(), HEADER_QUEUE_WAIT_MS);
+            let overhead = header_micros(response.headers(), HEADER_OVERHEAD_MS);
+            while response.chunk().await?.is_some() {}
+            Ok::<_, reqwest::Error>((status, queue_wait, overhead))
+        };
+        let (outcome, queue_wait_us, overhead_us) =
+            match tokio::time::timeout(self.timeout, exchange).await {
+                Ok(Ok((status, wait, overhead))) => (Outcome::Status(status), wait, overhead),
+                Ok(Err(e)) if e.is_connect() => (Outcome::Connect, None, None),
+                Ok(Err(e)) if e.is_timeout() => (Outcome::Timeout, None, None),
+                Ok(Err(_)) => (Outcome::Error, None, None),
+                Err(_) => (Outcome::Timeout, None, None),
+            };
+        let done = Instant::now();
+        self.progress.inc(1);
+        Sample {
+            class,
+            scheduled_us: self.micros(due),
+            sent_us: self.micros(sent),
+            done_us: self.micros(done),
+            outcome,
+            queue_wait_us,
+            overhead_us,
+        }
+    }
+}
+
+/// A millisecond header value (`"1.234"`) in microseconds.
+fn header_micros(headers: &HeaderMap, name: &str) -> Option<u64> {
+    let ms: f64 = headers.get(name)?.to_str().ok()?.trim().parse().ok()?;
+    (ms.is_finite() && ms >= 0.0).then(|| (ms * 1000.0).round() as u64)
+}
+
+/// The request body of each priority class.
+fn bodies(config: &LoadConfig) -> Vec<Bytes> {
+    let base = || {
+        let mut body = json!({
+            "model": config.model,
+            "messages": [{"role": "user", "content": config.message}],
+        });
+        if let Value::Object(map) = &mut body {
+            if let Some(max_tokens) = config.max_tokens {
+                map.insert("max_tokens".into(), max_tokens.into());
+            }
+            if config.stream {
+                map.insert("stream".into(), true.into());
+            }
+        }
+        body
+    };
+    match &config.priority_mix {
+        None => vec![Bytes::from(base().to_string())],
+        Some(mix) => mix
+            .classes()
+            .iter()
+            .map(|class| {
+                let mut body = base();
+                if let Value::Object(map) = &mut body {
+                    map.insert("priority".into(), class.priority.into());
+                }
+                Bytes::from(body.to_string())
+            })
+            .collect(),
+    }
+}
+
+fn client(config: &LoadConfig) -> Result<reqwest::Client, LoadtestError> {
+    reqwest::Client::builder()
+        .pool_max_idle_per_host(IDLE_CONNECTIONS_PER_HOST)
+        .pool_idle_timeout(Duration::from_secs(90))
+        .connect_timeout(config.timeout.min(Duration::from_secs(10)))
+        .tcp_nodelay(true)
+        .no_proxy()
+        .build()
+        .map_err(|e| LoadtestError::Client(e.to_string()))
+}
+
+fn progress_bar(config: &LoadConfig, len: u64) -> ProgressBar {
+    if !config.progress || !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr());
+    if let Ok(style) = ProgressStyle::with_template(
+        "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} {per_sec} eta {eta}",
+    ) {
+        bar.set_style(style);
+    }
+    bar
+}
+
+/// Runs the warm-up (answers discarded), then the measured load, and builds the report.
+pub(super) async fn run(config: &LoadConfig) -> Result<Report, LoadtestError> {
+    let client = client(config)?;
+    let auth = match &config.key {
+        Some(key) => Some(
+            HeaderValue::from_str(&format!("Bearer {key}"))
+                .map_err(|_| LoadtestError::Argument("--key is not a valid header value".into()))?,
+        ),
+        None => None,
+    };
+    let shared = |start: Instant, progress: ProgressBar| {
+        Arc::new(Shared {
+            client: client.clone(),
+            urls: config.urls.clone(),
+            bodies: bodies(config),
+            auth: auth.clone(),
+            mix: config.priority_mix.clone(),
+            timeout: config.timeout,
+            start,
+            progress,
+        })
+    };
+
+    if config.warmup > 0 {
+        let concurrency = match config.load {
+            Load::Closed { concurrency } => concurrency,
+            Load::Open { .. } => OPEN_LOOP_WARMUP_CONCURRENCY,
+        };
+        let warm = shared(Instant::now(), ProgressBar::hidden());
+        closed_loop(warm, config.warmup, concurrency, config.duration).await;
+    }
+
+    let started_epoch_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    let measured = shared(Instant::now(), progress_bar(config, config.num_requests));
+    let progress = measured.progress.clone();
+    let (samples, sent) = match config.load {
+        Load::Closed { concurrency } => {
+            closed_loop(measured, config.num_requests, concurrency, config.duration).await
+        }
+        Load::Open { rate } => {
+            open_loop(measured, config.num_requests, rate, config.duration).await
+        }
+    };
+    progress.finish_and_clear();
+
+    let (rate, concurrency) = match config.load {
+        Load::Closed { concurrency } => (None, Some(concurrency)),
+        Load::Open { rate } => (Some(rate), None),
+    };
+    let facts = RunFacts {
+        label: config.label.clone(),
+        targets: config.urls.iter().map(ToString::to_string).collect(),
+        rate,
+        concurrency,
+        stream: config.stream,
+        mix: config.priority_mix.clone(),
+        started_epoch_ms,
+        requested: config.num_requests,
+        sent,
+        inversion_tolerance_us: u64::try_from(config.inversion_tolerance.as_micros())
+            .unwrap_or(u64::MAX),
+    };
+    Ok(Report::build(facts, &samples))
+}
+
+/// `concurrency` workers, each sending its next request as soon as the previous one ended, until `n` were
+/// sent or `duration` passed. Returns the samples and the number sent.
+async fn closed_loop(
+    shared: Arc<Shared>,
+    n: u64,
+    concurrency: usize,
+    duration: Duration,
+) -> (Vec<Sample>, u64) {
+    let stop_at = shared.start + duration;
+    let next = Arc::new(AtomicU64::new(0));
+    let sent = Arc::new(AtomicU64::new(0));
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let workers = usize::try_from(n).unwrap_or(usize::MAX).min(concurrency);
+    for _ in 0..workers {
+        let (shared, next, sent, tx) = (shared.clone(), next.clone(), sent.clone(), tx.clone());
+        tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let now = Instant::now();
+                if i >= n || now >= stop_at {
+                    break;
+                }
+                sent.fetch_add(1, Ordering::Relaxed);
+                if tx.send(shared.send(i, now).await).is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    drop(tx);
+    let mut samples = Vec::with_capacity(usize::try_from(n.min(1 << 20)).unwrap_or(0));
+    while let Some(sample) = rx.recv().await {
+        samples.push(sample);
+    }
+    (samples, sent.load(Ordering::Relaxed))
+}
+
+/// Request `i` is due at `start + i / rate`, whatever happened to earlier ones; a pacing thread (sleeping
+/// with the OS timer, finer than the runtime's millisecond wheel) hands each to its own task when due.
+/// Latency counts from the due time, so a server that falls behind cannot hide it (no coordinated
+/// omission). Stops after `n` requests or `duration`.
+async fn open_loop(
+    shared: Arc<Shared>,
+    n: u64,
+    rate: f64,
+    duration: Duration,
+) -> (Vec<Sample>, u64) {
+    let runtime = tokio::runtime::Handle::current();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let sent = Arc::new(AtomicU64::new(0));
+    let pacer = {
+        let (shared, sent) = (shared.clone(), sent.clone());
+        let interval = 1.0 / rate;
+        std::thread::spawn(move || {
+            let stop_at = shared.start + duration;
+            for i in 0..n {
+                let due = shared.start + Duration::from_secs_f64(i as f64 * interval);
+                if due >= stop_at {
+                    break;
+                }
+                let now = Instant::now();
+                if due > now {
+                    std::thread::sleep(due - now);
+                }
+                let (shared, tx) = (shared.clone(), tx.clone());
+                runtime.spawn(async move {
+                    let _ = tx.send(shared.send(i, due).await);
+                });
+                sent.fetch_add(1, Ordering::Relaxed);
+            }
+        })
+    };
+    let mut samples = Vec::with_capacity(usize::try_from(n.min(1 << 20)).unwrap_or(0));
+    while let Some(sample) = rx.recv().await {
+        samples.push(sample);
+    }
+    // Every sender is gone, so the pacing thread has returned.
+    let _ = tokio::task::spawn_blocking(move || pacer.join()).await;
+    (samples, sent.load(Ordering::Relaxed))
+}
