@@ -174,6 +174,7 @@ async fn uncontended_requests_cost_two_round_trips_each() -> anyhow::Result<()> 
             .completion(tagged("g", &format!("warm-{i}"), Some(0)))
             .await?;
     }
+    cluster.wait_settled().await?;
     let mut conn = cluster.conn()?;
     let _: () = redis::cmd("CONFIG")
         .arg("RESETSTAT")
@@ -187,6 +188,8 @@ async fn uncontended_requests_cost_two_round_trips_each() -> anyhow::Result<()> 
             .completion(tagged("g", &format!("r-{i}"), Some(0)))
             .await?;
     }
+    // The last release runs just after its answer: count it too.
+    cluster.wait_settled().await?;
     let to = monitor.mark(&mut conn, "end").await?;
     let (client, lua) = monitor.count(from, to);
     let names: Vec<&str> = client.iter().map(|c| c.name.as_str()).collect();

@@ -11,6 +11,7 @@ use rand::Rng;
 use serde_json::Value;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use usage_tracker::{Candidate, LatencySample, Limits, Reservation, TokenEstimator};
 
 use crate::admission::Settlement;
@@ -67,6 +68,8 @@ pub(crate) struct RouterInner {
     pub(crate) in_flight: Mutex<HashMap<String, Reservation>>,
     /// The lease renewer, awaited on shutdown.
     renewer: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Releases of answered requests still on their way, awaited on shutdown.
+    pub(crate) settling: TaskTracker,
 }
 
 /// Latency per output token of each deployment of a group, in the group's order.
@@ -229,6 +232,7 @@ impl Router {
                 scheduler: Scheduler::new(owner, admission, settings, candidates),
                 in_flight: Mutex::new(HashMap::new()),
                 renewer: Mutex::new(None),
+                settling: TaskTracker::new(),
             }
         });
         let renewer = tokio::spawn(renew_leases(
@@ -320,6 +324,8 @@ impl Router {
     /// the queue pollers and cancels this replica's queued requests so other replicas proceed.
     pub async fn shutdown(&self) {
         self.inner.shutdown.cancel();
+        self.inner.settling.close();
+        self.inner.settling.wait().await;
         self.inner.scheduler.shutdown().await;
         let renewer = self
             .inner
@@ -351,6 +357,11 @@ impl Router {
             }));
         }
         Ok(out)
+    }
+
+    /// Releases of answered requests still running in the background (each a moment after its answer).
+    pub fn releases_pending(&self) -> usize {
+        self.inner.settling.len()
     }
 
     /// This replica's id in the shared queue.
@@ -709,9 +720,15 @@ impl Router {
                         ttft: None,
                         output_tokens: output.unwrap_or(0),
                     };
-                    inner
-                        .settle(&held.take(), Settlement::success(actual, sample))
-                        .await;
+                    // The answer does not wait for the release step (a Redis round trip that also admits
+                    // the next waiters): it runs in the background, and shutdown waits for it.
+                    let settled = inner.clone();
+                    let reservation = held.take();
+                    inner.settling.spawn(async move {
+                        settled
+                            .settle(&reservation, Settlement::success(actual, sample))
+                            .await;
+                    });
                     return Ok(Answer {
                         body: ResponseBody::Json(v),
                         group: group.name.clone(),

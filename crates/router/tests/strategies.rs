@@ -78,10 +78,12 @@ async fn latency_based_prefers_the_faster_deployment(backend: Backend) -> anyhow
     // Deployments without samples are explored first, so both get measured.
     for _ in 0..2 {
         r.completion(chat("g")).await?;
+        common::wait_in_flight(&r, 0).await?;
     }
     ensure!(fast.request_count() == 1 && slow.request_count() == 1);
     for _ in 0..5 {
         r.completion(chat("g")).await?;
+        common::wait_in_flight(&r, 0).await?;
     }
     ensure!(
         fast.request_count() == 6 && slow.request_count() == 1,
@@ -157,6 +159,7 @@ async fn least_busy_sees_in_flight_of_another_router() -> anyhow::Result<()> {
     let busy = models_seen(&up)[0].clone();
     for _ in 0..6 {
         r2.completion(chat("g")).await?;
+        common::wait_in_flight(&r2, 1).await?;
     }
     let seen = models_seen(&up);
     ensure!(

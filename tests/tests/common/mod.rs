@@ -407,6 +407,17 @@ impl Cluster {
         }
     }
 
+    /// Waits (bounded) until every replica's releases have run: answered requests release their capacity
+    /// in the background, right after the answer. Reads local state only (no Redis command).
+    pub async fn wait_settled(&self) -> anyhow::Result<()> {
+        let settled = eventually(Duration::from_secs(5), || async {
+            self.replicas.iter().all(|r| r.releases_pending() == 0)
+        })
+        .await;
+        anyhow::ensure!(settled, "releases still pending");
+        Ok(())
+    }
+
     /// Usage of deployment `id` as replica 0 reports it.
     pub async fn health(&self, id: &str) -> anyhow::Result<DeploymentHealth> {
         self.replicas[0]

@@ -97,3 +97,20 @@ pub fn models_seen(upstream: &MockUpstream) -> Vec<String> {
         })
         .collect()
 }
+
+/// Waits (bounded) until `n` requests are in flight over all deployments: answered requests settle in the
+/// background, so a test that depends on the previous request's settle waits for it here.
+pub async fn wait_in_flight(router: &Router, n: u64) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let in_flight: u64 = router.health().await?.iter().map(|h| h.in_flight).sum();
+        if in_flight == n {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "{in_flight} requests still in flight, expected {n}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
