@@ -416,11 +416,12 @@ general_settings:
             .await
             .unwrap()
     );
-    assert!(
-        proxy.output().contains("client went away"),
-        "{}",
-        proxy.output()
-    );
+    // The log arrives through the child's pipe a moment after the metrics show the 499.
+    let logged = eventually(Duration::from_secs(5), || async {
+        proxy.output().contains("client went away")
+    })
+    .await;
+    assert!(logged, "{}", proxy.output());
 
     // SIGTERM: the request in flight still gets its answer, then the process exits cleanly.
     upstream.set_behavior(Behavior::ok().with_latency(Duration::from_millis(800)));

@@ -24,6 +24,8 @@ pub(crate) struct Proxy {
     child: Child,
     pub(crate) addr: String,
     output: Arc<Mutex<String>>,
+    /// Threads copying stdout and stderr into `output`.
+    readers: Vec<std::thread::JoinHandle<()>>,
     _dir: tempfile::TempDir,
 }
 
@@ -58,6 +60,7 @@ impl Proxy {
         let mut child = cmd.spawn().context("spawning llm-scheduler")?;
         let output = Arc::new(Mutex::new(String::new()));
         let (tx, rx) = std::sync::mpsc::channel::<String>();
+        let mut readers = Vec::new();
         for stream in [
             child
                 .stdout
@@ -73,13 +76,13 @@ impl Proxy {
         {
             let output = Arc::clone(&output);
             let tx = tx.clone();
-            std::thread::spawn(move || {
+            readers.push(std::thread::spawn(move || {
                 for line in BufReader::new(stream).lines().map_while(Result::ok) {
                     output.lock().unwrap().push_str(&line);
                     output.lock().unwrap().push('\n');
                     let _ = tx.send(line);
                 }
-            });
+            }));
         }
         drop(tx);
         let deadline = Instant::now() + START_TIMEOUT;
@@ -92,6 +95,7 @@ impl Proxy {
                             child,
                             addr,
                             output,
+                            readers,
                             _dir: dir,
                         });
                     }
@@ -131,6 +135,10 @@ impl Proxy {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(status) = self.child.try_wait()? {
+                // The pipes close with the process: read them to the end, so output() is complete.
+                for reader in self.readers.drain(..) {
+                    let _ = reader.join();
+                }
                 return Ok(status);
             }
             if Instant::now() >= deadline {
