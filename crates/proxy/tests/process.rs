@@ -477,6 +477,8 @@ router_settings:
   key_prefix: "proc2:"
   num_retries: 0
   cooldown_time: 60
+  # An hour-long window: the two requests must not straddle a window roll.
+  usage_window: 3600
 general_settings:
   master_key: {KEY}
 "#,
