@@ -2,6 +2,7 @@
 //! completion future is dropped) leave nothing behind: no queue entry, no untaken grant, no in-flight lease,
 //! and no request counted against the deployment's rpm unless it reached the upstream.
 
+#[macro_use]
 mod common;
 
 use std::time::Duration;
@@ -290,27 +291,6 @@ async fn redis_a_request_dropped_during_its_admission_step_gives_its_reservation
     cluster.assert_clean("g", &["dep-a"], HOUR).await?;
     cluster.shutdown().await;
     Ok(())
-}
-
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod redis {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() -> anyhow::Result<()> {
-                    super::$name(super::Kind::Redis(3)).await
-                }
-            )*
-        }
-        mod memory {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() -> anyhow::Result<()> {
-                    super::$name(super::Kind::Memory).await
-                }
-            )*
-        }
-    };
 }
 
 on_both_backends!(

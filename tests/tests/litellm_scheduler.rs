@@ -4,6 +4,7 @@
 //! full queue a 429 with Retry-After at once. Each runs on three replicas on one Redis and on one in-memory
 //! router.
 
+#[macro_use]
 mod common;
 
 use std::time::Duration;
@@ -451,27 +452,6 @@ async fn full_queue_answers_429_with_retry_after_at_once(kind: Kind) -> anyhow::
     cluster.assert_clean("g", &["dep-a"], HOUR).await?;
     cluster.shutdown().await;
     Ok(())
-}
-
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod redis {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() -> anyhow::Result<()> {
-                    super::$name(super::Kind::Redis(3)).await
-                }
-            )*
-        }
-        mod memory {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() -> anyhow::Result<()> {
-                    super::$name(super::Kind::Memory).await
-                }
-            )*
-        }
-    };
 }
 
 on_both_backends!(

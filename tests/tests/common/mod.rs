@@ -565,3 +565,27 @@ pub async fn expect_ok(tag: &str, pending: Pending) -> anyhow::Result<RouterResp
         Err(e) => bail!("request {tag} panicked or was cancelled: {e}"),
     }
 }
+
+/// Runs each named `async fn(Kind) -> anyhow::Result<()>` of the including test file on three replicas
+/// sharing a fresh redis-server and on one in-memory router.
+#[allow(unused_macros)] // not every test file runs on both backends
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod redis {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() -> anyhow::Result<()> {
+                    super::$name(super::Kind::Redis(3)).await
+                }
+            )*
+        }
+        mod memory {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() -> anyhow::Result<()> {
+                    super::$name(super::Kind::Memory).await
+                }
+            )*
+        }
+    };
+}
