@@ -10,6 +10,11 @@ use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use tracing_subscriber::EnvFilter;
 
+/// mimalloc instead of the system allocator: a request allocates a few hundred small buffers (headers, JSON,
+/// Redis arguments) across worker threads, where glibc's malloc took about a fifth of the proxy's CPU.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// A priority-scheduling gateway in front of LLM APIs (OpenAI-compatible, LiteLLM config.yaml).
 #[derive(Parser, Debug)]
 #[command(
@@ -41,6 +46,13 @@ struct Cli {
     /// Seconds in-flight requests get to finish after SIGTERM/SIGINT.
     #[arg(long, default_value_t = 30.0)]
     grace_period: f64,
+
+    /// Threads that serve requests. 1 runs one event loop on one thread; N > 1 a work-stealing pool of N.
+    /// Default: 1 on machines with at most 2 cores (there the pool's cross-thread wake-ups cost more than
+    /// the second thread brings: about 50 µs per request), else one per core. Scale a Redis-backed
+    /// deployment out with replicas.
+    #[arg(long, env = "LLM_SCHEDULER_WORKERS", value_parser = clap::value_parser!(u16).range(1..))]
+    workers: Option<u16>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -64,7 +76,12 @@ enum LogFormat {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Runtime::new() {
+    // --workers is the server's; the load generator keeps one thread per core.
+    let workers = match cli.command {
+        None => cli.workers,
+        Some(_) => None,
+    };
+    let runtime = match build_runtime(workers, cli.command.is_none()) {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -86,6 +103,22 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The async runtime with `workers` threads (see [`Cli::workers`]); without a number, the server's default
+/// (`serve`) or one per core.
+fn build_runtime(workers: Option<u16>, serve: bool) -> std::io::Result<tokio::runtime::Runtime> {
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let default = if serve && cores <= 2 { 1 } else { cores };
+    let workers = workers.map_or(default, usize::from);
+    let mut builder = if workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(workers);
+        b
+    };
+    builder.enable_all().build()
 }
 
 async fn check(file: &std::path::Path) -> anyhow::Result<()> {

@@ -292,24 +292,51 @@ fn millis(d: Duration) -> f64 {
 }
 
 fn meta_headers(meta: &ResponseMeta, overhead: Duration) -> HeaderMap {
-    let mut headers = HeaderMap::new();
-    let mut put = |name: &'static str, value: String| {
+    let mut headers = HeaderMap::with_capacity(8);
+    let mut put = |name: &'static str, value: Option<HeaderValue>| {
         // Names of groups and deployments are config text; one that is not a valid header value is left out.
-        if let Ok(value) = HeaderValue::from_str(&value) {
+        if let Some(value) = value {
             headers.insert(HeaderName::from_static(name), value);
         }
     };
-    put(HEADER_DEPLOYMENT_ID, meta.deployment_id.clone());
-    put(HEADER_MODEL_GROUP, meta.model_group.clone());
-    put(HEADER_ATTEMPTS, meta.attempts.to_string());
-    put(HEADER_FALLBACKS, meta.fallbacks.join(","));
     put(
-        HEADER_QUEUE_WAIT_MS,
-        format!("{:.3}", millis(meta.queue_wait)),
+        HEADER_DEPLOYMENT_ID,
+        HeaderValue::from_str(&meta.deployment_id).ok(),
     );
-    put(HEADER_OVERHEAD_MS, format!("{:.3}", millis(overhead)));
-    put(HEADER_CACHE_HIT, meta.cache_hit.to_string());
+    put(
+        HEADER_MODEL_GROUP,
+        HeaderValue::from_str(&meta.model_group).ok(),
+    );
+    put(HEADER_ATTEMPTS, Some(HeaderValue::from(meta.attempts)));
+    put(
+        HEADER_FALLBACKS,
+        if meta.fallbacks.is_empty() {
+            Some(HeaderValue::from_static(""))
+        } else {
+            HeaderValue::from_str(&meta.fallbacks.join(",")).ok()
+        },
+    );
+    put(HEADER_QUEUE_WAIT_MS, Some(millis_header(meta.queue_wait)));
+    put(HEADER_OVERHEAD_MS, Some(millis_header(overhead)));
+    put(
+        HEADER_CACHE_HIT,
+        Some(HeaderValue::from_static(if meta.cache_hit {
+            "true"
+        } else {
+            "false"
+        })),
+    );
     headers
+}
+
+/// `d` in milliseconds with three decimals (`1.234`), from integer microseconds: float formatting cost more
+/// than the rest of the headers together.
+fn millis_header(d: Duration) -> HeaderValue {
+    use std::fmt::Write as _;
+    let micros = d.as_micros();
+    let mut text = String::with_capacity(24);
+    let _ = write!(text, "{}.{:03}", micros / 1000, micros % 1000);
+    HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static("0.000"))
 }
 
 /// `GET /v1/models`: the model groups in OpenAI's list shape.
@@ -428,4 +455,23 @@ async fn unknown_route(request: Request) -> ApiError {
 
 async fn method_not_allowed(request: Request) -> ApiError {
     ApiError::method_not_allowed(request.method().as_str(), request.uri().path())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn millis_headers_have_three_decimals() {
+        let text = |us| millis_header(Duration::from_micros(us));
+        assert_eq!(text(0), "0.000");
+        assert_eq!(text(5), "0.005");
+        assert_eq!(text(1_234), "1.234");
+        assert_eq!(text(61_000_007), "61000.007");
+        assert_eq!(
+            millis_header(Duration::from_nanos(999)),
+            "0.000",
+            "whole microseconds"
+        );
+    }
 }

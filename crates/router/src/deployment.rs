@@ -65,6 +65,8 @@ pub(crate) struct Deployment {
     pub(crate) extra_body: Map<String, Value>,
     /// Extra headers (`extra_headers`, `organization`).
     pub(crate) headers: Vec<(String, String)>,
+    /// URLs and headers of upstream calls, built from the fields above.
+    pub(crate) prepared: crate::provider::Prepared,
 }
 
 /// The deployments serving one model name.
@@ -809,7 +811,7 @@ fn deployment(
         }
     }
 
-    Ok(Deployment {
+    let mut deployment = Deployment {
         dref: usage_tracker::DeploymentRef::new(group.as_str(), id.as_str()),
         id,
         group,
@@ -836,7 +838,10 @@ fn deployment(
         body_defaults,
         extra_body,
         headers,
-    })
+        prepared: crate::provider::Prepared::default(),
+    };
+    deployment.prepared = crate::provider::Prepared::of(&deployment);
+    Ok(deployment)
 }
 
 fn check_header(name: &str, value: &str, path: &str) -> Result<(), RouterError> {

@@ -62,8 +62,8 @@ pub use settings::UsageSettings;
 pub use state::UsageState;
 pub use store::UsageStore;
 pub use tokens::{
-    count_prompt, preload_tokenizers, prompt_tokens, TokenCounter, TokenEstimate, TokenEstimator,
-    CHARS_PER_TOKEN, DEFAULT_COMPLETION_TOKENS, IMAGE_TOKENS, REPLY_PRIMING_TOKENS,
+    count_prompt, preload_tokenizers, prompt_tokens, text_len, TokenCounter, TokenEstimate,
+    TokenEstimator, CHARS_PER_TOKEN, DEFAULT_COMPLETION_TOKENS, IMAGE_TOKENS, REPLY_PRIMING_TOKENS,
     TOKENS_PER_MESSAGE, TOKENS_PER_NAME,
 };
 pub use types::{

@@ -8,7 +8,7 @@
 
 /// The usage fragment: `u_parse_candidates`, `u_window_start`, `u_try_reserve`, `u_release`,
 /// `u_settle`, `u_renew`, `u_stats` (and private helpers `u_int`, `u_usage`, `u_in_flight`,
-/// `u_extend_ttl`, `u_roll`, `u_blocked_until`, `u_ewma`).
+/// `u_extend_ttl`, `u_start_window`, `u_blocked_until`, `u_ewma`).
 pub const USAGE_FRAGMENT: &str = include_str!("lua/fragment.lua");
 
 /// `reserve_v1`: fragment + body calling `u_try_reserve`.

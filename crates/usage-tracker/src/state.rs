@@ -13,8 +13,8 @@ use crate::types::{
 ///
 /// Each method takes the current time (`now_ms`, epoch milliseconds) and does what the function of the same
 /// name in [`crate::lua::USAGE_FRAGMENT`] does in Redis, with the same results: counters of the fixed window
-/// containing `now_ms`, leases alive while their expiry is after `now_ms`, usage hashes forgotten two
-/// windows after their last write. The router composes it with queue-core's state under one lock (see
+/// containing `now_ms`, leases alive while their expiry is after `now_ms`, usage hashes forgotten at the end of
+/// the second window after the window they hold. The router composes it with queue-core's state under one lock (see
 /// [`crate::MemoryUsage::shared_state`]); methods never block or allocate beyond the touched deployment.
 #[derive(Debug)]
 pub struct UsageState {
@@ -79,8 +79,10 @@ impl DeploymentUsage {
         self.inflight.len() as u64
     }
 
-    /// `u_roll`: the hash for window `ws`, created or reset as needed (latency EWMAs survive a roll).
-    fn roll(&mut self, now: u64, ws: u64) -> &mut UsageHash {
+    /// The hash for window `ws`, created or reset as needed (latency EWMAs survive a roll), as the fragment's
+    /// `u_start_window` does when a reserve or settle finds an older window: a new window's hash expires at
+    /// the end of the second window after it.
+    fn roll(&mut self, now: u64, ws: u64, window_ms: u64) -> &mut UsageHash {
         if self.hash.as_ref().is_some_and(|h| now > h.expires_at) {
             self.hash = None;
         }
@@ -92,7 +94,7 @@ impl DeploymentUsage {
             fail: 0,
             lat: None,
             ttft: None,
-            expires_at: now,
+            expires_at: ws + 3 * window_ms,
         });
         if h.w != ws {
             *h = UsageHash {
@@ -101,6 +103,7 @@ impl DeploymentUsage {
                 tpm: 0,
                 ok: 0,
                 fail: 0,
+                expires_at: ws + 3 * window_ms,
                 ..*h
             };
         }
@@ -229,10 +232,9 @@ impl UsageState {
                 request.prompt_tokens,
             ) {
                 Blocked::Free => {
-                    let h = slot.roll(now_ms, ws);
+                    let h = slot.roll(now_ms, ws, window_ms);
                     h.rpm += 1;
                     h.tpm = h.tpm.saturating_add(request.est_tokens);
-                    h.expires_at = now_ms + 2 * window_ms;
                     let lease_ms = crate::types::duration_ms(request.lease);
                     slot.inflight
                         .insert(request.reservation_id.clone(), now_ms + lease_ms);
@@ -315,7 +317,9 @@ impl UsageState {
         let ws = self.window_start(now_ms);
         let alpha = self.latency_ewma_alpha;
         let window_ms = self.window_ms;
-        let h = self.slot_mut(&reservation.deployment).roll(now_ms, ws);
+        let h = self
+            .slot_mut(&reservation.deployment)
+            .roll(now_ms, ws, window_ms);
         match outcome {
             Outcome::Success => h.ok += 1,
             Outcome::Failure(_) => h.fail += 1,
@@ -329,7 +333,6 @@ impl UsageState {
         if let Some(sample) = ttft {
             h.ttft = Some(ewma(h.ttft, sample, alpha));
         }
-        h.expires_at = now_ms + 2 * window_ms;
         SettleReport {
             requests_in_window: h.ok + h.fail,
             failures_in_window: h.fail,
@@ -487,7 +490,7 @@ mod tests {
     }
 
     #[test]
-    fn usage_is_forgotten_two_windows_after_the_last_write() {
+    fn usage_is_forgotten_at_the_end_of_the_second_window_after_its_own() {
         let mut s = UsageState::new(Duration::from_millis(W), 0.5);
         let c = [cand("a", Limits::default())];
         let r = reserved(s.try_reserve(T0, &c, &req("r1", 5)));
@@ -498,11 +501,10 @@ mod tests {
         };
         s.settle(T0 + 100, &r, None, Outcome::Success, Some(&sample));
         let d = &c[0].deployment;
-        assert_eq!(
-            s.stats(T0 + 100 + 2 * W, d).latency_ms_per_token,
-            Some(10.0)
-        );
-        assert_eq!(s.stats(T0 + 101 + 2 * W, d).latency_ms_per_token, None);
+        // At least two windows after the last write, and no longer than the end of the second window after
+        // the one written: window start + 3 windows.
+        assert_eq!(s.stats(T0 + 3 * W, d).latency_ms_per_token, Some(10.0));
+        assert_eq!(s.stats(T0 + 3 * W + 1, d).latency_ms_per_token, None);
     }
 
     #[test]

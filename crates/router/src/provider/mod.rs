@@ -99,11 +99,13 @@ impl Providers {
         let d = call.deployment;
         let secret = d.api_key.as_ref().map(|k| k.expose());
         let body = upstream_body(d, call.body);
-        let req = self
-            .client
-            .post(url(d, call.endpoint))
-            .headers(headers(d))
-            .json(&body);
+        let prepared = &d.prepared;
+        let req = match prepared.url(call.endpoint) {
+            Some(parsed) => self.client.post(parsed.clone()),
+            // Not a valid URL: reqwest names the problem when the request is built.
+            None => self.client.post(url(d, call.endpoint)),
+        };
+        let req = req.headers(prepared.headers.clone()).json(&body);
         let resp = req.send().await.map_err(|e| transport_error(d, &e))?;
         let status = resp.status().as_u16();
         if !(200..300).contains(&status) {
@@ -148,6 +150,42 @@ impl Providers {
                 secret,
             )),
         }
+    }
+}
+
+/// What every upstream call of one deployment sends alike, built once with the deployment: the endpoint URLs
+/// (parsed) and the headers (credentials, extra headers). Parsing a URL and formatting the key header on
+/// every call took about a twentieth of the proxy's CPU.
+#[derive(Debug, Default)]
+pub(crate) struct Prepared {
+    /// Indexed by [`endpoint_index`]; `None` when the base does not make a valid URL.
+    urls: [Option<reqwest::Url>; 3],
+    headers: HeaderMap,
+}
+
+impl Prepared {
+    pub(crate) fn of(d: &Deployment) -> Prepared {
+        let endpoints = [
+            Endpoint::ChatCompletions,
+            Endpoint::Completions,
+            Endpoint::Embeddings,
+        ];
+        Prepared {
+            urls: endpoints.map(|e| reqwest::Url::parse(&url(d, e)).ok()),
+            headers: headers(d),
+        }
+    }
+
+    fn url(&self, endpoint: Endpoint) -> Option<&reqwest::Url> {
+        self.urls[endpoint_index(endpoint)].as_ref()
+    }
+}
+
+fn endpoint_index(endpoint: Endpoint) -> usize {
+    match endpoint {
+        Endpoint::ChatCompletions => 0,
+        Endpoint::Completions => 1,
+        Endpoint::Embeddings => 2,
     }
 }
 

@@ -7,7 +7,8 @@
 -- Keys per deployment (see queue_core::Keyspace):
 --   dep      <base>:d:<id>      HASH  w (window start ms), rpm, tpm, ok, fail (current window only),
 --                                     lat (EWMA ms per output token), ttft (EWMA ms), n (latency samples).
---                                     Expires 2 windows after its last write.
+--                                     Expires at the end of the second window after window w (set when the
+--                                     window rolls), so at least 2 windows after its last write.
 --   inflight <base>:d:<id>:if   ZSET  reservation id -> lease expiry (epoch ms). A lease is alive while
 --                                     expiry > now; expired leases are removed before in-flight is counted.
 --   cd       <base>:d:<id>:cd   STRING cooldown reason, with PX expiry = cooldown end.
@@ -33,9 +34,12 @@
 --   Walks candidates in order_mode order (0 = as given; 1 = lowest current-window tpm first; 2 = fewest in
 --   flight first; modes 1 and 2 sort stably by (tier, metric, given index)) and reserves on the first that
 --   is not cooling down, accepts `prompt` (max_input_tokens) and has rpm, tpm and max_parallel headroom.
---   Reserve = window roll if `w` differs (reset rpm/tpm/ok/fail, set w) + HINCRBY rpm 1 + HINCRBY tpm est
---   + ZADD inflight (now + lease_ms) res_id (always, so least-busy ordering sees in-flight counts)
---   + PEXPIRE dep 2 windows, inflight at least lease_ms.
+--   Reserve = one HSET of rpm + 1 and tpm + est (from the counters just read; on a window roll also w, ok
+--   and fail, and the hash's expiry) + ZADD inflight (now + lease_ms) res_id (always, so least-busy ordering
+--   sees in-flight counts) + the in-flight key's expiry kept at least lease_ms away.
+--   Every redis.call costs a few microseconds inside a script (more than the command itself), so the fast
+--   path makes as few as it can: TIME and the queue head are the caller's, then PTTL, HMGET, HSET, ZADD,
+--   PTTL here.
 --
 -- u_release(k_dep, k_inflight, res_id, window_start, est, actual) -> 1 if the lease was still held, else 0.
 --   Ends the in-flight lease (ZREM) and, when the hash's `w` still equals window_start and actual >= 0,
@@ -51,8 +55,8 @@
 --   u_release, then (rolling the window if needed) counts the outcome in the current window
 --   (outcome 1 = success -> ok, 2 = failure -> fail, 0 = cancelled -> neither) and folds the latency
 --   samples into the EWMAs: lat = ms per output token, ttft = ms to first token, each -1 when absent;
---   alpha = EWMA weight of the new sample; EWMAs are stored as "%.4f" strings. Refreshes the hash's
---   2-window expiry. requests_in_window = ok + fail after counting.
+--   alpha = EWMA weight of the new sample; EWMAs are stored as "%.4f" strings. requests_in_window = ok +
+--   fail after counting. Three calls: ZREM, HMGET, HSET (plus PEXPIREAT when the window rolls).
 --
 -- u_renew(k_inflight, res_id, now, lease_ms) -> 1 if the lease was alive and now expires at now + lease_ms,
 --   0 if it had already ended or expired (an ended lease is never revived).
@@ -61,8 +65,8 @@
 --   table c (fields dep, inflight, cd): current-window counters (0 after a roll), live leases, EWMAs as
 --   strings (false when unknown), cooldown remaining ms (-2 none, -1 no expiry). Read only.
 --
--- The helpers these use (u_int, u_usage, u_in_flight, u_extend_ttl, u_roll, u_blocked_until, u_ewma) are
--- not part of the contract.
+-- The helpers these use (u_int, u_usage, u_in_flight, u_extend_ttl, u_start_window, u_blocked_until,
+-- u_ewma) are not part of the contract.
 
 local function u_parse_candidates(keys, argv, key_off, argv_off, n)
   local cands = {}
@@ -93,13 +97,14 @@ local function u_int(x)
   return string.format('%d', x)
 end
 
--- rpm and tpm used in window ws (0 when the hash belongs to an older window).
+-- rpm and tpm used in window ws (0 when the hash belongs to an older window or is absent), and whether the
+-- hash is window ws's.
 local function u_usage(k_dep, ws)
   local f = redis.call('HMGET', k_dep, 'w', 'rpm', 'tpm')
   if tonumber(f[1]) ~= ws then
-    return 0, 0
+    return 0, 0, false
   end
-  return tonumber(f[2]) or 0, tonumber(f[3]) or 0
+  return tonumber(f[2]) or 0, tonumber(f[3]) or 0, true
 end
 
 -- Live leases after dropping the expired ones.
@@ -108,18 +113,22 @@ local function u_in_flight(k_inflight, now)
   return redis.call('ZCARD', k_inflight)
 end
 
--- Never shortens: other leases in the key may outlive this one. At least 1 ms (PEXPIRE 0 deletes).
+-- Keeps key's expiry at least ms away. Never shortens (other leases in the key may outlive this one); when it
+-- extends, it extends to twice ms, so back-to-back calls mostly cost the PTTL alone. At least 1 ms (PEXPIRE 0
+-- deletes).
 local function u_extend_ttl(key, ms)
   if ms < 1 then ms = 1 end
   if redis.call('PTTL', key) < ms then
-    redis.call('PEXPIRE', key, u_int(ms))
+    redis.call('PEXPIRE', key, u_int(2 * ms))
   end
 end
 
-local function u_roll(k_dep, ws)
-  if tonumber(redis.call('HGET', k_dep, 'w')) ~= ws then
-    redis.call('HSET', k_dep, 'w', u_int(ws), 'rpm', 0, 'tpm', 0, 'ok', 0, 'fail', 0)
-  end
+-- Starts window ws in hash k_dep: w = ws, rpm, tpm, ok and fail as given (latency EWMAs survive), expiring at
+-- the end of the second window after ws.
+local function u_start_window(k_dep, ws, window_ms, rpm, tpm, ok, fail)
+  redis.call('HSET', k_dep, 'w', u_int(ws), 'rpm', u_int(rpm), 'tpm', u_int(tpm), 'ok', u_int(ok),
+    'fail', u_int(fail))
+  redis.call('PEXPIREAT', k_dep, u_int(ws + 3 * window_ms))
 end
 
 -- 0 when c can take the request now, -1 when it never can, else the epoch ms when its last blocker ends.
@@ -131,7 +140,7 @@ local function u_blocked_until(c, now, ws, window_ms, est, prompt)
   local cd = redis.call('PTTL', c.cd)
   if cd == -1 then return -1 end
   if cd > 0 then until_ms = now + cd end
-  local rpm_used, tpm_used = u_usage(c.dep, ws)
+  local rpm_used, tpm_used, current = u_usage(c.dep, ws)
   if (c.rpm > 0 and rpm_used + 1 > c.rpm) or (c.tpm >= 0 and tpm_used + est > c.tpm) then
     until_ms = math.max(until_ms, ws + window_ms)
   end
@@ -142,7 +151,7 @@ local function u_blocked_until(c, now, ws, window_ms, est, prompt)
       until_ms = math.max(until_ms, tonumber(r[2]))
     end
   end
-  return until_ms
+  return until_ms, rpm_used, tpm_used, current
 end
 
 local function u_try_reserve(now, window_ms, cands, order_mode, est, prompt, res_id, lease_ms)
@@ -168,12 +177,13 @@ local function u_try_reserve(now, window_ms, cands, order_mode, est, prompt, res
   local next_ms = -1
   for _, o in ipairs(order) do
     local c = cands[o.i]
-    local blocked = u_blocked_until(c, now, ws, window_ms, est, prompt)
+    local blocked, rpm_used, tpm_used, current = u_blocked_until(c, now, ws, window_ms, est, prompt)
     if blocked == 0 then
-      u_roll(c.dep, ws)
-      redis.call('HINCRBY', c.dep, 'rpm', 1)
-      redis.call('HINCRBY', c.dep, 'tpm', u_int(est))
-      redis.call('PEXPIRE', c.dep, u_int(2 * window_ms))
+      if current then
+        redis.call('HSET', c.dep, 'rpm', u_int(rpm_used + 1), 'tpm', u_int(tpm_used + est))
+      else
+        u_start_window(c.dep, ws, window_ms, 1, est, 0, 0)
+      end
       redis.call('ZADD', c.inflight, u_int(now + lease_ms), res_id)
       u_extend_ttl(c.inflight, lease_ms)
       return o.i, ws
@@ -210,27 +220,44 @@ local function u_give_back(k_dep, k_inflight, res_id, window_start, est)
   return 1
 end
 
-local function u_ewma(k_dep, field, sample, alpha)
+-- The EWMA `cur` (a stored string, false when absent) moved towards `sample`, as stored.
+local function u_ewma(cur, sample, alpha)
   local v = sample
-  local cur = tonumber(redis.call('HGET', k_dep, field))
+  cur = tonumber(cur)
   if cur then v = cur + alpha * (sample - cur) end
-  redis.call('HSET', k_dep, field, string.format('%.4f', v))
+  return string.format('%.4f', v)
 end
 
 local function u_settle(k_dep, k_inflight, res_id, window_start, est, actual, outcome, now, window_ms, lat, ttft, alpha)
-  u_release(k_dep, k_inflight, res_id, window_start, est, actual)
-  u_roll(k_dep, u_window_start(now, window_ms))
-  if outcome == 1 then
-    redis.call('HINCRBY', k_dep, 'ok', 1)
-  elseif outcome == 2 then
-    redis.call('HINCRBY', k_dep, 'fail', 1)
+  redis.call('ZREM', k_inflight, res_id)
+  local ws = u_window_start(now, window_ms)
+  local f = redis.call('HMGET', k_dep, 'w', 'tpm', 'ok', 'fail', 'lat', 'ttft', 'n')
+  -- Counters of an older window (a tpm correction for it included) are reset by the roll.
+  local rolled = tonumber(f[1]) ~= ws
+  local ok, fail = 0, 0
+  if not rolled then ok, fail = tonumber(f[3]) or 0, tonumber(f[4]) or 0 end
+  local fields = {}
+  local function put(name, value)
+    fields[#fields + 1] = name
+    fields[#fields + 1] = value
   end
-  if lat >= 0 then u_ewma(k_dep, 'lat', lat, alpha) end
-  if ttft >= 0 then u_ewma(k_dep, 'ttft', ttft, alpha) end
-  if lat >= 0 or ttft >= 0 then redis.call('HINCRBY', k_dep, 'n', 1) end
-  redis.call('PEXPIRE', k_dep, u_int(2 * window_ms))
-  local f = redis.call('HMGET', k_dep, 'ok', 'fail')
-  local ok, fail = tonumber(f[1]) or 0, tonumber(f[2]) or 0
+  if not rolled and actual >= 0 and actual ~= est and ws == window_start then
+    local tpm = (tonumber(f[2]) or 0) + actual - est
+    if tpm < 0 then tpm = 0 end
+    put('tpm', u_int(tpm))
+  end
+  if outcome == 1 then
+    ok = ok + 1
+    if not rolled then put('ok', u_int(ok)) end
+  elseif outcome == 2 then
+    fail = fail + 1
+    if not rolled then put('fail', u_int(fail)) end
+  end
+  if lat >= 0 then put('lat', u_ewma(f[5], lat, alpha)) end
+  if ttft >= 0 then put('ttft', u_ewma(f[6], ttft, alpha)) end
+  if lat >= 0 or ttft >= 0 then put('n', u_int((tonumber(f[7]) or 0) + 1)) end
+  if rolled then u_start_window(k_dep, ws, window_ms, 0, 0, ok, fail) end
+  if #fields > 0 then redis.call('HSET', k_dep, unpack(fields)) end
   return ok + fail, fail
 end
 
