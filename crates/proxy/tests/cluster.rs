@@ -75,10 +75,24 @@ async fn cluster_script_brings_up_three_replicas_sharing_redis_and_cleans_up() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("cluster");
     let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    // The example config with an hour-long usage window: the three requests below must count in one window,
+    // which a 60 s window rolling between them would split.
+    let example = std::fs::read_to_string(repo_root().join("examples/compose-config.yaml")).unwrap();
+    assert!(example.contains("\nrouter_settings:\n"), "{example}");
+    let config = tmp.path().join("config.yaml");
+    std::fs::write(
+        &config,
+        example.replace(
+            "\nrouter_settings:\n",
+            "\nrouter_settings:\n  usage_window: 3600\n",
+        ),
+    )
+    .unwrap();
     let cluster = Cluster {
         dir: dir.clone(),
         env: vec![
             ("CLUSTER_DIR", dir.display().to_string()),
+            ("CLUSTER_CONFIG", config.display().to_string()),
             (
                 "CLUSTER_PORTS",
                 ports
