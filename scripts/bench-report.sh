@@ -20,12 +20,13 @@ fmt() { awk -v d="$1" -v v="$2" 'BEGIN { if (v == "" || v == "null") print "-"; 
 calc() { awk "BEGIN { v = $1; printf \"%.6f\", v }"; }
 errors() { r "$1" '[.statuses | to_entries[] | select(.key | test("^2") | not) | .value] | add // 0'; }
 
-TARGETS="direct memory redis redis3 litellm"
+TARGETS="direct memory redis redis3 redispool litellm"
 declare -A NAME=(
     [direct]="mock upstream, direct"
     [memory]="llm-scheduler, in memory"
     [redis]="llm-scheduler + Redis"
     [redis3]="3 × llm-scheduler + Redis"
+    [redispool]="llm-scheduler + Redis, \`--workers 2\`"
     [litellm]="LiteLLM proxy"
 )
 
@@ -38,7 +39,9 @@ Machine: $(s .machine.cores) cores ($(s .machine.cpu)), $(s .machine.memory) RAM
 $(s .machine.redis); $(s .machine.rustc); CPU idle just before the run: $(s .machine.cpu_idle_before_pct)%. The load generator (\`llm-scheduler loadtest\`), the mock upstream
 (\`mock-upstream\`, answers at once), the proxies, Redis and LiteLLM all share these cores, so every figure
 includes the CPU the others take; ratios compare runs of the same invocation. The proxies run with their
-default logging (info level, to a file). Raw figures: \`bench/*.json\` (one file per run, \`summary.json\`).
+default logging (info level, to a file) and their default runtime, one thread on this machine (\`--workers\`:
+one event loop on machines with at most 2 cores, one thread per core above); the \`--workers 2\` row is the
+same Redis replica on the work-stealing runtime with two threads. Raw figures: \`bench/*.json\` (one file per run, \`summary.json\`).
 
 ## 1. Overhead
 

@@ -304,10 +304,14 @@ start proxy-memory "$BIN" --config "$TMP/memory.yaml" --host 127.0.0.1 --port 0
 start proxy-1 "$BIN" --config "$TMP/redis.yaml" --host 127.0.0.1 --port 0
 start proxy-2 "$BIN" --config "$TMP/redis.yaml" --host 127.0.0.1 --port 0
 start proxy-3 "$BIN" --config "$TMP/redis.yaml" --host 127.0.0.1 --port 0
+# The same replica on the work-stealing runtime with two threads (the default on machines with more than
+# 2 cores; here the default is one thread): the cost of cross-thread wake-ups, shown side by side.
+start proxy-pool "$BIN" --config "$TMP/redis.yaml" --host 127.0.0.1 --port 0 --workers 2
 MEMORY="$(address proxy-memory 'listening on')"
 R1="$(address proxy-1 'listening on')"
 R2="$(address proxy-2 'listening on')"
 R3="$(address proxy-3 'listening on')"
+RPOOL="$(address proxy-pool 'listening on')"
 
 LITELLM_STATUS="not installed (pip install 'litellm[proxy]' to compare)"
 LITELLM_URL=""
@@ -355,12 +359,14 @@ for load in $(for rate in $RATES; do echo "r$rate"; done) c64; do
     redis_delta_ev=$((redis_delta_ev + after_ev - before_ev))
     redis_requests=$((redis_requests + WARMUP + $(jq .sent "$OUT/s1-redis-$load.json")))
     s1_run redis3 "$load" "$R1" "$R2" "$R3"
+    s1_run redispool "$load" "$RPOOL"
     if [[ -n "$LITELLM_URL" ]]; then
         s1_run litellm "$load" "$LITELLM_URL"
     fi
 done
 [[ -z "$LITELLM_URL" ]] || stop litellm
 stop proxy-memory
+stop proxy-pool
 S1_EVALSHA_PER_REQ="$(awk -v a="$redis_delta_ev" -v n="$redis_requests" 'BEGIN { printf "%.3f", a / n }')"
 S1_CMDS_PER_REQ="$(awk -v a="$redis_delta_total" -v n="$redis_requests" 'BEGIN { printf "%.1f", a / n }')"
 log "Redis: $S1_EVALSHA_PER_REQ script calls and $S1_CMDS_PER_REQ commands (inside scripts included) per request"
