@@ -18,6 +18,20 @@ r() { [[ -f "$DIR/$1.json" ]] && jq -r "$2" "$DIR/$1.json" || true; }
 # Number formatting: fmt DECIMALS VALUE.
 fmt() { awk -v d="$1" -v v="$2" 'BEGIN { if (v == "" || v == "null") print "-"; else printf "%.*f", d, v }'; }
 calc() { awk "BEGIN { v = $1; printf \"%.6f\", v }"; }
+# inversions FIELD VERB: one sentence on the s2 run's inversions object FIELD.
+inversions() {
+    local f="$1" verb="$2"
+    if [[ "$(r s2-priorities "$f")" == null || -z "$(r s2-priorities "$f")" ]]; then
+        echo "not measured in this run."
+        return
+    fi
+    echo "$(r s2-priorities "$f.pairs") pairs ($(r s2-priorities "$f.overtaken") requests overtaken, longest overtake" \
+        "$(r s2-priorities "$f.max_delay_ms") ms; tolerance $(r s2-priorities "$f.tolerance_ms") ms) among" \
+        "$(r s2-priorities "$f.checked") answered requests, $(r s2-priorities "$f.waited") of which waited longer than" \
+        "the tolerance. With no tolerance at all: $(r s2-priorities "$f.pairs_without_tolerance") pairs, by how much" \
+        "later the urgent request $verb: $(r s2-priorities "$f.pairs_without_tolerance_by_delay as \$b |
+            \"≤ 0.5 ms: \\(\$b[0]), 0.5-1 ms: \\(\$b[1]), 1-2 ms: \\(\$b[2]), 2-5 ms: \\(\$b[3]), > 5 ms: \\(\$b[4])\"")."
+}
 errors() { r "$1" '[.statuses | to_entries[] | select(.key | test("^2") | not) | .value] | add // 0'; }
 
 TARGETS="direct memory redis redis3 redispool litellm"
@@ -127,18 +141,19 @@ cat <<EOF
 
 Statuses: $(r s2-priorities '.statuses | to_entries | map("\(.key): \(.value)") | join(", ")').
 
-Priority inversions: $(r s2-priorities .inversions.pairs) pairs ($(r s2-priorities .inversions.overtaken) requests overtaken, longest overtake
-$(r s2-priorities .inversions.max_delay_ms) ms) among $(r s2-priorities .inversions.checked) answered requests, $(r s2-priorities .inversions.waited) of which waited. With no
-tolerance at all: $(r s2-priorities .inversions.pairs_without_tolerance) pairs, by how much later the urgent request was admitted: $(r s2-priorities \
-    '.inversions.pairs_without_tolerance_by_delay as $b | "≤ 0.5 ms: \($b[0]), 0.5-1 ms: \($b[1]), 1-2 ms: \($b[2]), 2-5 ms: \($b[3]), > 5 ms: \($b[4])"'). A pair is a more urgent request that was sent before a less urgent one was admitted and
-was itself admitted later. Admission times are the client's send time plus the reported queue wait, so they
-include the delivery of a grant to its replica (immediate for the replica whose script step granted it, a
-pub/sub wake-up and one more step for the others), and a send time is not the moment the request joined the
-queue (the HTTP hop, parsing and the admission script come first: several milliseconds when 3 replicas,
-Redis, the mock and the generator share 2 cores). Pairs closer than $(r s2-priorities .inversions.tolerance_ms) ms on either side are not counted.
-Every raw pair with a delay above the tolerance has the urgent request sent less than the tolerance before the
-less urgent one was admitted (else it would be counted above): most likely it had not joined the queue yet when
-the other took a window's last admission, and it then waited for the next window.
+Priority inversions, counted from the mock's arrival log (\`--upstream-log\`: each request carries a \`user\`
+tag that the mock records, so its arrival at the upstream, a moment after its admission, is known):
+$(inversions .upstream_inversions "arrived at the upstream")
+
+The same counted on the client's clock (admission = send time + the reported queue wait, which includes the
+delivery of a grant to its replica: immediate for the replica whose script step granted it, a pub/sub wake-up
+and one more step for the others): $(inversions .inversions "was admitted")
+
+A pair is a more urgent request that was sent before a less urgent one was admitted and was itself admitted
+later. A send time is not the moment the request joined the queue (the HTTP hop, parsing and the admission
+script come first: several milliseconds when 3 replicas, Redis, the mock and the generator share 2 cores), so
+an urgent request sent just before a less urgent one took a window's last admission may not have been waiting
+yet; pairs closer than the tolerance on either side are not counted, and the raw pairs are shown by delay.
 
 Limits at the upstream (the mock's arrival log, \`GET /__mock/requests\`): $(s .s2_upstream.arrivals) arrivals in
 $(s .s2_upstream.windows) one-second windows, at most $(s .s2_upstream.max_per_window) in one window (limit $(s .s2_upstream.rpm_limit); windows over the limit:

@@ -376,7 +376,7 @@ log "scenario 2: saturation with priorities (3 replicas, max_parallel_requests $
 curl -sf -X DELETE "$MOCK_SLOW/__mock/requests" >/dev/null
 lt s2-priorities --url "$R1" --url "$R2" --url "$R3" --key "$KEY" --model sat --rate "$S2_RATE" \
     --num-requests "$((S2_RATE * S2_SECS))" --priority-mix "$S2_MIX" --timeout 120 \
-    --inversion-tolerance-ms "$S2_TOLERANCE_MS"
+    --inversion-tolerance-ms "$S2_TOLERANCE_MS" --upstream-log "$MOCK_SLOW/__mock/requests"
 curl -sf "$MOCK_SLOW/__mock/requests" >"$TMP/s2-mock.json"
 S2_UPSTREAM="$(jq -c --argjson limit "$S2_RPM" '
     ([.requests[].epoch_ms] | map(. / 1000 | floor)) as $w

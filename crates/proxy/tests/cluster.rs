@@ -77,7 +77,8 @@ async fn cluster_script_brings_up_three_replicas_sharing_redis_and_cleans_up() {
     let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
     // The example config with an hour-long usage window: the three requests below must count in one window,
     // which a 60 s window rolling between them would split.
-    let example = std::fs::read_to_string(repo_root().join("examples/compose-config.yaml")).unwrap();
+    let example =
+        std::fs::read_to_string(repo_root().join("examples/compose-config.yaml")).unwrap();
     assert!(example.contains("\nrouter_settings:\n"), "{example}");
     let config = tmp.path().join("config.yaml");
     std::fs::write(

@@ -162,9 +162,22 @@ general_settings:
     config.num_requests = 40;
     config.load = Load::Closed { concurrency: 8 };
     config.priority_mix = Some("0:1,100:1".parse().unwrap());
+    config.upstream_log = Some(
+        format!("{}/__mock/requests", upstream.url())
+            .parse()
+            .unwrap(),
+    );
     let report = loadtest::run(&config).await.unwrap();
 
     assert_eq!(report.statuses.get("200"), Some(&40), "{report}");
+    // Every request reached the upstream with its tag, so each was matched to its arrival there.
+    let tags: std::collections::BTreeSet<String> = upstream
+        .requests()
+        .iter()
+        .filter_map(|r| r.body["user"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(tags.len(), 40, "{tags:?}");
+    assert_eq!(report.upstream_inversions.unwrap().checked, 40);
     let wait = report.queue_wait_ms.unwrap();
     assert_eq!(wait.count, 40);
     // 8 clients, 2 slots: most requests waited.

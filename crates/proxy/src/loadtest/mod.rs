@@ -89,6 +89,10 @@ pub struct LoadConfig {
     pub label: Option<String>,
     /// See [`Inversions`].
     pub inversion_tolerance: Duration,
+    /// The upstream's arrival log (testkit's mock upstream: `http://127.0.0.1:PORT/__mock/requests`). When
+    /// set, every request of the measured run carries `"user": "<run tag>-<number>"` and, after the run,
+    /// inversions are also counted by arrival at the upstream ([`Report::upstream_inversions`]).
+    pub upstream_log: Option<Url>,
     /// Draw a progress bar on stderr (only when it is a terminal).
     pub progress: bool,
 }
@@ -114,6 +118,7 @@ impl LoadConfig {
             max_tokens: None,
             label: None,
             inversion_tolerance: Duration::from_millis(2),
+            upstream_log: None,
             progress: false,
         })
     }
@@ -164,6 +169,9 @@ pub enum LoadtestError {
     /// The priority mix does not parse.
     #[error("invalid --priority-mix: {0}")]
     Mix(#[from] PriorityMixError),
+    /// The upstream's arrival log could not be read.
+    #[error("cannot read the upstream's arrival log {0}")]
+    UpstreamLog(String),
     /// The JSON report could not be written.
     #[error("cannot write {path}: {source}")]
     Write {
@@ -177,11 +185,20 @@ pub enum LoadtestError {
 /// A base URL (`http://127.0.0.1:4000`, completed with [`DEFAULT_PATH`]) or a full endpoint URL, checked to be
 /// on this machine.
 pub fn endpoint_url(given: &str) -> Result<Url, LoadtestError> {
+    let mut url = local_url(given)?;
+    if url.path().is_empty() || url.path() == "/" {
+        url.set_path(DEFAULT_PATH);
+    }
+    Ok(url)
+}
+
+/// An http(s) URL on this machine, as given.
+fn local_url(given: &str) -> Result<Url, LoadtestError> {
     let invalid = |reason: &str| LoadtestError::InvalidUrl {
         url: given.to_owned(),
         reason: reason.to_owned(),
     };
-    let mut url = Url::parse(given.trim()).map_err(|e| invalid(&e.to_string()))?;
+    let url = Url::parse(given.trim()).map_err(|e| invalid(&e.to_string()))?;
     if !matches!(url.scheme(), "http" | "https") {
         return Err(invalid("the scheme must be http or https"));
     }
@@ -194,9 +211,6 @@ pub fn endpoint_url(given: &str) -> Result<Url, LoadtestError> {
             .is_ok_and(|ip| ip.is_loopback());
     if !loopback {
         return Err(LoadtestError::NotLoopback(given.to_owned()));
-    }
-    if url.path().is_empty() || url.path() == "/" {
-        url.set_path(DEFAULT_PATH);
     }
     Ok(url)
 }
@@ -261,6 +275,10 @@ pub struct LoadtestArgs {
     /// Priority inversions closer than this many milliseconds are not counted (client-side timing noise).
     #[arg(long, default_value_t = 2.0)]
     pub inversion_tolerance_ms: f64,
+    /// The upstream's arrival log, e.g. `http://127.0.0.1:PORT/__mock/requests` of `mock-upstream`: requests
+    /// then carry a `user` tag, and inversions are also counted by arrival at the upstream.
+    #[arg(long, value_name = "URL")]
+    pub upstream_log: Option<String>,
 }
 
 impl LoadtestArgs {
@@ -303,6 +321,7 @@ impl LoadtestArgs {
                 "--inversion-tolerance-ms must not be negative".into(),
             ));
         };
+        config.upstream_log = self.upstream_log.as_deref().map(local_url).transpose()?;
         config.progress = true;
         config.validate()?;
         Ok(config)

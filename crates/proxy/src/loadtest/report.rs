@@ -1,7 +1,7 @@
 //! What a load test measured: latency percentiles (HdrHistogram), statuses, the split by priority, priority
 //! inversions; as text and as JSON.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::{self, Write as _};
 
 use hdrhistogram::Histogram;
@@ -49,6 +49,8 @@ impl Outcome {
 /// One request, times in microseconds since the start of the measured run.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Sample {
+    /// The request's number in its run (0-based).
+    pub(crate) index: u64,
     /// Index of the priority class (0 without a mix).
     pub(crate) class: usize,
     /// When the request was due: its arrival time in an open loop, its send time in a closed loop.
@@ -137,11 +139,14 @@ pub struct PriorityReport {
 
 /// Priority inversions: a more urgent request admitted after a less urgent one while it was already waiting.
 ///
-/// Admission times are estimated on the client's clock as send time + `x-llm-scheduler-queue-wait-ms`, so
-/// both sides of a pair carry the client-to-gateway delay; pairs closer than `tolerance_ms` are not counted.
+/// [`Report::inversions`] estimates admission times on the client's clock as send time +
+/// `x-llm-scheduler-queue-wait-ms`; [`Report::upstream_inversions`] takes them from the upstream's arrival log
+/// (arrival at the upstream, a moment after admission, in whole milliseconds). Either way both sides of a pair
+/// carry timing noise; pairs closer than `tolerance_ms` are not counted.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct Inversions {
-    /// Requests (2xx with a queue-wait header) examined.
+    /// Requests examined: 2xx answers with a queue-wait header, or (upstream arrivals) 2xx answers found in
+    /// the upstream's log.
     pub checked: u64,
     /// Of those, requests that waited in the queue longer than the tolerance.
     pub waited: u64,
@@ -208,8 +213,11 @@ pub struct Report {
     pub statuses: BTreeMap<String, u64>,
     /// The same split by priority class (with a mix).
     pub by_priority: Vec<PriorityReport>,
-    /// Priority inversions (with a mix of two or more classes and queue-wait headers).
+    /// Priority inversions (with a mix of two or more classes and queue-wait headers), admission estimated on
+    /// the client's clock.
     pub inversions: Option<Inversions>,
+    /// Priority inversions by arrival at the upstream (with `--upstream-log` and a mix of two or more classes).
+    pub upstream_inversions: Option<Inversions>,
 }
 
 /// What one priority class collected while the report is built.
@@ -245,6 +253,10 @@ pub(crate) struct RunFacts {
     pub(crate) requested: u64,
     pub(crate) sent: u64,
     pub(crate) inversion_tolerance_us: u64,
+    /// Unix epoch microseconds at the run's start (time 0 of the samples).
+    pub(crate) started_epoch_us: u64,
+    /// With `--upstream-log`: the first arrival at the upstream (Unix epoch ms) by request number.
+    pub(crate) upstream_arrivals: Option<HashMap<u64, u64>>,
 }
 
 impl Report {
@@ -306,11 +318,24 @@ impl Report {
                 })
                 .collect(),
         };
-        let inversions = match &facts.mix {
-            Some(mix) if mix.classes().len() > 1 && waits > 0 => {
-                let priorities: Vec<u32> = mix.classes().iter().map(|c| c.priority).collect();
-                count_inversions(samples, &priorities, facts.inversion_tolerance_us)
+        let priorities: Option<Vec<u32>> = match &facts.mix {
+            Some(mix) if mix.classes().len() > 1 => {
+                Some(mix.classes().iter().map(|c| c.priority).collect())
             }
+            _ => None,
+        };
+        let inversions = match &priorities {
+            Some(priorities) if waits > 0 => count_inversions(
+                by_queue_wait(samples, priorities),
+                facts.inversion_tolerance_us,
+            ),
+            _ => None,
+        };
+        let upstream_inversions = match (&priorities, &facts.upstream_arrivals) {
+            (Some(priorities), Some(arrivals)) => count_inversions(
+                by_upstream_arrival(samples, priorities, arrivals, facts.started_epoch_us),
+                facts.inversion_tolerance_us,
+            ),
             _ => None,
         };
         Report {
@@ -341,33 +366,55 @@ impl Report {
             statuses,
             by_priority,
             inversions,
+            upstream_inversions,
         }
     }
 }
 
-/// Counts inversions among the 2xx answers that carry a queue wait; `None` when there are too many to check
-/// pairwise.
-fn count_inversions(
-    samples: &[Sample],
-    priorities: &[u32],
-    tolerance_us: u64,
-) -> Option<Inversions> {
-    // (priority, sent, admitted)
-    let mut admitted: Vec<(u32, u64, u64)> = samples
+/// (priority, sent, admitted) of the 2xx answers that carry a queue wait: admitted = sent + queue wait.
+fn by_queue_wait(samples: &[Sample], priorities: &[u32]) -> Vec<(u32, u64, u64)> {
+    samples
         .iter()
         .filter(|s| s.outcome.is_ok())
         .filter_map(|s| {
             let wait = s.queue_wait_us?;
             Some((priorities[s.class], s.sent_us, s.sent_us + wait))
         })
-        .collect();
-    if admitted.len() > MAX_INVERSION_CHECK {
+        .collect()
+}
+
+/// (priority, sent, admitted) of the 2xx answers found in the upstream's arrival log: admitted = first
+/// arrival at the upstream, on the run's timeline.
+fn by_upstream_arrival(
+    samples: &[Sample],
+    priorities: &[u32],
+    arrivals: &HashMap<u64, u64>,
+    started_epoch_us: u64,
+) -> Vec<(u32, u64, u64)> {
+    samples
+        .iter()
+        .filter(|s| s.outcome.is_ok())
+        .filter_map(|s| {
+            let arrived_us = arrivals.get(&s.index)?.saturating_mul(1000);
+            Some((
+                priorities[s.class],
+                s.sent_us,
+                arrived_us.saturating_sub(started_epoch_us),
+            ))
+        })
+        .collect()
+}
+
+/// Counts inversions among requests given as (priority, sent, admitted) in microseconds; `None` when there
+/// are none or too many to check pairwise.
+fn count_inversions(mut admitted: Vec<(u32, u64, u64)>, tolerance_us: u64) -> Option<Inversions> {
+    if admitted.is_empty() || admitted.len() > MAX_INVERSION_CHECK {
         return None;
     }
     admitted.sort_by_key(|&(_, _, at)| at);
     let waited = admitted
         .iter()
-        .filter(|&&(_, sent, at)| at - sent > tolerance_us)
+        .filter(|&&(_, sent, at)| at.saturating_sub(sent) > tolerance_us)
         .count() as u64;
     let (mut pairs, mut raw_pairs, mut max_delay_us) = (0u64, 0u64, 0u64);
     let mut by_delay = [0u64; 5];
@@ -477,12 +524,18 @@ impl fmt::Display for Report {
                 )?;
             }
         }
-        if let Some(i) = &self.inversions {
-            writeln!(
-                f,
-                "inversions   {} pairs, {} requests overtaken (of {} checked, {} waited; tolerance {} ms; max delay {:.3} ms; {} pairs without tolerance)",
-                i.pairs, i.overtaken, i.checked, i.waited, i.tolerance_ms, i.max_delay_ms, i.pairs_without_tolerance
-            )?;
+        for (name, inversions) in [
+            ("inversions", &self.inversions),
+            ("upstream    ", &self.upstream_inversions),
+        ] {
+            if let Some(i) = inversions {
+                writeln!(
+                    f,
+                    "{name:<12} {} pairs, {} requests overtaken (of {} checked, {} waited; tolerance {} ms; max delay {:.3} ms; {} pairs without tolerance){}",
+                    i.pairs, i.overtaken, i.checked, i.waited, i.tolerance_ms, i.max_delay_ms, i.pairs_without_tolerance,
+                    if name == "inversions" { "" } else { "  (by arrival at the upstream)" }
+                )?;
+            }
         }
         Ok(())
     }
@@ -515,6 +568,7 @@ mod tests {
 
     fn sample(class: usize, sent_us: u64, wait_us: u64) -> Sample {
         Sample {
+            index: sent_us,
             class,
             scheduled_us: sent_us,
             sent_us,
@@ -531,14 +585,14 @@ mod tests {
         let priorities = [0, 128];
         // a (urgent) sent at 0, admitted at 50 ms; b (less urgent) sent at 1 ms, admitted at 10 ms: inversion.
         let samples = [sample(0, 0, 50_000), sample(1, 1_000, 9_000)];
-        let i = count_inversions(&samples, &priorities, 2_000).unwrap();
+        let i = count_inversions(by_queue_wait(&samples, &priorities), 2_000).unwrap();
         assert_eq!((i.pairs, i.overtaken, i.checked, i.waited), (1, 1, 2, 2));
         assert!((i.max_delay_ms - 40.0).abs() < 1e-9);
 
         // The urgent request arrived after b was admitted: no inversion.
         let samples = [sample(0, 20_000, 30_000), sample(1, 1_000, 9_000)];
         assert_eq!(
-            count_inversions(&samples, &priorities, 2_000)
+            count_inversions(by_queue_wait(&samples, &priorities), 2_000)
                 .unwrap()
                 .pairs,
             0
@@ -547,7 +601,7 @@ mod tests {
         // Within the tolerance: not counted.
         let samples = [sample(0, 0, 11_000), sample(1, 1_000, 9_000)];
         assert_eq!(
-            count_inversions(&samples, &priorities, 2_000)
+            count_inversions(by_queue_wait(&samples, &priorities), 2_000)
                 .unwrap()
                 .pairs,
             0
@@ -556,11 +610,54 @@ mod tests {
         // The less urgent one first is the right order.
         let samples = [sample(1, 0, 50_000), sample(0, 1_000, 9_000)];
         assert_eq!(
-            count_inversions(&samples, &priorities, 2_000)
+            count_inversions(by_queue_wait(&samples, &priorities), 2_000)
                 .unwrap()
                 .pairs,
             0
         );
+    }
+
+    #[test]
+    fn upstream_arrivals_give_admission_times() {
+        let mix: PriorityMix = "0:1,128:1".parse().unwrap();
+        let start_ms = 1_700_000_000_000u64;
+        // a (urgent, number 0) sent at 0, b (number 1) sent at 1 ms. At the upstream b arrived 10 ms into the
+        // run and a at 50 ms: an inversion, whatever the queue-wait headers say.
+        let mut a = sample(0, 0, 0);
+        let mut b = sample(1, 1_000, 0);
+        (a.index, b.index) = (0, 1);
+        let arrivals = HashMap::from([(0, start_ms + 50), (1, start_ms + 10)]);
+        let facts = |arrivals: Option<HashMap<u64, u64>>| RunFacts {
+            label: None,
+            targets: vec![],
+            rate: Some(10.0),
+            concurrency: None,
+            stream: false,
+            mix: Some(mix.clone()),
+            started_epoch_ms: start_ms,
+            requested: 2,
+            sent: 2,
+            inversion_tolerance_us: 2_000,
+            started_epoch_us: start_ms * 1000,
+            upstream_arrivals: arrivals,
+        };
+        let report = Report::build(facts(Some(arrivals)), &[a, b]);
+        let up = report.upstream_inversions.expect("counted from arrivals");
+        assert_eq!((up.pairs, up.overtaken, up.checked), (1, 1, 2));
+        assert!((up.max_delay_ms - 40.0).abs() < 1e-9);
+        assert_eq!(report.inversions.map(|i| i.pairs), Some(0));
+        assert!(report.to_string().contains("by arrival at the upstream"));
+
+        // In order at the upstream: none. Requests missing from the log are left out.
+        let report = Report::build(
+            facts(Some(HashMap::from([(0, start_ms + 5), (7, start_ms + 10)]))),
+            &[a, b],
+        );
+        let up = report.upstream_inversions.expect("counted");
+        assert_eq!((up.pairs, up.checked), (0, 1));
+        assert!(Report::build(facts(None), &[a, b])
+            .upstream_inversions
+            .is_none());
     }
 
     #[test]
@@ -585,6 +682,8 @@ mod tests {
                 requested: 4,
                 sent: 4,
                 inversion_tolerance_us: 1_000,
+                started_epoch_us: 0,
+                upstream_arrivals: None,
             },
             &samples,
         );

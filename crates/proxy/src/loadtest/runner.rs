@@ -1,5 +1,6 @@
 //! Driving the load: one HTTP client, a closed loop of workers or an open loop paced by arrival time.
 
+use std::collections::HashMap;
 use std::io::IsTerminal;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -33,6 +34,9 @@ struct Shared {
     timeout: Duration,
     start: Instant,
     progress: ProgressBar,
+    /// With `--upstream-log`, the measured run's requests carry `"user": "<tag>-<number>"`, which the
+    /// upstream records, so arrivals there can be matched to requests.
+    tag: Option<String>,
 }
 
 impl Shared {
@@ -44,11 +48,15 @@ impl Shared {
     async fn send(&self, i: u64, due: Instant) -> Sample {
         let class = self.mix.as_ref().map_or(0, |m| m.class_of(i));
         let url = self.urls[(i % self.urls.len() as u64) as usize].clone();
+        let body = match &self.tag {
+            None => self.bodies[class].clone(),
+            Some(tag) => tagged(&self.bodies[class], tag, i),
+        };
         let mut request = self
             .client
             .post(url)
             .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
-            .body(self.bodies[class].clone());
+            .body(body);
         if let Some(auth) = &self.auth {
             request = request.header(AUTHORIZATION, auth.clone());
         }
@@ -72,6 +80,7 @@ impl Shared {
         let done = Instant::now();
         self.progress.inc(1);
         Sample {
+            index: i,
             class,
             scheduled_us: self.micros(due),
             sent_us: self.micros(sent),
@@ -81,6 +90,57 @@ impl Shared {
             overhead_us,
         }
     }
+}
+
+/// `body` (a serialised JSON object) with `"user": "<tag>-<i>"` added.
+fn tagged(body: &Bytes, tag: &str, i: u64) -> Bytes {
+    let open = body.strip_suffix(b"}").unwrap_or(body);
+    let mut out = Vec::with_capacity(body.len() + tag.len() + 32);
+    out.extend_from_slice(open);
+    if open.iter().rev().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        out.push(b',');
+    }
+    out.extend_from_slice(format!("\"user\":\"{tag}-{i}\"}}").as_bytes());
+    Bytes::from(out)
+}
+
+/// The first arrival of each of this run's requests in the upstream's log (`GET` of testkit's
+/// `/__mock/requests`: `{"requests": [{"epoch_ms", "body"}, ...]}`), by request number.
+async fn upstream_arrivals(
+    client: &reqwest::Client,
+    log: &Url,
+    tag: &str,
+    timeout: Duration,
+) -> Result<HashMap<u64, u64>, LoadtestError> {
+    let failed = |what: String| LoadtestError::UpstreamLog(format!("{log}: {what}"));
+    let fetch = async {
+        let response = client.get(log.clone()).send().await?.error_for_status()?;
+        response.json::<Value>().await
+    };
+    let log_body = tokio::time::timeout(timeout, fetch)
+        .await
+        .map_err(|_| failed(format!("no answer within {} s", timeout.as_secs_f64())))?
+        .map_err(|e| failed(e.to_string()))?;
+    let requests = log_body
+        .get("requests")
+        .and_then(Value::as_array)
+        .ok_or_else(|| failed("no `requests` array in the answer".into()))?;
+    let prefix = format!("{tag}-");
+    let mut arrivals = HashMap::new();
+    for r in requests {
+        let number = r
+            .pointer("/body/user")
+            .and_then(Value::as_str)
+            .and_then(|user| user.strip_prefix(&prefix))
+            .and_then(|n| n.parse::<u64>().ok());
+        if let (Some(number), Some(at)) = (number, r.get("epoch_ms").and_then(Value::as_u64)) {
+            arrivals
+                .entry(number)
+                .and_modify(|first: &mut u64| *first = (*first).min(at))
+                .or_insert(at);
+        }
+    }
+    Ok(arrivals)
 }
 
 /// A millisecond header value (`"1.234"`) in microseconds.
@@ -156,7 +216,7 @@ pub(super) async fn run(config: &LoadConfig) -> Result<Report, LoadtestError> {
         ),
         None => None,
     };
-    let shared = |start: Instant, progress: ProgressBar| {
+    let shared = |start: Instant, progress: ProgressBar, tag: Option<String>| {
         Arc::new(Shared {
             client: client.clone(),
             urls: config.urls.clone(),
@@ -166,6 +226,7 @@ pub(super) async fn run(config: &LoadConfig) -> Result<Report, LoadtestError> {
             timeout: config.timeout,
             start,
             progress,
+            tag,
         })
     };
 
@@ -174,14 +235,23 @@ pub(super) async fn run(config: &LoadConfig) -> Result<Report, LoadtestError> {
             Load::Closed { concurrency } => concurrency,
             Load::Open { .. } => OPEN_LOOP_WARMUP_CONCURRENCY,
         };
-        let warm = shared(Instant::now(), ProgressBar::hidden());
+        let warm = shared(Instant::now(), ProgressBar::hidden(), None);
         closed_loop(warm, config.warmup, concurrency, config.duration).await;
     }
 
-    let started_epoch_ms = SystemTime::now()
+    let started_epoch_us = SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-    let measured = shared(Instant::now(), progress_bar(config, config.num_requests));
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
+    // Unique per run: earlier runs' requests may still be in the upstream's log.
+    let tag = config
+        .upstream_log
+        .as_ref()
+        .map(|_| format!("loadtest-{}-{started_epoch_us}", std::process::id()));
+    let measured = shared(
+        Instant::now(),
+        progress_bar(config, config.num_requests),
+        tag.clone(),
+    );
     let progress = measured.progress.clone();
     let (samples, sent) = match config.load {
         Load::Closed { concurrency } => {
@@ -192,6 +262,18 @@ pub(super) async fn run(config: &LoadConfig) -> Result<Report, LoadtestError> {
         }
     };
     progress.finish_and_clear();
+    let upstream_arrivals = match (&config.upstream_log, &tag) {
+        (Some(log), Some(tag)) => Some(
+            upstream_arrivals(
+                &client,
+                log,
+                tag,
+                config.timeout.min(Duration::from_secs(60)),
+            )
+            .await?,
+        ),
+        _ => None,
+    };
 
     let (rate, concurrency) = match config.load {
         Load::Closed { concurrency } => (None, Some(concurrency)),
@@ -204,11 +286,13 @@ pub(super) async fn run(config: &LoadConfig) -> Result<Report, LoadtestError> {
         concurrency,
         stream: config.stream,
         mix: config.priority_mix.clone(),
-        started_epoch_ms,
+        started_epoch_ms: started_epoch_us / 1000,
         requested: config.num_requests,
         sent,
         inversion_tolerance_us: u64::try_from(config.inversion_tolerance.as_micros())
             .unwrap_or(u64::MAX),
+        started_epoch_us,
+        upstream_arrivals,
     };
     Ok(Report::build(facts, &samples))
 }
@@ -292,4 +376,21 @@ async fn open_loop(
     // Every sender is gone, so the pacing thread has returned.
     let _ = tokio::task::spawn_blocking(move || pacer.join()).await;
     (samples, sent.load(Ordering::Relaxed))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tags_keep_the_body_valid_json() {
+        let body = Bytes::from(json!({"model": "m", "priority": 3}).to_string());
+        let with_tag: Value = serde_json::from_slice(&tagged(&body, "run", 7)).unwrap();
+        assert_eq!(
+            with_tag,
+            json!({"model": "m", "priority": 3, "user": "run-7"})
+        );
+        let empty: Value = serde_json::from_slice(&tagged(&Bytes::from("{}"), "run", 0)).unwrap();
+        assert_eq!(empty, json!({"user": "run-0"}));
+    }
 }
