@@ -144,10 +144,13 @@ Statuses: $(r s2-priorities '.statuses | to_entries | map("\(.key): \(.value)") 
 Priority inversions, counted from the mock's arrival log (\`--upstream-log\`: each request carries a \`user\`
 tag that the mock records, so its arrival at the upstream, a moment after its admission, is known):
 $(inversions .upstream_inversions "arrived at the upstream")
+Arrival order at the upstream includes each grant's delivery to its replica (immediate for the replica whose
+script step granted it; a pub/sub wake-up and one more step for the others) and that replica's call to the
+upstream, so a request granted first can arrive after one granted a few milliseconds later on another replica,
+more so when a replica waits for a core.
 
 The same counted on the client's clock (admission = send time + the reported queue wait, which includes the
-delivery of a grant to its replica: immediate for the replica whose script step granted it, a pub/sub wake-up
-and one more step for the others): $(inversions .inversions "was admitted")
+same delivery): $(inversions .inversions "was admitted")
 
 A pair is a more urgent request that was sent before a less urgent one was admitted and was itself admitted
 later. A send time is not the moment the request joined the queue (the HTTP hop, parsing and the admission
