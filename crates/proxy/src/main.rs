@@ -51,7 +51,7 @@ struct Cli {
     /// Default: 1 on machines with at most 2 cores (there the pool's cross-thread wake-ups cost more than
     /// the second thread brings: about 50 µs per request), else one per core. Scale a Redis-backed
     /// deployment out with replicas.
-    #[arg(long, env = "LLM_SCHEDULER_WORKERS", value_parser = clap::value_parser!(u16).range(1..))]
+    #[arg(long, env = "LLM_SCHEDULER_WORKERS")]
     workers: Option<u16>,
 }
 
@@ -81,6 +81,10 @@ fn main() -> ExitCode {
         None => cli.workers,
         Some(_) => None,
     };
+    if workers == Some(0) {
+        eprintln!("error: --workers (LLM_SCHEDULER_WORKERS) must be at least 1");
+        return ExitCode::FAILURE;
+    }
     let runtime = match build_runtime(workers, cli.command.is_none()) {
         Ok(rt) => rt,
         Err(e) => {

@@ -129,3 +129,17 @@ fn bad_configs_are_refused_with_the_key_path() {
     assert_eq!(code, 1);
     assert!(err.contains("--config"), "{err}");
 }
+
+#[test]
+fn zero_workers_are_refused_by_the_server_only() {
+    let config = example("mock-config.yaml");
+    let (code, _, err) = run(&["--workers", "0", "--config", &config], &[]);
+    assert_eq!(code, 1);
+    assert!(err.contains("--workers"), "{err}");
+    // The variable is the server's: other subcommands ignore it.
+    let (code, out, err) = run(
+        &["check-config", &config],
+        &[("LLM_SCHEDULER_WORKERS", "0")],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+}

@@ -32,6 +32,9 @@ pub const REPLY_PRIMING_TOKENS: u64 = 3;
 pub const IMAGE_TOKENS: u64 = 85;
 /// Characters per token in the heuristic for models without a known tokenizer.
 pub const CHARS_PER_TOKEN: u64 = 4;
+/// The largest estimate: 2^53, the largest integer the Lua scripts (double-precision numbers) hold exactly.
+/// A client's `max_tokens` of 10^19 would otherwise reach Redis as a number it cannot store.
+pub const MAX_ESTIMATE: u64 = 1 << 53;
 /// Completion budget assumed when a request names no `max_tokens`.
 pub const DEFAULT_COMPLETION_TOKENS: u64 = 256;
 
@@ -141,8 +144,10 @@ impl TokenEstimator {
             .unwrap_or(self.default_completion_tokens);
         let choices = body.get("n").and_then(Value::as_u64).unwrap_or(1).max(1);
         TokenEstimate {
-            prompt_tokens,
-            est_tokens: prompt_tokens.saturating_add(budget.saturating_mul(choices)),
+            prompt_tokens: prompt_tokens.min(MAX_ESTIMATE),
+            est_tokens: prompt_tokens
+                .saturating_add(budget.saturating_mul(choices))
+                .min(MAX_ESTIMATE),
         }
     }
 }
@@ -264,6 +269,16 @@ fn strings_tokens(counter: TokenCounter, value: &Value) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn estimates_stay_within_what_scripts_hold_exactly() {
+        let e = TokenEstimator::default().estimate(
+            "openai/gpt-4o",
+            &serde_json::json!({"prompt": "hi", "max_tokens": u64::MAX, "n": 3}),
+        );
+        assert_eq!(e.est_tokens, MAX_ESTIMATE);
+        assert!(e.prompt_tokens < 10);
+    }
 
     #[test]
     fn text_len_sums_strings_at_any_depth() {

@@ -571,7 +571,7 @@ async fn idle_usage_expires_after_two_windows(h: &Harness) -> anyhow::Result<()>
     tokio::time::sleep(h.window).await;
     // Health survives window rolls while the hash lives...
     ensure!(s.stats(GROUP, &ids).await?[0].latency_ms_per_token == Some(10.0));
-    // ...and is forgotten two windows after the last write.
+    // ...and is forgotten at the end of the second window after the last write's.
     loop {
         if s.stats(GROUP, &ids).await?[0]
             .latency_ms_per_token

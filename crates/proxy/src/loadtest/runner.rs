@@ -94,7 +94,12 @@ impl Shared {
 
 /// `body` (a serialised JSON object) with `"user": "<tag>-<i>"` added.
 fn tagged(body: &Bytes, tag: &str, i: u64) -> Bytes {
-    let open = body.strip_suffix(b"}").unwrap_or(body);
+    let end = body
+        .iter()
+        .rposition(|b| !b.is_ascii_whitespace())
+        .map_or(0, |i| i + 1);
+    let trimmed = &body[..end];
+    let open = trimmed.strip_suffix(b"}").unwrap_or(trimmed);
     let mut out = Vec::with_capacity(body.len() + tag.len() + 32);
     out.extend_from_slice(open);
     if open.iter().rev().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
@@ -262,16 +267,26 @@ pub(super) async fn run(config: &LoadConfig) -> Result<Report, LoadtestError> {
         }
     };
     progress.finish_and_clear();
+    // The run's figures stand without the log: a log that cannot be read or holds none of this run's
+    // requests (a mock started with --no-record) is reported, not fatal.
     let upstream_arrivals = match (&config.upstream_log, &tag) {
-        (Some(log), Some(tag)) => Some(
-            upstream_arrivals(
-                &client,
-                log,
-                tag,
-                config.timeout.min(Duration::from_secs(60)),
-            )
-            .await?,
-        ),
+        (Some(log), Some(tag)) => {
+            let log_timeout = config.timeout.min(Duration::from_secs(60));
+            match upstream_arrivals(&client, log, tag, log_timeout).await {
+                Ok(arrivals) if arrivals.is_empty() => {
+                    eprintln!(
+                        "warning: none of this run's requests is in the upstream's log {log} \
+                         (does it record requests?)"
+                    );
+                    None
+                }
+                Ok(arrivals) => Some(arrivals),
+                Err(e) => {
+                    eprintln!("warning: {e}");
+                    None
+                }
+            }
+        }
         _ => None,
     };
 
@@ -392,5 +407,8 @@ mod tests {
         );
         let empty: Value = serde_json::from_slice(&tagged(&Bytes::from("{}"), "run", 0)).unwrap();
         assert_eq!(empty, json!({"user": "run-0"}));
+        let spaced: Value =
+            serde_json::from_slice(&tagged(&Bytes::from("{\"a\": 1}\n"), "run", 2)).unwrap();
+        assert_eq!(spaced, json!({"a": 1, "user": "run-2"}));
     }
 }

@@ -8,7 +8,7 @@
 --   dep      <base>:d:<id>      HASH  w (window start ms), rpm, tpm, ok, fail (current window only),
 --                                     lat (EWMA ms per output token), ttft (EWMA ms), n (latency samples).
 --                                     Expires at the end of the second window after window w (set when the
---                                     window rolls), so at least 2 windows after its last write.
+--                                     window rolls), so at least 2 windows after the last reserve or settle.
 --   inflight <base>:d:<id>:if   ZSET  reservation id -> lease expiry (epoch ms). A lease is alive while
 --                                     expiry > now; expired leases are removed before in-flight is counted.
 --   cd       <base>:d:<id>:cd   STRING cooldown reason, with PX expiry = cooldown end.
@@ -39,7 +39,8 @@
 --   sees in-flight counts) + the in-flight key's expiry kept at least lease_ms away.
 --   Every redis.call costs a few microseconds inside a script (more than the command itself), so the fast
 --   path makes as few as it can: TIME and the queue head are the caller's, then PTTL, HMGET, HSET, ZADD,
---   PTTL here.
+--   PTTL here (plus ZREMRANGEBYSCORE and ZCARD with a max_parallel limit or order mode 2, PEXPIREAT on a
+--   window roll, PEXPIRE when the in-flight key's expiry runs short).
 --
 -- u_release(k_dep, k_inflight, res_id, window_start, est, actual) -> 1 if the lease was still held, else 0.
 --   Ends the in-flight lease (ZREM) and, when the hash's `w` still equals window_start and actual >= 0,
@@ -123,11 +124,11 @@ local function u_extend_ttl(key, ms)
   end
 end
 
--- Starts window ws in hash k_dep: w = ws, rpm, tpm, ok and fail as given (latency EWMAs survive), expiring at
--- the end of the second window after ws.
-local function u_start_window(k_dep, ws, window_ms, rpm, tpm, ok, fail)
+-- Starts window ws in hash k_dep: w = ws, rpm, tpm, ok and fail as given, plus the name/value list `more`
+-- (optional; latency EWMAs not named survive), expiring at the end of the second window after ws.
+local function u_start_window(k_dep, ws, window_ms, rpm, tpm, ok, fail, more)
   redis.call('HSET', k_dep, 'w', u_int(ws), 'rpm', u_int(rpm), 'tpm', u_int(tpm), 'ok', u_int(ok),
-    'fail', u_int(fail))
+    'fail', u_int(fail), unpack(more or {}))
   redis.call('PEXPIREAT', k_dep, u_int(ws + 3 * window_ms))
 end
 
@@ -256,8 +257,11 @@ local function u_settle(k_dep, k_inflight, res_id, window_start, est, actual, ou
   if lat >= 0 then put('lat', u_ewma(f[5], lat, alpha)) end
   if ttft >= 0 then put('ttft', u_ewma(f[6], ttft, alpha)) end
   if lat >= 0 or ttft >= 0 then put('n', u_int((tonumber(f[7]) or 0) + 1)) end
-  if rolled then u_start_window(k_dep, ws, window_ms, 0, 0, ok, fail) end
-  if #fields > 0 then redis.call('HSET', k_dep, unpack(fields)) end
+  if rolled then
+    u_start_window(k_dep, ws, window_ms, 0, 0, ok, fail, fields)
+  elseif #fields > 0 then
+    redis.call('HSET', k_dep, unpack(fields))
+  end
   return ok + fail, fail
 end
 
