@@ -32,6 +32,19 @@ inversions() {
         "later the urgent request $verb: $(r s2-priorities "$f.pairs_without_tolerance_by_delay as \$b |
             \"≤ 0.5 ms: \\(\$b[0]), 0.5-1 ms: \\(\$b[1]), 1-2 ms: \\(\$b[2]), 2-5 ms: \\(\$b[3]), > 5 ms: \\(\$b[4])\"")."
 }
+# rounds RUN FILTER: the FILTER value of each round of scenario-1 run RUN (s1-TARGET-LOAD), " / " separated;
+# "-" when the run had no rounds.
+rounds() {
+    local files=("$DIR"/rounds/"$1"-round*.json) out=""
+    [[ -f "${files[0]}" ]] || {
+        echo "-"
+        return
+    }
+    for f in "${files[@]}"; do
+        out="${out:+$out / }$(fmt "$3" "$(jq -r "$2" "$f")")"
+    done
+    echo "$out"
+}
 errors() { r "$1" '[.statuses | to_entries[] | select(.key | test("^2") | not) | .value] | add // 0'; }
 
 TARGETS="direct memory redis redis3 redispool litellm"
@@ -66,8 +79,11 @@ minus direct; × = ratio to direct. Redis: one replica with \`redis_host\` set (
 the queue in Redis: every request runs one admission script and one release script); 3 replicas: the load
 spread round robin over three replicas sharing that Redis. LiteLLM: $(s .litellm).
 
-| load | target | ok | p50 ms | p99 ms | added p50 ms | added p99 ms | p50 × | p99 × |
-| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |
+Each load runs in $(ls "$DIR"/rounds/s1-direct-r1000-round*.json 2>/dev/null | wc -l | tr -d ' ') rounds (every target once per round, back to back); a target's row is its median
+round by p50, and the last column lists the p50 of every round, so the spread of this shared machine shows.
+
+| load | target | ok | p50 ms | p99 ms | added p50 ms | added p99 ms | p50 × | p99 × | p50 ms of each round |
+| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |
 EOF
 for rate in 50 1000 2000; do
     d50="$(r "s1-direct-r$rate" .latency_ms.p50)"
@@ -84,7 +100,7 @@ for rate in 50 1000 2000; do
             x50="$(calc "$p50 / $d50")" x99="$(calc "$p99 / $d99")"
         fi
         echo "| $rate req/s | ${NAME[$t]} | $(r "$run" .ok)/$(r "$run" .sent) | $(fmt 3 "$p50") | $(fmt 3 "$p99") |" \
-            "$(fmt 3 "$added50") | $(fmt 3 "$added99") | $(fmt 2 "$x50") | $(fmt 2 "$x99") |"
+            "$(fmt 3 "$added50") | $(fmt 3 "$added99") | $(fmt 2 "$x50") | $(fmt 2 "$x99") | $(rounds "$run" .latency_ms.p50 3) |"
     done
 done
 
@@ -98,10 +114,11 @@ fi
 
 cat <<EOF
 
-Maximum throughput: closed loop, 64 requests in flight, for a fixed time.
+Maximum throughput: closed loop, 64 requests in flight, for a fixed time; a target's row is its median round
+by throughput.
 
-| target | ok req/s | % of direct | p50 ms | p99 ms | errors |
-| --- | ---: | ---: | ---: | ---: | ---: |
+| target | ok req/s | % of direct | p50 ms | p99 ms | errors | ok req/s of each round |
+| --- | ---: | ---: | ---: | ---: | ---: | ---: |
 EOF
 direct_rps="$(r s1-direct-c64 .ok_rps)"
 for t in $TARGETS; do
@@ -109,7 +126,8 @@ for t in $TARGETS; do
     [[ -f "$DIR/$run.json" ]] || continue
     rps="$(r "$run" .ok_rps)"
     echo "| ${NAME[$t]} | $(fmt 0 "$rps") | $(fmt 1 "$(calc "100 * $rps / $direct_rps")")% |" \
-        "$(fmt 3 "$(r "$run" .latency_ms.p50)") | $(fmt 3 "$(r "$run" .latency_ms.p99)") | $(errors "$run") |"
+        "$(fmt 3 "$(r "$run" .latency_ms.p50)") | $(fmt 3 "$(r "$run" .latency_ms.p99)") | $(errors "$run") |" \
+        "$(rounds "$run" .ok_rps 0) |"
 done
 
 cat <<EOF

@@ -3,7 +3,7 @@
 # Writes bench/RESULTS.md (machine, date, commit, tables) and the raw figures as bench/*.json; the previous
 # run's figures move to bench/previous/ and RESULTS.md compares the two.
 #
-#   scripts/bench.sh                 # about 5 minutes on 2 cores (plus ~1.5 min for LiteLLM when installed)
+#   scripts/bench.sh                 # about 6 minutes on 2 cores (LiteLLM included when installed)
 #
 # Scenarios:
 #   1. overhead: the same load straight to the mock upstream and through llm-scheduler (in memory; Redis;
@@ -19,6 +19,9 @@
 # Settings (environment):
 #   BENCH_OUT        where results go (default: bench/ in the repository)
 #   BENCH_QUICK=1    shorter runs (to try the script; figures are not comparable)
+#   BENCH_ROUNDS=N   rounds of scenario 1 (default 3; 1 with BENCH_QUICK): each round runs every target of a
+#                    load once, back to back; the reported run of a target is its median round (by p50
+#                    latency, or by throughput for the closed loop), every round is kept in bench/rounds/
 #   BENCH_LITELLM=0  skip LiteLLM even when it is installed
 #   LITELLM_BIN      the litellm command (default: litellm from PATH)
 #   BENCH_KEEP_TMP=1 keep the temp dir (configs, logs) after the run
@@ -37,10 +40,10 @@ KEY="sk-bench-master-key-0123456789"
 
 if [[ "${BENCH_QUICK:-0}" == 1 ]]; then
     RATE_SECS=1 THROUGHPUT_SECS=1 WARMUP=100 LITELLM_SECS=0.5 S2_SECS=3 S3_IDLE_SECS=2 S3_LOAD_SECS=2
-    DEPTHS="10 1000 10000"
+    DEPTHS="10 1000 10000" ROUNDS="${BENCH_ROUNDS:-1}"
 else
     RATE_SECS=5 THROUGHPUT_SECS=5 WARMUP=500 LITELLM_SECS=1 S2_SECS=8 S3_IDLE_SECS=5 S3_LOAD_SECS=6
-    DEPTHS="10 1000 100000"
+    DEPTHS="10 1000 100000" ROUNDS="${BENCH_ROUNDS:-3}"
 fi
 RATES="50 1000 2000"
 S2_RATE=400 S2_MIX="0:10,64:30,128:60" S2_PARALLEL=4 S2_RPM=300 S2_TOLERANCE_MS=5
@@ -189,6 +192,8 @@ if [[ -f "$OUT/summary.json" ]]; then
     mv "$OUT"/s1-*.json "$OUT"/s2-*.json "$OUT"/s3-*.json "$OUT/summary.json" "$OUT/previous/" 2>/dev/null || true
 fi
 rm -f "$OUT"/s1-*.json "$OUT"/s2-*.json "$OUT"/s3-*.json "$OUT/summary.json"
+rm -rf "$OUT/rounds"
+mkdir -p "$OUT/rounds" "$TMP/rounds"
 
 start mock-fast "$MOCK_BIN" --port 0 --no-record
 MOCK_FAST="$(address mock-fast 'listening on')"
@@ -277,23 +282,23 @@ litellm_settings: { request_timeout: 600 }
 general_settings: { master_key: $KEY }
 EOF
 
-# s1_run TARGET LOAD URL...: one scenario-1 run (LOAD: rN = open loop at N req/s, c64 = closed loop) against
-# one target, named s1-TARGET-LOAD. LiteLLM serves about 100 req/s here: its fixed-rate runs are shorter (so the
+# s1_run NAME TARGET LOAD URL...: one scenario-1 run (LOAD: rN = open loop at N req/s, c64 = closed loop)
+# against one target, its report written to NAME.json. LiteLLM serves about 100 req/s here: its fixed-rate runs are shorter (so the
 # backlog drains in time) and its warm-up smaller.
 s1_run() {
-    local target="$1" load="$2"
-    shift 2
+    local name="$1" target="$2" load="$3"
+    shift 3
     local urls=() secs="$RATE_SECS" warmup="$WARMUP" n
     for u in "$@"; do urls+=(--url "$u"); done
     if [[ "$target" == litellm ]]; then
         secs="$LITELLM_SECS" warmup=50
     fi
     if [[ "$load" == c64 ]]; then
-        lt "s1-$target-$load" "${urls[@]}" --key "$KEY" --model bench --concurrency 64 --num-requests 100000000 \
+        lt "$name" "${urls[@]}" --key "$KEY" --model bench --concurrency 64 --num-requests 100000000 \
             --duration "$THROUGHPUT_SECS" --warmup "$warmup" --timeout 60
     else
         n="$(awk -v r="${load#r}" -v s="$secs" 'BEGIN { n = int(r * s); if (n < 50) n = 50; print n }')"
-        lt "s1-$target-$load" "${urls[@]}" --key "$KEY" --model bench --rate "${load#r}" --num-requests "$n" \
+        lt "$name" "${urls[@]}" --key "$KEY" --model bench --rate "${load#r}" --num-requests "$n" \
             --warmup "$warmup" --timeout 60
     fi
 }
@@ -346,22 +351,43 @@ else
     log "LiteLLM: $LITELLM_STATUS; scenario 1 runs without it"
 fi
 
-# Every target of one load runs back to back, so slow drift of the machine touches them alike. Redis commands
-# per request: counted around the single-replica runs (their warm-ups included).
+# Every target of one load runs back to back, so slow drift of the machine touches them alike, in ROUNDS rounds:
+# the reported run of each target is its median round (p50 latency; throughput for the closed loop), so one
+# noisy stretch of this shared machine does not decide a figure. LiteLLM runs once (it is far from every
+# target and slow to run). Redis commands per request: counted around the single-replica runs (their
+# warm-ups included).
+S1_TARGETS="direct memory redis redis3 redispool"
 redis_delta_total=0 redis_delta_ev=0 redis_requests=0
 for load in $(for rate in $RATES; do echo "r$rate"; done) c64; do
-    s1_run direct "$load" "$MOCK_FAST"
-    s1_run memory "$load" "$MEMORY"
-    read -r before_total before_ev _ < <(redis_calls)
-    s1_run redis "$load" "$R1"
-    read -r after_total after_ev _ < <(redis_calls)
-    redis_delta_total=$((redis_delta_total + after_total - before_total))
-    redis_delta_ev=$((redis_delta_ev + after_ev - before_ev))
-    redis_requests=$((redis_requests + WARMUP + $(jq .sent "$OUT/s1-redis-$load.json")))
-    s1_run redis3 "$load" "$R1" "$R2" "$R3"
-    s1_run redispool "$load" "$RPOOL"
+    for round in $(seq "$ROUNDS"); do
+        for target in $S1_TARGETS; do
+            name="rounds/s1-$target-$load-round$round"
+            case "$target" in
+                direct) s1_run "$name" direct "$load" "$MOCK_FAST" ;;
+                memory) s1_run "$name" memory "$load" "$MEMORY" ;;
+                redis)
+                    read -r before_total before_ev _ < <(redis_calls)
+                    s1_run "$name" redis "$load" "$R1"
+                    read -r after_total after_ev _ < <(redis_calls)
+                    redis_delta_total=$((redis_delta_total + after_total - before_total))
+                    redis_delta_ev=$((redis_delta_ev + after_ev - before_ev))
+                    redis_requests=$((redis_requests + WARMUP + $(jq .sent "$OUT/$name.json")))
+                    ;;
+                redis3) s1_run "$name" redis3 "$load" "$R1" "$R2" "$R3" ;;
+                redispool) s1_run "$name" redispool "$load" "$RPOOL" ;;
+            esac
+        done
+    done
+    for target in $S1_TARGETS; do
+        key='.latency_ms.p50'
+        [[ "$load" == c64 ]] && key='.ok_rps'
+        median="$(for f in "$OUT"/rounds/s1-"$target-$load"-round*.json; do
+            echo "$(jq "$key" "$f") $f"
+        done | sort -g | awk '{ runs[NR] = $2 } END { print runs[int((NR + 1) / 2)] }')"
+        cp "$median" "$OUT/s1-$target-$load.json"
+    done
     if [[ -n "$LITELLM_URL" ]]; then
-        s1_run litellm "$load" "$LITELLM_URL"
+        s1_run "s1-litellm-$load" litellm "$load" "$LITELLM_URL"
     fi
 done
 [[ -z "$LITELLM_URL" ]] || stop litellm
