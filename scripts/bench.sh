@@ -129,7 +129,9 @@ address() {
 free_port() {
     local port
     for _ in $(seq 200); do
-        port=$((20000 + RANDOM % 40000))
+        # Below Linux's default ephemeral range (32768-60999), where a client connection's local port could
+        # make the bind fail although nothing listens.
+        port=$((20000 + RANDOM % 12000))
         if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
             echo "$port"
             return
@@ -202,12 +204,19 @@ MOCK_SLOW="$(address mock-slow 'listening on')"
 start mock-hold "$MOCK_BIN" --port 0 --latency-ms 900000 --no-record
 MOCK_HOLD="$(address mock-hold 'listening on')"
 
-REDIS_PORT="$(free_port)"
 mkdir -p "$TMP/redis"
-start redis redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no --dir "$TMP/redis"
-for _ in $(seq 100); do
+# A port taken between the check and the bind: another port, up to three times.
+for attempt in 1 2 3; do
+    REDIS_PORT="$(free_port)"
+    start redis redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no --dir "$TMP/redis"
+    for _ in $(seq 100); do
+        [[ "$(rcli ping 2>/dev/null)" == PONG ]] && break
+        kill -0 "$(cat "$TMP/redis.pid")" 2>/dev/null || break
+        sleep 0.05
+    done
     [[ "$(rcli ping 2>/dev/null)" == PONG ]] && break
-    sleep 0.05
+    log "redis-server did not start on port $REDIS_PORT (attempt $attempt): $(tail -n 2 "$TMP/redis.log")"
+    kill "$(cat "$TMP/redis.pid")" 2>/dev/null || true
 done
 [[ "$(rcli ping 2>/dev/null)" == PONG ]] || die "redis-server did not start (log: $TMP/redis.log)"
 
