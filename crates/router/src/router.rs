@@ -1063,23 +1063,29 @@ mod tests {
 
     #[tokio::test(flavor = "current_thread")]
     async fn large_bodies_are_estimated_off_the_worker_with_the_same_result() {
+        use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
         let estimator = TokenEstimator::default();
-        for words in [10, 10_000] {
-            let body = serde_json::json!({
+        let body = |words: usize| {
+            serde_json::json!({
                 "messages": [{"role": "user", "content": "lorem ipsum ".repeat(words)}],
                 "max_tokens": 7,
-            });
-            assert_eq!(
-                usage_tracker::text_len(&body) > BLOCKING_ESTIMATE_BYTES,
-                words > 10
-            );
+            })
+        };
+        // On this one-thread runtime a task spawned before the estimate runs only if the estimate lets the
+        // worker go: a small body is counted in place, a large one on the blocking pool.
+        for (words, offloaded) in [(10, false), (10_000, true)] {
+            let body = body(words);
+            let ran = Arc::new(AtomicBool::new(false));
+            let flag = ran.clone();
+            let other = tokio::spawn(async move { flag.store(true, SeqCst) });
             let direct = estimator.estimate("openai/gpt-4o", &body);
             let (estimate, back) = estimate_tokens(estimator, "openai/gpt-4o", body.clone())
                 .await
                 .expect("estimate");
+            assert_eq!(ran.load(SeqCst), offloaded, "{words} words");
             assert_eq!(estimate, direct);
             assert_eq!(back, body, "the body comes back unchanged");
-            assert!(estimate.prompt_tokens > u64::try_from(words).unwrap_or(0));
+            other.await.expect("the other task");
         }
     }
 }
