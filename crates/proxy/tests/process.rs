@@ -61,6 +61,8 @@ router_settings:
   redis_host: 127.0.0.1
   redis_port: os.environ/TEST_REDIS_PORT
   key_prefix: "proc1:"
+  # The health check below counts this test's requests in one window: a 60 s window could roll between them.
+  usage_window: 3600
 litellm_settings:
   num_retries: 0
   success_callback: ["langfuse"]
