@@ -58,4 +58,4 @@ pub use error::{BackendErrorKind, QueueError};
 pub use keyspace::{GroupKeys, Keyspace};
 pub use memory::MemoryQueue;
 pub use redis_queue::{create_pool, RedisQueue, RedisQueueConfig, RedisQueueSettings};
-pub use state::QueueState;
+pub use state::{QueueSnapshot, QueueState};

@@ -274,6 +274,54 @@ impl QueueState {
             .collect()
     }
 
+    /// The `ZREMRANGEBYSCORE owners -inf (now` of a heartbeat: forgets owners whose lease expired.
+    pub fn forget_expired_owners(&mut self, group: &str, now_ms: u64) {
+        if let Some(g) = self.groups.get_mut(group) {
+            g.owners.retain(|_, &mut expiry| expiry >= now_ms);
+        }
+    }
+
+    /// The grants recorded in `group` and not yet taken, in no particular order.
+    pub fn grants(&self, group: &str) -> Vec<Grant> {
+        self.group(group)
+            .map(|g| g.grants.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// `q_owner_alive`: true while `owner` holds a lease in `group` (expiry >= `now_ms`).
+    pub fn owner_alive(&self, group: &str, owner: &str, now_ms: u64) -> bool {
+        self.group(group)
+            .is_some_and(|g| g.owner_alive(owner, now_ms))
+    }
+
+    /// The stored state of one group, in the form both twins can be read into (the twin property tests
+    /// compare it with what Redis holds): entries by score, the sequence counter, owners alive at `now_ms`
+    /// and the grants.
+    pub fn snapshot(&self, group: &str, now_ms: u64) -> QueueSnapshot {
+        let Some(g) = self.group(group) else {
+            return QueueSnapshot::default();
+        };
+        QueueSnapshot {
+            entries: g
+                .by_score
+                .iter()
+                .map(|(&score, entry)| (entry.member().to_owned(), score))
+                .collect(),
+            seq: g.seq,
+            owners: g
+                .owners
+                .iter()
+                .filter(|(_, &expiry)| expiry >= now_ms)
+                .map(|(owner, &expiry)| (owner.clone(), expiry))
+                .collect(),
+            grants: g
+                .grants
+                .iter()
+                .map(|(member, grant)| (member.clone(), grant.payload.clone()))
+                .collect(),
+        }
+    }
+
     /// `q_take_grant`: takes the grant payload of one entry (for cancel), if it has one.
     pub fn take_grant(&mut self, group: &str, entry: &Entry) -> Option<String> {
         self.groups
@@ -282,4 +330,17 @@ impl QueueState {
             .remove(entry.member())
             .map(|grant| grant.payload)
     }
+}
+
+/// One group's stored queue state, as [`QueueState::snapshot`] reads it (and a test reads Redis's keys).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QueueSnapshot {
+    /// `:q`: members in score order, with their scores.
+    pub entries: Vec<(String, u64)>,
+    /// `:seq`: the sequence counter (0 when absent).
+    pub seq: u64,
+    /// `:owners`: owners alive at the snapshot's time -> lease expiry.
+    pub owners: std::collections::BTreeMap<String, u64>,
+    /// `:grants`: member -> payload.
+    pub grants: std::collections::BTreeMap<String, String>,
 }

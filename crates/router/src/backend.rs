@@ -12,7 +12,7 @@ use usage_tracker::{MemoryUsage, RedisUsage, UsageSettings, UsageStore};
 
 use crate::config::RouterSettings;
 use crate::error::RouterError;
-use crate::scheduler::{AdmissionBackend, MemoryAdmission, RedisAdmission};
+use admission::{AdmissionBackend, MemoryAdmission, RedisAdmission};
 
 /// How to reach Redis: URL (masked in `Debug`), pool size, per-call timeout, key prefix. Shared with
 /// queue-core so every Redis user of the router agrees on it.

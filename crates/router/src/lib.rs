@@ -20,9 +20,8 @@
 //!   shapes (serde; numeric strings accepted; secrets masked in `Debug`).
 //! - `deployment`: validation into the runtime model (deployments with stable ids, model groups, policy).
 //! - `strategy`: [`RoutingStrategy`] and the orders it produces (weighted shuffle, latency, tiers).
-//! - `admission`: the one place capacity is acquired and settled (cooldowns applied there).
-//! - `scheduler`: priority admission: the `admit_v1` script (Redis) and its in-memory twin, pollers,
-//!   grants, wake-ups, cancellation; [`SchedulerStats`].
+//! - `capacity`: where the request walk takes capacity from the admission crate's [`admission::Scheduler`]
+//!   and gives it back ([`SchedulerStats`]); cooldowns are applied there.
 //! - `router`: [`Router`]: the request path with retries, fallbacks and timeouts.
 //! - `provider`: HTTP clients for upstreams, SSE parsing, mock responses, upstream error mapping.
 //! - `stream`: relaying streams chunk by chunk and settling when they end.
@@ -55,9 +54,9 @@
 //! # Ok(()) }
 //! ```
 
-mod admission;
 mod backend;
 mod cache;
+mod capacity;
 mod config;
 mod deployment;
 mod error;
@@ -65,10 +64,10 @@ mod metrics;
 mod provider;
 mod request;
 mod router;
-mod scheduler;
 mod strategy;
 mod stream;
 
+pub use admission::SchedulerStats;
 pub use backend::{Backend, RedisBackendConfig};
 pub use cache::CacheControl;
 pub use config::{
@@ -82,5 +81,4 @@ pub use request::{
     Endpoint, ResponseBody, ResponseMeta, RouterRequest, RouterResponse, ROUTER_ONLY_FIELDS,
 };
 pub use router::{DeploymentHealth, DeploymentInfo, QueueDepth, Router};
-pub use scheduler::SchedulerStats;
 pub use strategy::RoutingStrategy;

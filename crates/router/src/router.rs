@@ -14,9 +14,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use usage_tracker::{Candidate, LatencySample, Limits, Reservation, TokenEstimate, TokenEstimator};
 
-use crate::admission::Settlement;
 use crate::backend::{Backend, BackendHandle};
 use crate::cache::ResponseCache;
+use crate::capacity::Settlement;
 use crate::config::RouterConfig;
 use crate::deployment::{self, Deployment, ModelGroup, Topology};
 use crate::error::{RouterError, UpstreamErrorKind};
@@ -25,11 +25,11 @@ use crate::provider::{Call, Providers, Reply};
 use crate::request::{
     Controls, Endpoint, ResponseBody, ResponseMeta, RouterRequest, RouterResponse,
 };
-use crate::scheduler::{
-    AdmitRequest, GroupCandidates, GroupOrder, Scheduler, SchedulerSettings, SchedulerStats,
-};
 use crate::strategy::{self, Strategy};
 use crate::stream;
+use admission::{
+    AdmissionSettings, AdmitRequest, GroupCandidates, GroupOrder, Scheduler, SchedulerStats,
+};
 
 /// LiteLLM's Router as a library: model groups of deployments, load balancing, admission against shared
 /// limits, retries, fallbacks, cooldowns, timeouts and a response cache.
@@ -205,10 +205,10 @@ impl Router {
         let providers = Providers::new()?;
         // Loading the BPE tables takes a fraction of a second: do it now, not on the first request.
         let _ = tokio::task::spawn_blocking(usage_tracker::preload_tokenizers).await;
-        let settings = SchedulerSettings {
+        let settings = AdmissionSettings {
             polling_interval: topology.policy.queue.polling_interval,
-            owner_lease: topology.policy.queue.queue_lease,
-            reservation_lease: topology.policy.queue.inflight_lease,
+            queue_lease: topology.policy.queue.queue_lease,
+            inflight_lease: topology.policy.queue.inflight_lease,
             max_queue_depth: topology.policy.queue.max_queue_depth,
             max_grants_per_step: 128,
         };

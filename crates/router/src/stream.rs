@@ -10,7 +10,7 @@ use serde_json::Value;
 use tokio::time::Instant;
 use usage_tracker::{LatencySample, Reservation};
 
-use crate::admission::Settlement;
+use crate::capacity::Settlement;
 use crate::deployment::Deployment;
 use crate::error::{RouterError, UpstreamErrorKind};
 use crate::provider::{stream_error, SseEvent};

@@ -59,7 +59,7 @@ pub use error::{BackendErrorKind, UsageError};
 pub use memory::MemoryUsage;
 pub use redis_store::RedisUsage;
 pub use settings::UsageSettings;
-pub use state::UsageState;
+pub use state::{UsageSnapshot, UsageState, WindowSnapshot};
 pub use store::UsageStore;
 pub use tokens::{
     count_prompt, preload_tokenizers, prompt_tokens, text_len, TokenCounter, TokenEstimate,

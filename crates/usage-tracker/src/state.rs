@@ -400,6 +400,103 @@ impl UsageState {
     }
 }
 
+impl UsageState {
+    /// `u_not_before`: the earliest epoch ms at which some candidate could take a request of `est_tokens`
+    /// (`prompt_tokens` of them prompt): `now_ms` when one has rpm/tpm headroom and no cooldown, else the
+    /// earliest cooldown end or window roll; `None` if no candidate ever can. In-flight slots are not
+    /// counted (they may free at any moment), so it is a lower bound.
+    pub fn not_before(
+        &self,
+        now_ms: u64,
+        candidates: &[Candidate],
+        est_tokens: u64,
+        prompt_tokens: u64,
+    ) -> Option<u64> {
+        let ws = self.window_start(now_ms);
+        candidates
+            .iter()
+            .filter(|c| {
+                let l = &c.limits;
+                !(l.max_input_tokens.is_some_and(|m| prompt_tokens > m)
+                    || l.tpm.is_some_and(|t| est_tokens > t)
+                    || l.rpm == Some(0)
+                    || l.max_parallel == Some(0))
+            })
+            .map(|c| {
+                let l = &c.limits;
+                let slot = self.slot(&c.deployment);
+                let mut at = now_ms + slot.and_then(|s| s.cooldown_remaining(now_ms)).unwrap_or(0);
+                let (rpm_used, tpm_used) = slot.map_or((0, 0), |s| s.usage(now_ms, ws));
+                if l.rpm.is_some_and(|r| rpm_used + 1 > r)
+                    || l.tpm
+                        .is_some_and(|t| tpm_used.saturating_add(est_tokens) > t)
+                {
+                    at = at.max(ws + self.window_ms);
+                }
+                at
+            })
+            .min()
+    }
+
+    /// The expiry of in-flight lease `reservation_id` as stored (`ZSCORE`): an expired lease not yet
+    /// dropped included.
+    pub fn lease_expiry(&self, deployment: &DeploymentRef, reservation_id: &str) -> Option<u64> {
+        self.slot(deployment)?.inflight.get(reservation_id).copied()
+    }
+
+    /// The stored state of one deployment at `now_ms` (the usage hash while it exists, the leases), in the
+    /// form both twins can be read into: the twin property tests compare it with what Redis holds.
+    pub fn snapshot(&self, now_ms: u64, deployment: &DeploymentRef) -> UsageSnapshot {
+        let Some(slot) = self.slot(deployment) else {
+            return UsageSnapshot::default();
+        };
+        UsageSnapshot {
+            window: slot.hash(now_ms).map(|h| WindowSnapshot {
+                window_start_ms: h.w,
+                rpm: h.rpm,
+                tpm: h.tpm,
+                ok: h.ok,
+                fail: h.fail,
+                latency_ms_per_token: h.lat.map(|v| format!("{v:.4}")),
+                ttft_ms: h.ttft.map(|v| format!("{v:.4}")),
+            }),
+            leases: slot
+                .inflight
+                .iter()
+                .map(|(id, expiry)| (id.clone(), *expiry))
+                .collect(),
+        }
+    }
+}
+
+/// One deployment's stored usage, as [`UsageState::snapshot`] reads it (and a test reads Redis's keys).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UsageSnapshot {
+    /// The usage hash, `None` when absent.
+    pub window: Option<WindowSnapshot>,
+    /// In-flight leases as stored (expired ones not yet dropped included): reservation id -> expiry.
+    pub leases: std::collections::BTreeMap<String, u64>,
+}
+
+/// The usage hash's fields (`w`, `rpm`, `tpm`, `ok`, `fail`, `lat`, `ttft`; EWMAs as stored, `%.4f`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WindowSnapshot {
+    /// `w`: start of the window the counters belong to.
+    pub window_start_ms: u64,
+    /// `rpm`.
+    pub rpm: u64,
+    /// `tpm`.
+    pub tpm: u64,
+    /// `ok`.
+    pub ok: u64,
+    /// `fail`.
+    pub fail: u64,
+    /// `lat`.
+    pub latency_ms_per_token: Option<String>,
+    /// `ttft`.
+    pub ttft_ms: Option<String>,
+}
+
 /// The EWMA step of `u_ewma`, rounded to 4 decimals as the fragment stores it.
 fn ewma(current: Option<f64>, sample: f64, alpha: f64) -> f64 {
     let v = current.map_or(sample, |c| c + alpha * (sample - c));

@@ -67,7 +67,7 @@ pub enum CandidateOrder {
 
 impl CandidateOrder {
     /// The `order_mode` number of the Lua fragment.
-    pub(crate) fn mode(self) -> u8 {
+    pub fn mode(self) -> u8 {
         match self {
             CandidateOrder::AsGiven => 0,
             CandidateOrder::LowestTpm => 1,

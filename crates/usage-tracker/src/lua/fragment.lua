@@ -42,6 +42,12 @@
 --   PTTL here (plus ZREMRANGEBYSCORE and ZCARD with a max_parallel limit or order mode 2, PEXPIREAT on a
 --   window roll, PEXPIRE when the in-flight key's expiry runs short).
 --
+-- u_not_before(cands, now, window_ms, est, prompt) -> epoch ms
+--   The earliest moment some candidate could take a request of `est` tokens and `prompt` prompt tokens:
+--   `now` when one has rpm/tpm headroom and no cooldown, else the earliest cooldown end or window roll; -1
+--   if no candidate ever can. In-flight slots are not counted (they may free at any moment). A lower bound:
+--   entries ahead in the queue may take that capacity first. Twin: UsageState::not_before.
+--
 -- u_release(k_dep, k_inflight, res_id, window_start, est, actual) -> 1 if the lease was still held, else 0.
 --   Ends the in-flight lease (ZREM) and, when the hash's `w` still equals window_start and actual >= 0,
 --   corrects tpm by (actual - est), never below 0. actual = -1 means "not known: keep the estimate".
@@ -193,6 +199,28 @@ local function u_try_reserve(now, window_ms, cands, order_mode, est, prompt, res
     end
   end
   return false, next_ms
+end
+
+local function u_not_before(cands, now, window_ms, est, prompt)
+  local ws = u_window_start(now, window_ms)
+  local best = -1
+  for _, c in ipairs(cands) do
+    local fits = not ((c.max_input >= 0 and prompt > c.max_input) or (c.tpm >= 0 and est > c.tpm)
+      or c.rpm == 0 or c.max_parallel == 0)
+    local at = now
+    if fits then
+      local cd = redis.call('PTTL', c.cd)
+      if cd == -1 then fits = false elseif cd > 0 then at = now + cd end
+    end
+    if fits then
+      local rpm_used, tpm_used = u_usage(c.dep, ws)
+      if (c.rpm > 0 and rpm_used + 1 > c.rpm) or (c.tpm >= 0 and tpm_used + est > c.tpm) then
+        at = math.max(at, ws + window_ms)
+      end
+      if best == -1 or at < best then best = at end
+    end
+  end
+  return best
 end
 
 local function u_release(k_dep, k_inflight, res_id, window_start, est, actual)

@@ -1,4 +1,5 @@
-//! Priority admission: the fast path, the per-group pollers, grants, cancellation and release.
+//! The replica's side of admission: [`Scheduler`] owns this replica's waiters, one poller per group with
+//! local waiters, the wake-up subscription, and hands grants to the requests that wait for them.
 //!
 //! A request asks for capacity with [`Scheduler::acquire`]. One atomic backend step (`submit`) either reserves
 //! a deployment at once, when nobody of equal or better priority waits and a deployment has headroom, or
@@ -8,248 +9,63 @@
 //! A `release` step settles a finished request and runs the same admission loop, so freed capacity goes to
 //! the head of the queue with no extra round trip.
 
-mod memory;
-mod redis;
-
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_trait::async_trait;
-use queue_core::Priority;
+use queue_core::{Entry, EntryMeta, Priority};
 use tokio::sync::{oneshot, Notify};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use usage_tracker::{Candidate, CandidateOrder, LatencySample, Outcome, Reservation, SettleReport};
+use usage_tracker::{Candidate, CandidateOrder, Outcome, Reservation, SettleReport};
 
-pub(crate) use self::memory::MemoryAdmission;
-pub(crate) use self::redis::RedisAdmission;
-
-/// Tuning of the scheduler, from the router settings.
-#[derive(Debug, Clone)]
-pub(crate) struct SchedulerSettings {
-    /// Longest a poller sleeps between admission steps while it has waiters.
-    pub(crate) polling_interval: Duration,
-    /// How long this replica's queue entries live without a heartbeat.
-    pub(crate) owner_lease: Duration,
-    /// In-flight lease of a reservation granted from the queue.
-    pub(crate) reservation_lease: Duration,
-    /// Most entries waiting per group (0 = unbounded).
-    pub(crate) max_queue_depth: u64,
-    /// Most grants one admission step hands out.
-    pub(crate) max_grants_per_step: u32,
-}
+use crate::error::{AdmissionError, BackendError};
+use crate::lock;
+use crate::step::{
+    reservation_on, AdmissionBackend, AdmissionSettings, Grant, GrantPayload, Release, Step,
+    Submit, SubmitOutcome,
+};
 
 /// What one request needs from admission.
 #[derive(Debug, Clone)]
-pub(crate) struct AdmitRequest {
-    pub(crate) group: Arc<str>,
+pub struct AdmitRequest {
+    /// The model group.
+    pub group: Arc<str>,
     /// Deployments of the group in the strategy's order of preference, for the fast path.
-    pub(crate) candidates: Vec<Candidate>,
-    pub(crate) order: CandidateOrder,
-    pub(crate) est_tokens: u64,
-    pub(crate) prompt_tokens: u64,
-    pub(crate) priority: Priority,
+    pub candidates: Vec<Candidate>,
+    /// How the candidates are walked.
+    pub order: CandidateOrder,
+    /// Tokens to reserve (prompt + expected completion).
+    pub est_tokens: u64,
+    /// Prompt tokens, checked against `max_input_tokens`.
+    pub prompt_tokens: u64,
+    /// Its priority.
+    pub priority: Priority,
     /// When the request stops wanting service.
-    pub(crate) deadline: Instant,
+    pub deadline: Instant,
     /// Always wait in the queue, even when capacity is free (for `/queue/*` endpoints).
-    pub(crate) force_queue: bool,
+    pub force_queue: bool,
     /// In-flight lease of a fast-path reservation.
-    pub(crate) lease: Duration,
+    pub lease: Duration,
     /// A retry after an upstream failure: when cooldowns or full windows block every deployment it is
     /// refused at once (with when to retry) instead of waiting for them.
-    pub(crate) retry: bool,
-}
-
-/// A finished (or abandoned) request's settlement.
-#[derive(Debug, Clone)]
-pub(crate) struct Release {
-    /// Whether the request reached the upstream; one that never did gives its capacity back whole
-    /// (request count, tokens and in-flight slot).
-    pub(crate) sent: bool,
-    pub(crate) outcome: Outcome,
-    /// Tokens the upstream reported; `None` keeps the estimate.
-    pub(crate) actual_tokens: Option<u64>,
-    pub(crate) latency: Option<LatencySample>,
+    pub retry: bool,
 }
 
 /// Candidates of a group in the strategy's order, for admission steps not tied to one request (polls,
 /// releases, cancellations).
-pub(crate) type GroupCandidates = Arc<dyn Fn(&str) -> Option<GroupOrder> + Send + Sync>;
+pub type GroupCandidates = Arc<dyn Fn(&str) -> Option<GroupOrder> + Send + Sync>;
 
 /// A group's candidates and the order mode of its strategy.
-pub(crate) type GroupOrder = (Arc<[Candidate]>, CandidateOrder);
-
-/// Why admission failed.
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum AdmissionError {
-    #[error("the queue of model group `{group}` is full ({depth} requests waiting)")]
-    QueueFull { group: Arc<str>, depth: u64 },
-    #[error("request timed out after waiting {waited:?} in the queue of model group `{group}`")]
-    QueueTimeout { group: Arc<str>, waited: Duration },
-    #[error("no deployment of model group `{group}` can ever serve this request (its prompt or token estimate exceeds every deployment's limits)")]
-    NeverFits { group: Arc<str> },
-    #[error("no deployment of model group `{group}` has capacity before the request's deadline")]
-    NoCapacityBeforeDeadline {
-        group: Arc<str>,
-        retry_after: Duration,
-    },
-    #[error("the router is shutting down")]
-    ShuttingDown,
-    #[error("admission backend: {0}")]
-    Backend(#[from] BackendError),
-}
-
-/// A failed backend step.
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum BackendError {
-    #[error("timed out after {0:?}")]
-    Timeout(Duration),
-    #[error("{0}")]
-    Redis(String),
-    #[error("unexpected reply: {0}")]
-    Reply(String),
-}
-
-/// What the backend hands back for one queue entry.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum GrantPayload {
-    /// Capacity reserved on a deployment in the window starting at `window_start_ms`.
-    Granted {
-        deployment_id: String,
-        window_start_ms: u64,
-    },
-    /// No deployment of the group can ever serve the entry.
-    Reject,
-}
-
-/// Status of one backend step.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum StepStatus {
-    /// Fast path: reserved at once.
-    Granted(GrantPayload),
-    Queued {
-        position: Option<u64>,
-        /// Epoch ms before which no deployment can take this request (cooldowns, full windows).
-        not_before_ms: Option<u64>,
-    },
-    Full,
-    Polled,
-    Released(SettleReport),
-    /// `true` when the entry was still waiting or its grant was taken back.
-    Cancelled(bool),
-}
-
-/// Reply of one atomic backend step.
-#[derive(Debug, Clone)]
-pub(crate) struct StepReply {
-    pub(crate) status: StepStatus,
-    /// Epoch ms when capacity may return for the head of the queue.
-    pub(crate) next_capacity_ms: Option<u64>,
-    pub(crate) depth: u64,
-    /// This replica's grants: (member, payload).
-    pub(crate) grants: Vec<(String, GrantPayload)>,
-}
-
-/// One atomic admission step, implemented by Redis (one Lua script) and in memory (one lock).
-#[async_trait]
-pub(crate) trait AdmissionBackend: Send + Sync + 'static {
-    async fn submit(
-        &self,
-        step: &Step<'_>,
-        member: &str,
-        priority: Priority,
-        force_queue: bool,
-        lease: Duration,
-    ) -> Result<StepReply, BackendError>;
-    async fn poll(&self, step: &Step<'_>) -> Result<StepReply, BackendError>;
-    async fn release(
-        &self,
-        step: &Step<'_>,
-        reservation: &Reservation,
-        release: &Release,
-    ) -> Result<StepReply, BackendError>;
-    async fn cancel(&self, step: &Step<'_>, member: &str) -> Result<StepReply, BackendError>;
-    /// Starts delivering wake-ups for this owner: `wake(group)` is called when another replica granted
-    /// capacity to one of our entries. Memory needs none.
-    fn start_wakeups(
-        &self,
-        owner: Arc<str>,
-        wake: Arc<dyn Fn(&str) + Send + Sync>,
-        shutdown: CancellationToken,
-    ) -> Option<JoinHandle<()>>;
-    /// Epoch milliseconds on the backend's clock.
-    fn now_ms(&self) -> u64;
-}
-
-/// The group-wide arguments of every step.
-#[derive(Debug)]
-pub(crate) struct Step<'a> {
-    pub(crate) owner: &'a str,
-    pub(crate) group: &'a str,
-    pub(crate) candidates: &'a [Candidate],
-    pub(crate) order: CandidateOrder,
-    pub(crate) settings: &'a SchedulerSettings,
-}
-
-/// Queue entry member: `<id>|<owner>|<est>|<prompt>|<deadline_ms>` (queue-core's encoding).
-fn encode_member(id: &str, owner: &str, est: u64, prompt: u64, deadline_ms: u64) -> String {
-    format!("{id}|{owner}|{est}|{prompt}|{deadline_ms}")
-}
-
-fn member_field(member: &str, index: usize) -> &str {
-    member.split('|').nth(index).unwrap_or("")
-}
-
-/// `<deployment_id>|<window_start_ms>` or `reject`.
-fn parse_payload(payload: &str) -> Result<GrantPayload, BackendError> {
-    if payload == "reject" {
-        return Ok(GrantPayload::Reject);
-    }
-    let (deployment_id, window) = payload
-        .rsplit_once('|')
-        .ok_or_else(|| BackendError::Reply(format!("bad grant payload {payload}")))?;
-    let window_start_ms = window
-        .parse()
-        .map_err(|_| BackendError::Reply(format!("bad grant window {payload}")))?;
-    Ok(GrantPayload::Granted {
-        deployment_id: deployment_id.to_owned(),
-        window_start_ms,
-    })
-}
-
-/// The reservation a grant stands for.
-fn reservation_for(
-    candidates: &[Candidate],
-    id: &str,
-    deployment_id: &str,
-    window_start_ms: u64,
-    est_tokens: u64,
-) -> Option<Reservation> {
-    let index = candidates
-        .iter()
-        .position(|c| &*c.deployment.id == deployment_id)?;
-    Some(Reservation {
-        id: id.to_owned(),
-        deployment: candidates[index].deployment.clone(),
-        window_start_ms,
-        est_tokens,
-        candidate_index: index,
-    })
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
+pub type GroupOrder = (Arc<[Candidate]>, CandidateOrder);
 
 type Waiter = oneshot::Sender<Result<Reservation, AdmissionError>>;
 
 #[derive(Default)]
 struct GroupState {
+    /// Waiters by queue member.
     waiters: HashMap<String, Waiter>,
     poller: Option<Arc<Notify>>,
 }
@@ -272,14 +88,14 @@ pub struct SchedulerStats {
 }
 
 /// Admission for one replica: owns its waiters, pollers and wake-up subscription.
-pub(crate) struct Scheduler {
+pub struct Scheduler {
     inner: Arc<Inner>,
 }
 
 struct Inner {
     owner: Arc<str>,
     backend: Arc<dyn AdmissionBackend>,
-    settings: SchedulerSettings,
+    settings: AdmissionSettings,
     candidates: GroupCandidates,
     groups: Mutex<HashMap<Arc<str>, GroupState>>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
@@ -289,10 +105,10 @@ struct Inner {
 
 impl Scheduler {
     /// A scheduler for replica `owner` on `backend`.
-    pub(crate) fn new(
+    pub fn new(
         owner: Arc<str>,
         backend: Arc<dyn AdmissionBackend>,
-        settings: SchedulerSettings,
+        settings: AdmissionSettings,
         candidates: GroupCandidates,
     ) -> Scheduler {
         let inner = Arc::new(Inner {
@@ -318,12 +134,12 @@ impl Scheduler {
     }
 
     /// The replica id this scheduler owns queue entries as.
-    pub(crate) fn owner(&self) -> &str {
+    pub fn owner(&self) -> &str {
         &self.inner.owner
     }
 
     /// Counters for metrics.
-    pub(crate) fn stats(&self) -> Arc<SchedulerStats> {
+    pub fn stats(&self) -> Arc<SchedulerStats> {
         self.inner.stats.clone()
     }
 
@@ -332,7 +148,7 @@ impl Scheduler {
     ///
     /// Dropping the returned future (client gone) cancels the queue entry; a grant that raced with the
     /// cancellation is given back.
-    pub(crate) async fn acquire(
+    pub async fn acquire(
         &self,
         request: AdmitRequest,
     ) -> Result<(Reservation, Duration), AdmissionError> {
@@ -341,41 +157,40 @@ impl Scheduler {
             return Err(AdmissionError::ShuttingDown);
         }
         let started = Instant::now();
-        let id = uuid::Uuid::new_v4().simple().to_string();
         let remaining = request.deadline.saturating_duration_since(started);
         let deadline_ms = inner.backend.now_ms() + remaining.as_millis() as u64;
-        let member = encode_member(
-            &id,
-            &inner.owner,
-            request.est_tokens,
-            request.prompt_tokens,
+        let meta = EntryMeta {
+            est_tokens: request.est_tokens,
+            prompt_tokens: request.prompt_tokens,
             deadline_ms,
-        );
+        };
+        let entry = Entry::new(uuid::Uuid::new_v4(), &*inner.owner, meta)
+            .map_err(|e| AdmissionError::Backend(e.into()))?;
         let (tx, rx) = oneshot::channel();
         lock(&inner.groups)
             .entry(request.group.clone())
             .or_default()
             .waiters
-            .insert(member.clone(), tx);
+            .insert(entry.member().to_owned(), tx);
         let mut guard = WaiterGuard {
             inner: inner.clone(),
             group: request.group.clone(),
-            member,
+            entry: Some(entry),
             rx,
             armed: true,
         };
         let step = inner.step(&request.group, &request.candidates, request.order);
-        let submitted = tokio::time::timeout_at(
-            request.deadline,
-            inner.backend.submit(
-                &step,
-                &guard.member,
-                request.priority,
-                request.force_queue,
-                request.lease,
-            ),
-        )
-        .await;
+        let Some(entry) = guard.entry.as_ref() else {
+            return Err(AdmissionError::ShuttingDown);
+        };
+        let submit = Submit {
+            entry,
+            priority: request.priority,
+            force_queue: request.force_queue,
+            lease: request.lease,
+        };
+        let submitted =
+            tokio::time::timeout_at(request.deadline, inner.backend.submit(&step, &submit)).await;
         let reply = match submitted {
             Err(_) => {
                 return Err(AdmissionError::QueueTimeout {
@@ -390,34 +205,30 @@ impl Scheduler {
             Ok(Ok(reply)) => reply,
         };
         inner.deliver(&request.group, reply.grants);
-        match reply.status {
-            StepStatus::Granted(GrantPayload::Granted {
+        match reply.outcome {
+            SubmitOutcome::Granted {
                 deployment_id,
                 window_start_ms,
-            }) => {
+            } => {
+                let reservation = guard.entry.as_ref().and_then(|entry| {
+                    reservation_on(&request.candidates, entry, &deployment_id, window_start_ms)
+                });
                 guard.disarm();
                 inner.stats.fast_grants.fetch_add(1, Ordering::Relaxed);
-                let reservation = reservation_for(
-                    &request.candidates,
-                    &id,
-                    &deployment_id,
-                    window_start_ms,
-                    request.est_tokens,
-                )
-                .ok_or_else(|| {
-                    BackendError::Reply(format!("grant names unknown deployment {deployment_id}"))
+                let reservation = reservation.ok_or_else(|| {
+                    BackendError::reply(format!("grant names unknown deployment {deployment_id}"))
                 })?;
                 Ok((reservation, Duration::ZERO))
             }
-            StepStatus::Full => {
+            SubmitOutcome::Full => {
                 guard.disarm();
                 inner.stats.refused.fetch_add(1, Ordering::Relaxed);
                 Err(AdmissionError::QueueFull {
                     group: request.group.clone(),
-                    depth: reply.depth,
+                    depth: reply.depth.unwrap_or(0),
                 })
             }
-            StepStatus::Queued { not_before_ms, .. } => {
+            SubmitOutcome::Queued { not_before_ms, .. } => {
                 // Capacity cannot return before the deadline (or, for a retry, is blocked by cooldowns or
                 // full windows): refuse now rather than wait only to time out (the guard cancels the entry).
                 let now_ms = inner.backend.now_ms();
@@ -462,12 +273,11 @@ impl Scheduler {
                     }
                 }
             }
-            other => Err(BackendError::Reply(format!("unexpected submit status {other:?}")).into()),
         }
     }
 
     /// Settles a request and admits waiting requests into the freed capacity (one backend step).
-    pub(crate) async fn release(
+    pub async fn release(
         &self,
         reservation: &Reservation,
         release: &Release,
@@ -476,7 +286,7 @@ impl Scheduler {
         let group: Arc<str> = reservation.deployment.group.clone();
         let Some((candidates, order)) = (inner.candidates)(&group) else {
             return Err(
-                BackendError::Reply(format!("release for unknown model group {group}")).into(),
+                BackendError::reply(format!("release for unknown model group {group}")).into(),
             );
         };
         let step = inner.step(&group, &candidates, order);
@@ -488,16 +298,11 @@ impl Scheduler {
             }
         };
         inner.deliver(&group, reply.grants);
-        match reply.status {
-            StepStatus::Released(report) => Ok(report),
-            other => {
-                Err(BackendError::Reply(format!("unexpected release status {other:?}")).into())
-            }
-        }
+        Ok(reply.outcome)
     }
 
     /// Stops pollers and wake-ups and cancels this replica's queued entries so other replicas proceed.
-    pub(crate) async fn shutdown(&self) {
+    pub async fn shutdown(&self) {
         let inner = &self.inner;
         inner.shutdown.cancel();
         let tasks: Vec<JoinHandle<()>> = lock(&inner.tasks).drain(..).collect();
@@ -514,7 +319,9 @@ impl Scheduler {
             })
             .collect();
         for (group, member, waiter) in waiting {
-            inner.cancel_entry(&group, &member).await;
+            if let Ok(entry) = Entry::from_member(&member) {
+                inner.cancel_entry(&group, &entry).await;
+            }
             let _ = waiter.send(Err(AdmissionError::ShuttingDown));
         }
     }
@@ -537,7 +344,7 @@ impl Inner {
     }
 
     /// Hands grants to local waiters; a grant nobody waits for any more is given back.
-    fn deliver(self: &Arc<Self>, group: &Arc<str>, grants: Vec<(String, GrantPayload)>) {
+    fn deliver(self: &Arc<Self>, group: &Arc<str>, grants: Vec<Grant>) {
         if grants.is_empty() {
             return;
         }
@@ -546,24 +353,11 @@ impl Inner {
         {
             let mut groups = lock(&self.groups);
             let state = groups.entry(group.clone()).or_default();
-            for (member, payload) in grants {
-                let waiter = state.waiters.remove(&member);
-                let reservation = match (&payload, &candidates) {
-                    (
-                        GrantPayload::Granted {
-                            deployment_id,
-                            window_start_ms,
-                        },
-                        Some((candidates, _)),
-                    ) => reservation_for(
-                        candidates,
-                        member_field(&member, 0),
-                        deployment_id,
-                        *window_start_ms,
-                        member_field(&member, 2).parse().unwrap_or(0),
-                    ),
-                    _ => None,
-                };
+            for Grant { entry, payload } in grants {
+                let waiter = state.waiters.remove(entry.member());
+                let reservation = candidates
+                    .as_ref()
+                    .and_then(|(candidates, _)| payload.reservation(candidates, &entry));
                 match (waiter, payload, reservation) {
                     (Some(waiter), GrantPayload::Reject, _) => {
                         let _ = waiter.send(Err(AdmissionError::NeverFits {
@@ -580,8 +374,8 @@ impl Inner {
                     (waiter, payload, None) => {
                         tracing::warn!(group = %group, "grant {payload:?} names an unknown deployment");
                         if let Some(waiter) = waiter {
-                            let _ = waiter.send(Err(AdmissionError::Backend(BackendError::Reply(
-                                "grant names an unknown deployment".into(),
+                            let _ = waiter.send(Err(AdmissionError::Backend(BackendError::reply(
+                                "grant names an unknown deployment",
                             ))));
                         }
                     }
@@ -622,12 +416,12 @@ impl Inner {
     }
 
     /// Removes a queue entry, or takes back its grant if it was granted concurrently.
-    async fn cancel_entry(self: &Arc<Self>, group: &Arc<str>, member: &str) {
+    async fn cancel_entry(self: &Arc<Self>, group: &Arc<str>, entry: &Entry) {
         let Some((candidates, order)) = (self.candidates)(group) else {
             return;
         };
         let step = self.step(group, &candidates, order);
-        match self.backend.cancel(&step, member).await {
+        match self.backend.cancel(&step, entry).await {
             Ok(reply) => self.deliver(group, reply.grants),
             Err(e) => {
                 self.stats.backend_errors.fetch_add(1, Ordering::Relaxed);
@@ -710,17 +504,24 @@ impl Inner {
 struct WaiterGuard {
     inner: Arc<Inner>,
     group: Arc<str>,
-    member: String,
+    /// `None` only once the drop handed it to the cancelling task.
+    entry: Option<Entry>,
     rx: oneshot::Receiver<Result<Reservation, AdmissionError>>,
     armed: bool,
 }
 
 impl WaiterGuard {
+    fn forget_waiter(&self) {
+        if let (Some(state), Some(entry)) =
+            (lock(&self.inner.groups).get_mut(&self.group), &self.entry)
+        {
+            drop(state.waiters.remove(entry.member()));
+        }
+    }
+
     fn disarm(&mut self) {
         self.armed = false;
-        if let Some(state) = lock(&self.inner.groups).get_mut(&self.group) {
-            state.waiters.remove(&self.member);
-        }
+        self.forget_waiter();
     }
 }
 
@@ -729,11 +530,7 @@ impl Drop for WaiterGuard {
         if !self.armed {
             return;
         }
-        drop(
-            lock(&self.inner.groups)
-                .get_mut(&self.group)
-                .and_then(|state| state.waiters.remove(&self.member)),
-        );
+        self.forget_waiter();
         self.rx.close();
         if let Ok(Ok(reservation)) = self.rx.try_recv() {
             self.inner.spawn_give_back(reservation);
@@ -742,9 +539,11 @@ impl Drop for WaiterGuard {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
+        let Some(entry) = self.entry.take() else {
+            return;
+        };
         let inner = self.inner.clone();
         let group = self.group.clone();
-        let member = std::mem::take(&mut self.member);
-        runtime.spawn(async move { inner.cancel_entry(&group, &member).await });
+        runtime.spawn(async move { inner.cancel_entry(&group, &entry).await });
     }
 }

@@ -1,27 +1,30 @@
-//! Admission on Redis: every step is one run of the composite `admit_v1` script.
+//! Admission on Redis: every step is one run of the composite `admit_v2` script.
 
 use std::collections::HashMap;
-use std::sync::{Arc, LazyLock, Mutex, PoisonError};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use futures::StreamExt;
-use queue_core::{GroupKeys, Keyspace, Priority, RedisConnection};
+use queue_core::{Entry, GroupKeys, Keyspace, RedisConnection};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use usage_tracker::{Candidate, CandidateOrder, Outcome, Reservation, SettleReport};
+use usage_tracker::{Candidate, Outcome, Reservation, SettleReport};
 
-use super::{
-    parse_payload, AdmissionBackend, BackendError, GrantPayload, Release, Step, StepReply,
-    StepStatus,
+use crate::error::BackendError;
+use crate::lock;
+use crate::step::{
+    AdmissionBackend, CancelOutcome, Grant, GrantPayload, Release, Step, StepReply, Submit,
+    SubmitOutcome,
 };
 
-/// queue-core's and usage-tracker's fragments followed by the scheduler's body: one atomic step.
+/// queue-core's and usage-tracker's fragments followed by admission's body: one atomic step.
 static ADMIT_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| {
     let source = [
         queue_core::lua::QUEUE_FRAGMENT,
         usage_tracker::lua::USAGE_FRAGMENT,
-        include_str!("admit.lua"),
+        include_str!("lua/admit_v2.lua"),
     ]
     .join("\n");
     redis::Script::new(&source)
@@ -32,7 +35,7 @@ const LATENCY_ALPHA: f64 = 0.2;
 
 /// The Redis admission backend: the replica's kept connection, the keyspace and the client that
 /// subscribes to this replica's wake-up channel.
-pub(crate) struct RedisAdmission {
+pub struct RedisAdmission {
     connection: RedisConnection,
     client: redis::Client,
     keyspace: Keyspace,
@@ -41,6 +44,8 @@ pub(crate) struct RedisAdmission {
     /// Key strings by group, formatted once (escaping and formatting them on every step cost about 4% of
     /// the proxy's CPU). Bounded by the configured groups and deployments.
     keys: Mutex<HashMap<String, CachedKeys>>,
+    /// Tests pin the script's clock (ARGV `now`); `None` uses Redis `TIME`, the one clock all replicas share.
+    pinned_now: Option<Arc<AtomicU64>>,
 }
 
 /// One group's keys and its deployments' (usage hash, in-flight, cooldown).
@@ -50,7 +55,8 @@ struct CachedKeys {
 }
 
 impl RedisAdmission {
-    pub(crate) fn new(
+    /// Admission over `connection`; `client` subscribes to this replica's wake-up channel.
+    pub fn new(
         connection: RedisConnection,
         client: redis::Client,
         keyspace: Keyspace,
@@ -64,14 +70,22 @@ impl RedisAdmission {
             window,
             wake_prefix,
             keys: Mutex::new(HashMap::new()),
+            pinned_now: None,
         }
+    }
+
+    /// Tests: the script reads the time from `now_ms` instead of Redis `TIME` (so a memory twin pinned to
+    /// the same value can be compared step by step). Never in production: replicas would disagree on time.
+    pub fn with_pinned_time(mut self, now_ms: Arc<AtomicU64>) -> RedisAdmission {
+        self.pinned_now = Some(now_ms);
+        self
     }
 
     /// KEYS and the group-wide ARGV of one step.
     fn invocation(&self, step: &Step<'_>, mode: &str) -> redis::ScriptInvocation<'static> {
         let mut inv = ADMIT_SCRIPT.prepare_invoke();
         {
-            let mut cache = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut cache = lock(&self.keys);
             if !cache.contains_key(step.group) {
                 cache.insert(
                     step.group.to_owned(),
@@ -105,13 +119,18 @@ impl RedisAdmission {
         }
         inv.arg(mode)
             .arg(step.owner)
-            .arg(step.settings.owner_lease.as_millis() as u64)
+            .arg(step.settings.queue_lease.as_millis() as u64)
             .arg(self.window.as_millis() as u64)
-            .arg(step.settings.reservation_lease.as_millis() as u64)
-            .arg(order_mode(step.order))
+            .arg(step.settings.inflight_lease.as_millis() as u64)
+            .arg(step.order.mode())
             .arg(step.settings.max_grants_per_step)
             .arg(&self.wake_prefix)
             .arg(step.group)
+            .arg(
+                self.pinned_now
+                    .as_ref()
+                    .map_or(-1, |now| now.load(Ordering::SeqCst) as i64),
+            )
             .arg(step.candidates.len());
         for candidate in step.candidates {
             push_candidate_args(&mut inv, candidate);
@@ -119,23 +138,13 @@ impl RedisAdmission {
         inv
     }
 
-    async fn run(&self, inv: redis::ScriptInvocation<'static>) -> Result<StepReply, BackendError> {
-        let reply = self.connection.invoke(&inv).await.map_err(|e| {
-            if e.is_timeout() {
-                BackendError::Timeout(self.connection.timeout())
-            } else {
-                BackendError::Redis(e.to_string())
-            }
-        })?;
-        parse_reply(reply)
-    }
-}
-
-fn order_mode(order: CandidateOrder) -> u8 {
-    match order {
-        CandidateOrder::AsGiven => 0,
-        CandidateOrder::LowestTpm => 1,
-        CandidateOrder::FewestInFlight => 2,
+    async fn run<T>(
+        &self,
+        inv: redis::ScriptInvocation<'static>,
+        outcome: impl FnOnce(&str, &[redis::Value]) -> Result<T, BackendError>,
+    ) -> Result<StepReply<T>, BackendError> {
+        let reply = self.connection.invoke(&inv).await?;
+        decode_reply(reply, outcome)
     }
 }
 
@@ -156,22 +165,40 @@ impl AdmissionBackend for RedisAdmission {
     async fn submit(
         &self,
         step: &Step<'_>,
-        member: &str,
-        priority: Priority,
-        force_queue: bool,
-        lease: Duration,
-    ) -> Result<StepReply, BackendError> {
+        submit: &Submit<'_>,
+    ) -> Result<StepReply<SubmitOutcome>, BackendError> {
         let mut inv = self.invocation(step, "submit");
-        inv.arg(member)
-            .arg(priority.get())
+        inv.arg(submit.entry.member())
+            .arg(submit.priority.get())
             .arg(step.settings.max_queue_depth)
-            .arg(u8::from(force_queue))
-            .arg(lease.as_millis() as u64);
-        self.run(inv).await
+            .arg(u8::from(submit.force_queue))
+            .arg(submit.lease.as_millis() as u64);
+        self.run(inv, |status, fields| match (status, fields) {
+            ("granted", [deployment, window]) => Ok(SubmitOutcome::Granted {
+                deployment_id: text(deployment)?,
+                window_start_ms: positive(int(window)?).ok_or_else(|| bad("window"))?,
+            }),
+            ("queued", [position, not_before]) => Ok(SubmitOutcome::Queued {
+                position: positive(int(position)?),
+                not_before_ms: positive(int(not_before)?),
+            }),
+            ("full", []) => Ok(SubmitOutcome::Full),
+            _ => Err(bad(&format!(
+                "submit answered {status} with {} fields",
+                fields.len()
+            ))),
+        })
+        .await
     }
 
-    async fn poll(&self, step: &Step<'_>) -> Result<StepReply, BackendError> {
-        self.run(self.invocation(step, "poll")).await
+    async fn poll(&self, step: &Step<'_>) -> Result<StepReply<()>, BackendError> {
+        self.run(self.invocation(step, "poll"), |status, fields| {
+            match (status, fields) {
+                ("polled", []) => Ok(()),
+                _ => Err(bad(&format!("poll answered {status}"))),
+            }
+        })
+        .await
     }
 
     async fn release(
@@ -179,13 +206,13 @@ impl AdmissionBackend for RedisAdmission {
         step: &Step<'_>,
         reservation: &Reservation,
         release: &Release,
-    ) -> Result<StepReply, BackendError> {
+    ) -> Result<StepReply<SettleReport>, BackendError> {
         let index = step
             .candidates
             .iter()
             .position(|c| c.deployment.id == reservation.deployment.id)
             .ok_or_else(|| {
-                BackendError::Reply(format!(
+                BackendError::reply(format!(
                     "deployment {} is not a candidate of its group",
                     reservation.deployment.id
                 ))
@@ -212,13 +239,31 @@ impl AdmissionBackend for RedisAdmission {
             )
             .arg(release.latency.and_then(|l| l.ttft_ms()).unwrap_or(-1.0))
             .arg(LATENCY_ALPHA);
-        self.run(inv).await
+        self.run(inv, |status, fields| match (status, fields) {
+            ("released", [requests, failures]) => Ok(SettleReport {
+                requests_in_window: positive(int(requests)?).unwrap_or(0),
+                failures_in_window: positive(int(failures)?).unwrap_or(0),
+            }),
+            _ => Err(bad(&format!("release answered {status}"))),
+        })
+        .await
     }
 
-    async fn cancel(&self, step: &Step<'_>, member: &str) -> Result<StepReply, BackendError> {
+    async fn cancel(
+        &self,
+        step: &Step<'_>,
+        entry: &Entry,
+    ) -> Result<StepReply<CancelOutcome>, BackendError> {
         let mut inv = self.invocation(step, "cancel");
-        inv.arg(member);
-        self.run(inv).await
+        inv.arg(entry.member());
+        self.run(inv, |status, fields| match (status, fields) {
+            ("cancelled", [what]) => {
+                let what = text(what)?;
+                CancelOutcome::from_name(&what).ok_or_else(|| bad(&format!("cancelled {what}")))
+            }
+            _ => Err(bad(&format!("cancel answered {status}"))),
+        })
+        .await
     }
 
     fn start_wakeups(
@@ -268,60 +313,74 @@ impl AdmissionBackend for RedisAdmission {
     }
 
     fn now_ms(&self) -> u64 {
+        if let Some(now) = &self.pinned_now {
+            return now.load(Ordering::SeqCst);
+        }
         SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64)
     }
 }
 
-/// Decodes `{status, next_ms, depth, position, fast_deployment, fast_window, a, b, member, payload, ...}`.
-fn parse_reply(value: redis::Value) -> Result<StepReply, BackendError> {
-    let bad = |what: &str| BackendError::Reply(format!("admit_v1: {what}"));
+/// The number of status fields each status carries (see the header of `admit_v2.lua`).
+fn status_fields(status: &str) -> Option<usize> {
+    Some(match status {
+        "granted" | "queued" | "released" => 2,
+        "cancelled" => 1,
+        "full" | "polled" => 0,
+        _ => return None,
+    })
+}
+
+fn bad(what: &str) -> BackendError {
+    BackendError::reply(format!("admit_v2: {what}"))
+}
+
+fn text(v: &redis::Value) -> Result<String, BackendError> {
+    redis::from_redis_value::<String>(v.clone()).map_err(|_| bad("expected a string"))
+}
+
+fn int(v: &redis::Value) -> Result<i64, BackendError> {
+    redis::from_redis_value::<i64>(v.clone()).map_err(|_| bad("expected an integer"))
+}
+
+fn positive(v: i64) -> Option<u64> {
+    u64::try_from(v).ok()
+}
+
+/// Decodes `{status, next_ms, depth, <status fields>, member1, payload1, ...}`; `outcome` decodes the
+/// status and its fields into the mode's type.
+fn decode_reply<T>(
+    value: redis::Value,
+    outcome: impl FnOnce(&str, &[redis::Value]) -> Result<T, BackendError>,
+) -> Result<StepReply<T>, BackendError> {
     let redis::Value::Array(items) = value else {
         return Err(bad("not an array"));
     };
-    if items.len() < 8 || (items.len() - 8) % 2 != 0 {
+    let [status, next_ms, depth, rest @ ..] = items.as_slice() else {
+        return Err(bad("too short"));
+    };
+    let status = text(status)?;
+    let n = status_fields(&status).ok_or_else(|| bad(&format!("unknown status {status}")))?;
+    if rest.len() < n || (rest.len() - n) % 2 != 0 {
         return Err(bad("wrong length"));
     }
-    let text = |v: &redis::Value| -> Result<String, BackendError> {
-        redis::from_redis_value::<String>(v.clone()).map_err(|_| bad("expected a string"))
-    };
-    let int = |v: &redis::Value| -> Result<i64, BackendError> {
-        redis::from_redis_value::<i64>(v.clone()).map_err(|_| bad("expected an integer"))
-    };
-    let positive = |v: i64| u64::try_from(v).ok();
-    let status = text(&items[0])?;
-    let next_capacity_ms = positive(int(&items[1])?);
-    let depth = positive(int(&items[2])?).unwrap_or(0);
-    let position = positive(int(&items[3])?);
-    let a = positive(int(&items[6])?).unwrap_or(0);
-    let b = positive(int(&items[7])?).unwrap_or(0);
-    let status = match status.as_str() {
-        "granted" => StepStatus::Granted(GrantPayload::Granted {
-            deployment_id: text(&items[4])?,
-            window_start_ms: positive(int(&items[5])?).ok_or_else(|| bad("window"))?,
-        }),
-        "queued" => StepStatus::Queued {
-            position,
-            not_before_ms: positive(int(&items[6])?),
-        },
-        "full" => StepStatus::Full,
-        "polled" => StepStatus::Polled,
-        "released" => StepStatus::Released(SettleReport {
-            requests_in_window: a,
-            failures_in_window: b,
-        }),
-        "cancelled" => StepStatus::Cancelled(a > 0),
-        other => return Err(bad(&format!("unknown status {other}"))),
-    };
-    let mut grants = Vec::with_capacity((items.len() - 8) / 2);
-    for pair in items[8..].chunks_exact(2) {
-        grants.push((text(&pair[0])?, parse_payload(&text(&pair[1])?)?));
-    }
+    let (fields, grants) = rest.split_at(n);
+    let outcome = outcome(&status, fields)?;
+    let grants = grants
+        .chunks_exact(2)
+        .map(|pair| {
+            let member = text(&pair[0])?;
+            Ok(Grant {
+                entry: Entry::from_member(&member).map_err(|e| bad(&e.to_string()))?,
+                payload: GrantPayload::parse(&text(&pair[1])?)?,
+            })
+        })
+        .collect::<Result<Vec<_>, BackendError>>()?;
     Ok(StepReply {
-        status,
-        next_capacity_ms,
-        depth,
+        outcome,
+        next_capacity_ms: positive(int(next_ms)?),
+        depth: positive(int(depth)?),
         grants,
     })
 }

@@ -8,7 +8,7 @@ use usage_tracker::{
     cooldown_decision, FailureContext, FailureKind, LatencySample, Outcome, Reservation,
 };
 
-use crate::scheduler::{AdmissionError, AdmitRequest, Release};
+use admission::{AdmissionError, AdmitRequest, Release};
 
 use crate::error::{RouterError, UpstreamErrorKind};
 use crate::router::RouterInner;
@@ -102,6 +102,7 @@ impl RouterInner {
             }
             AdmissionError::ShuttingDown => RouterError::ShuttingDown,
             AdmissionError::Backend(e) => RouterError::Backend(e.to_string()),
+            other => RouterError::Internal(other.to_string()),
         })?;
         self.in_flight
             .lock()
