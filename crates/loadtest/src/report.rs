@@ -7,7 +7,7 @@ use std::fmt::{self, Write as _};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use super::mix::PriorityMix;
+use crate::mix::PriorityMix;
 
 /// Largest latency recorded exactly: one hour, in microseconds (larger values are clamped).
 const MAX_LATENCY_US: u64 = 3_600_000_000;

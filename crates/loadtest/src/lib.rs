@@ -1,4 +1,5 @@
-//! `llm-scheduler loadtest`: a load generator for OpenAI-compatible chat endpoints on this machine.
+//! The load generator behind `llm-scheduler loadtest`: chat completions against OpenAI-compatible endpoints on
+//! this machine, with a latency summary.
 //!
 //! Sends `--num-requests` chat completions to one or more loopback URLs (round robin), either as a closed loop
 //! (`--concurrency` workers, each sending when its previous request ended) or as an open loop (`--rate`:
@@ -12,17 +13,19 @@
 //! - `runner`: the HTTP client (one pool), the closed and open loops, the warm-up.
 //! - `report`: [`Report`], the figures as text and JSON.
 //!
+//! The proxy's binary wires [`LoadtestArgs`] in as its `loadtest` subcommand and calls [`run_cli`]; the library
+//! is usable on its own:
+//!
 //! ```no_run
-//! # async fn demo() -> Result<(), proxy::loadtest::LoadtestError> {
-//! use std::time::Duration;
-//! use proxy::loadtest::{Load, LoadConfig};
+//! # async fn demo() -> Result<(), loadtest::LoadtestError> {
+//! use loadtest::{Load, LoadConfig};
 //!
 //! let mut config = LoadConfig::new(&["http://127.0.0.1:4000"])?;
 //! config.key = Some("sk-local-dev-key".into());
 //! config.num_requests = 5_000;
 //! config.load = Load::Open { rate: 1_000.0 };
 //! config.priority_mix = Some("0:10,128:90".parse()?);
-//! let report = proxy::loadtest::run(&config).await?;
+//! let report = loadtest::run(&config).await?;
 //! println!("{report}");
 //! # Ok(()) }
 //! ```
@@ -42,6 +45,14 @@ pub use self::report::{Inversions, LatencySummary, PriorityReport, Report};
 
 /// The endpoint a bare base URL is completed with.
 pub const DEFAULT_PATH: &str = "/v1/chat/completions";
+
+/// The response header in which llm-scheduler reports a request's queue wait in milliseconds (the proxy's
+/// `HEADER_QUEUE_WAIT_MS`; its tests check the two agree).
+pub const HEADER_QUEUE_WAIT_MS: &str = "x-llm-scheduler-queue-wait-ms";
+
+/// The response header in which llm-scheduler reports its overhead in milliseconds (the proxy's
+/// `HEADER_OVERHEAD_MS`).
+pub const HEADER_OVERHEAD_MS: &str = "x-llm-scheduler-overhead-ms";
 
 /// How requests are issued.
 #[derive(Debug, Clone, Copy, PartialEq)]
