@@ -65,6 +65,12 @@ pub struct LoadtestArgs {
     /// then carry a `user` tag, and inversions are also counted by arrival at the upstream.
     #[arg(long, value_name = "URL")]
     pub upstream_log: Option<String>,
+    /// The largest share of the measured run's requests, from 0 to 1, that may fail (an answer other than 2xx, a
+    /// timeout, a connection or transport error) for the run to pass. When more fail, the command prints its
+    /// report, writes --json, and exits with status 1. The default 0 fails the run on any failed request; 1
+    /// never fails it on answers (e.g. a run meant to be refused with 429).
+    #[arg(long, value_name = "RATE", default_value_t = 0.0)]
+    pub max_error_rate: f64,
 }
 
 impl LoadtestArgs {
@@ -109,13 +115,15 @@ impl LoadtestArgs {
         };
         config.upstream_log = self.upstream_log.as_deref().map(local_url).transpose()?;
         config.progress = true;
+        config.max_error_rate = self.max_error_rate;
         config.validate()?;
         Ok(config)
     }
 }
 
 /// `llm-scheduler loadtest`: runs, prints the summary on stdout (a progress bar on stderr while it runs, when
-/// stderr is a terminal), writes `--json`.
+/// stderr is a terminal), writes `--json`; then [`LoadtestError::TooManyErrors`] when the run did not pass
+/// ([`Report::passed`]), so that the command exits non-zero.
 pub async fn run_cli(args: &LoadtestArgs) -> Result<Report, LoadtestError> {
     let config = args.to_config()?;
     let report = run(&config).await?;
@@ -129,6 +137,13 @@ pub async fn run_cli(args: &LoadtestArgs) -> Result<Report, LoadtestError> {
             path: path.clone(),
             source,
         })?;
+    }
+    if !report.passed {
+        return Err(LoadtestError::TooManyErrors {
+            failed: report.failed,
+            finished: report.finished,
+            max_error_rate: report.max_error_rate,
+        });
     }
     Ok(report)
 }
@@ -176,5 +191,25 @@ mod tests {
         assert!(matches!(zero.to_config(), Err(LoadtestError::Argument(_))));
         let rate = parse(&["--url", "http://127.0.0.1:1", "--rate=-3"]).unwrap();
         assert!(rate.to_config().is_err());
+
+        let default = parse(&["--url", "http://127.0.0.1:1"]).unwrap();
+        assert_eq!(default.to_config().unwrap().max_error_rate, 0.0);
+        let half = parse(&["--url", "http://127.0.0.1:1", "--max-error-rate", "0.5"]).unwrap();
+        assert_eq!(half.to_config().unwrap().max_error_rate, 0.5);
+        for bad in ["1.5", "-0.1", "NaN", "inf"] {
+            let args = parse(&[
+                "--url",
+                "http://127.0.0.1:1",
+                &format!("--max-error-rate={bad}"),
+            ])
+            .unwrap();
+            match args.to_config() {
+                Err(LoadtestError::Argument(message)) => {
+                    assert!(message.contains("--max-error-rate"), "{message}")
+                }
+                other => panic!("--max-error-rate {bad}: {other:?}"),
+            }
+        }
+        assert!(parse(&["--url", "http://127.0.0.1:1", "--max-error-rate", "some"]).is_err());
     }
 }

@@ -62,6 +62,10 @@ pub struct LoadConfig {
     pub upstream_log: Option<Url>,
     /// Draw a progress bar on stderr (only when it is a terminal).
     pub progress: bool,
+    /// The largest share (0 to 1) of the measured run's requests that may fail, that is get no 2xx answer
+    /// (another status, a timeout, a connection or transport error), for the run to pass
+    /// ([`Report::passed`](crate::Report::passed)). 0: any failure fails the run.
+    pub max_error_rate: f64,
 }
 
 impl LoadConfig {
@@ -87,6 +91,7 @@ impl LoadConfig {
             inversion_tolerance: Duration::from_millis(2),
             upstream_log: None,
             progress: false,
+            max_error_rate: 0.0,
         })
     }
 
@@ -107,6 +112,11 @@ impl LoadConfig {
         }
         if self.timeout.is_zero() || self.duration.is_zero() {
             return bad("--timeout and --duration must be positive");
+        }
+        if !(0.0..=1.0).contains(&self.max_error_rate) {
+            return bad(
+                "--max-error-rate must be a share of the requests from 0 to 1 (e.g. 0.05 for 5%)",
+            );
         }
         Ok(())
     }

@@ -1,10 +1,10 @@
-//! [`LoadtestError`]: why a load test could not run.
+//! [`LoadtestError`]: why a load test could not run, or failed.
 
 use std::path::PathBuf;
 
 use crate::PriorityMixError;
 
-/// Why a load test could not run.
+/// Why a load test could not run, or failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum LoadtestError {
@@ -31,6 +31,19 @@ pub enum LoadtestError {
     /// The upstream's arrival log could not be read.
     #[error("cannot read the upstream's arrival log {0}")]
     UpstreamLog(String),
+    /// The run went through, but more of its requests failed than `--max-error-rate` allows
+    /// ([`Report::passed`](crate::Report::passed)).
+    #[error(
+        "{failed} of {finished} requests failed (no 2xx answer), more than --max-error-rate {max_error_rate} allows"
+    )]
+    TooManyErrors {
+        /// Finished requests that got no 2xx answer.
+        failed: u64,
+        /// Requests of the measured run that finished.
+        finished: u64,
+        /// The threshold, a share from 0 to 1.
+        max_error_rate: f64,
+    },
     /// The JSON report could not be written.
     #[error("cannot write {path}: {source}")]
     Write {

@@ -6,7 +6,9 @@
 //! request `i` is due at `i / rate` seconds whatever happened before, and its latency counts from then, so a
 //! slow server cannot hide its queue). Priorities come from `--priority-mix`. The summary gives throughput,
 //! latency percentiles (HdrHistogram), statuses, the same split by priority, the queue wait and overhead that
-//! llm-scheduler reports in its response headers, and priority inversions; `--json` writes it as JSON.
+//! llm-scheduler reports in its response headers, and priority inversions; `--json` writes it as JSON. A run
+//! passes when no more of its requests fail (no 2xx answer) than `--max-error-rate` allows, by default none;
+//! [`run_cli`] answers [`LoadtestError::TooManyErrors`] when it did not, so the command exits non-zero.
 //!
 //! Layout:
 //! - `config`: [`LoadConfig`], what a load test is: endpoints (loopback only, [`endpoint_url`]), [`Load`] (open

@@ -305,6 +305,7 @@ pub(crate) async fn run(config: &LoadConfig) -> Result<Report, LoadtestError> {
         sent,
         inversion_tolerance_us: u64::try_from(config.inversion_tolerance.as_micros())
             .unwrap_or(u64::MAX),
+        max_error_rate: config.max_error_rate,
         started_epoch_us,
         upstream_arrivals,
     };

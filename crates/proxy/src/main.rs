@@ -62,7 +62,8 @@ enum Command {
         /// The config file.
         file: PathBuf,
     },
-    /// Load-test an OpenAI-compatible endpoint on this machine and print throughput and latency.
+    /// Load-test an OpenAI-compatible endpoint on this machine and print throughput and latency; exits with
+    /// status 1 when more requests fail than --max-error-rate allows (by default, any).
     #[cfg(feature = "loadtest")]
     Loadtest(Box<loadtest::LoadtestArgs>),
 }
