@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# Renders the figures scripts/bench.sh wrote (summary.json and the load generator's JSON reports) as Markdown
-# on stdout. scripts/bench.sh calls it to write bench/RESULTS.md; run it again to re-render:
+# Renders the figures scripts/bench.sh wrote (summary.json and the load generator's JSON reports of one run) as
+# Markdown on stdout, compared with the run before it when PREVIOUS_DIR (default: previous/ beside RUN_DIR) holds
+# one. scripts/bench.sh calls it to write bench/RESULTS.md; run it again to re-render:
 #
-#   scripts/bench-report.sh bench > bench/RESULTS.md
+#   scripts/bench-report.sh bench/results/latest > bench/RESULTS.md
 set -euo pipefail
 
-DIR="${1:?usage: $0 RESULTS_DIR}"
+DIR="${1:?usage: $0 RUN_DIR [PREVIOUS_DIR]}"
+PREV="${2:-$(dirname "$DIR")/previous}"
 SUMMARY="$DIR/summary.json"
 [[ -f "$SUMMARY" ]] || {
     echo "$SUMMARY not found: run scripts/bench.sh first" >&2
@@ -68,7 +70,7 @@ $(s .machine.redis); $(s .machine.rustc); CPU idle just before the run: $(s .mac
 includes the CPU the others take; ratios compare runs of the same invocation. The proxies run with their
 default logging (info level, to a file) and their default runtime, one thread on this machine (\`--workers\`:
 one event loop on machines with at most 2 cores, one thread per core above); the \`--workers 2\` row is the
-same Redis replica on the work-stealing runtime with two threads. Raw figures: \`bench/*.json\` (one file per run, \`summary.json\`).
+same Redis replica on the work-stealing runtime with two threads. Raw figures: [\`results/latest/\`](results/latest/) (one file per run, \`summary.json\`, every round of scenario 1 in \`rounds/\`).
 
 ## 1. Overhead
 
@@ -248,8 +250,7 @@ if [[ -f "$DIR/s1-litellm-c64.json" ]]; then
         "$(le "$(r s1-litellm-c64 .ok_rps)" "$(r s1-redis-c64 .ok_rps)")"
 fi
 
-# Before/after: the headline figures of this run next to the previous run's (bench/previous/).
-PREV="$DIR/previous"
+# Before/after: the headline figures of this run next to the previous run's (bench/results/previous/).
 if [[ -f "$PREV/summary.json" ]]; then
     # headline DIR: one line of figures, tab separated.
     headline() {
@@ -273,7 +274,7 @@ if [[ -f "$PREV/summary.json" ]]; then
 
 ## Before / after
 
-This run against the previous one (\`bench/previous/\`), same script; both on this machine.
+This run against the previous one ([\`results/previous/\`](results/previous/)), same script; both on this machine.
 
 | run | added p50 in memory, 1,000 req/s | added p50 Redis | added p99 Redis | Redis overhead header p50 | throughput in memory | throughput Redis | Redis commands per request | script µs per call (deepest queue) |
 | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |

@@ -12,7 +12,6 @@
 //! - `state`: [`AppState`], shared by handlers.
 //! - `server`: [`run`], serving until shutdown with a grace period.
 //! - `check`: [`check_config`], the `check-config` subcommand.
-//! - [`loadtest`]: the `loadtest` subcommand, an open- or closed-loop load generator with a latency summary.
 //!
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {
@@ -29,7 +28,6 @@ mod auth;
 mod check;
 mod config;
 mod error;
-pub mod loadtest;
 mod metrics;
 mod request;
 mod routes;

@@ -1,5 +1,5 @@
 //! `llm-scheduler`: the OpenAI-compatible proxy binary. Parses the CLI and config, sets up logging, binds, and
-//! hands over to [`proxy::run`].
+//! hands over to [`proxy::run`]; the `loadtest` subcommand hands over to the `loadtest` crate.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -62,8 +62,10 @@ enum Command {
         /// The config file.
         file: PathBuf,
     },
-    /// Load-test an OpenAI-compatible endpoint on this machine and print throughput and latency.
-    Loadtest(Box<proxy::loadtest::LoadtestArgs>),
+    /// Load-test an OpenAI-compatible endpoint on this machine and print throughput and latency; exits with
+    /// status 1 when more requests fail than --max-error-rate allows (by default, any).
+    #[cfg(feature = "loadtest")]
+    Loadtest(Box<loadtest::LoadtestArgs>),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -94,8 +96,9 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Some(Command::CheckConfig { ref file }) => runtime.block_on(check(file)),
+        #[cfg(feature = "loadtest")]
         Some(Command::Loadtest(ref args)) => runtime
-            .block_on(proxy::loadtest::run_cli(args))
+            .block_on(loadtest::run_cli(args))
             .map(drop)
             .map_err(anyhow::Error::from),
         None => runtime.block_on(serve(cli)),

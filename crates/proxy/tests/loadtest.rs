@@ -1,133 +1,47 @@
-//! `llm-scheduler loadtest` against an in-process mock upstream and an in-process proxy: counts, statuses, the
-//! split by priority, the JSON report.
+//! `llm-scheduler loadtest` with the proxy: the headers the load generator reads are the ones the proxy writes,
+//! read through an in-process proxy; the subcommand's exit status as a process, against the real binary.
 
-use std::collections::BTreeMap;
+mod common;
+
 use std::time::Duration;
 
-use clap::Parser;
-use proxy::loadtest::{self, Load, LoadConfig, LoadtestArgs};
-use serde_json::Value;
+use common::{run, Proxy, KEY};
+use loadtest::{Load, LoadConfig};
 use testkit::{Behavior, MockUpstream};
 
-#[derive(Parser)]
-struct Cli {
-    #[command(flatten)]
-    args: LoadtestArgs,
+/// A proxy whose one group answers from `mock_response`, behind the master key [`KEY`].
+fn mock_config() -> String {
+    format!(
+        r#"
+model_list:
+  - model_name: m
+    litellm_params: {{ model: openai/gpt-4o, mock_response: "hello" }}
+general_settings:
+  master_key: {KEY}
+"#
+    )
 }
 
-fn args(argv: &[&str]) -> LoadtestArgs {
-    let mut full = vec!["loadtest"];
-    full.extend_from_slice(argv);
-    Cli::try_parse_from(full).unwrap().args
-}
-
-#[tokio::test]
-async fn a_closed_loop_sends_every_request_once_with_its_priority() {
-    let upstream = MockUpstream::start().await.unwrap();
-    upstream.push_behavior(Behavior::rate_limited(1));
-    upstream.push_behavior(Behavior::rate_limited(1));
-    let mut config = LoadConfig::new(&[&upstream.url()]).unwrap();
-    config.num_requests = 60;
-    config.load = Load::Closed { concurrency: 4 };
-    config.priority_mix = Some("0:1,128:3".parse().unwrap());
-    config.model = "gpt-test".into();
-
-    let report = loadtest::run(&config).await.unwrap();
-
-    assert_eq!(
-        (report.requested, report.sent, report.finished),
-        (60, 60, 60)
-    );
-    assert_eq!(report.ok, 58);
-    assert_eq!(report.statuses.get("200"), Some(&58));
-    assert_eq!(report.statuses.get("429"), Some(&2));
-    assert_eq!(report.mode, "closed");
-    assert_eq!(report.concurrency, Some(4));
-    assert_eq!(report.latency_ms.count, 60);
-    assert!(report.latency_ms.p50 > 0.0 && report.latency_ms.max >= report.latency_ms.p99);
-    assert!(report.throughput_rps > 0.0);
-    // The mock is not llm-scheduler: no queue-wait or overhead headers.
-    assert!(report.queue_wait_ms.is_none() && report.overhead_ms.is_none());
-
-    // Each request reached the upstream once, carrying the priority of its class.
-    assert_eq!(upstream.request_count(), 60);
-    let mut seen: BTreeMap<u64, u64> = BTreeMap::new();
-    for request in upstream.requests() {
-        assert_eq!(request.path, "/v1/chat/completions");
-        assert_eq!(request.body["model"], "gpt-test");
-        *seen
-            .entry(request.body["priority"].as_u64().unwrap())
-            .or_default() += 1;
-    }
-    let reported: BTreeMap<u64, u64> = report
-        .by_priority
-        .iter()
-        .map(|p| (u64::from(p.priority), p.count))
-        .collect();
-    assert_eq!(seen, reported);
-    assert_eq!(reported.values().sum::<u64>(), 60);
-    assert!(reported[&128] > reported[&0], "{reported:?}");
-}
-
-#[tokio::test]
-async fn an_open_loop_run_writes_its_report_as_json() {
-    let upstream = MockUpstream::start().await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("report.json");
-    let url = upstream.url();
-    let json_path = path.display().to_string();
-    let args = args(&[
+/// `llm-scheduler loadtest --url URL --model m --concurrency 4 ARGS...` to completion: (exit code, stdout,
+/// stderr).
+fn loadtest_process(url: &str, args: &[&str]) -> (i32, String, String) {
+    let mut argv = vec![
+        "loadtest",
         "--url",
-        &url,
-        "--rate",
-        "400",
-        "--num-requests",
-        "40",
-        "--warmup",
-        "5",
-        "--stream",
-        "--label",
-        "open",
-        "--json",
-        &json_path,
-    ]);
-
-    let report = loadtest::run_cli(&args).await.unwrap();
-
-    assert_eq!((report.sent, report.finished, report.ok), (40, 40, 40));
-    // Warm-up requests reach the server but not the figures.
-    assert_eq!(upstream.request_count(), 45);
-    assert!(upstream.requests().iter().all(|r| r.body["stream"] == true));
-    let json: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-    assert_eq!(json["label"], "open");
-    assert_eq!(json["mode"], "open");
-    assert_eq!(json["rate"], 400.0);
-    assert_eq!(json["stream"], true);
-    assert_eq!(json["finished"], 40);
-    assert_eq!(json["statuses"]["200"], 40);
-    assert_eq!(json["latency_ms"]["count"], 40);
-    assert!(json["service_ms"]["p50"].as_f64().unwrap() > 0.0);
-    assert!(json["targets"][0]
-        .as_str()
-        .unwrap()
-        .ends_with("/v1/chat/completions"));
-    // 40 requests at 400/s take about 0.1 s: the pacing is by the clock, not as fast as possible.
-    assert!(report.elapsed_s >= 0.09, "{}", report.elapsed_s);
+        url,
+        "--model",
+        "m",
+        "--concurrency",
+        "4",
+    ];
+    argv.extend_from_slice(args);
+    run(&argv, &[])
 }
 
-#[tokio::test]
-async fn requests_that_take_too_long_count_as_timeouts() {
-    let upstream = MockUpstream::start().await.unwrap();
-    upstream.push_behavior(Behavior::hang());
-    let mut config = LoadConfig::new(&[&upstream.url()]).unwrap();
-    config.num_requests = 5;
-    config.load = Load::Closed { concurrency: 1 };
-    config.timeout = Duration::from_millis(300);
-
-    let report = loadtest::run(&config).await.unwrap();
-
-    assert_eq!(report.statuses.get("timeout"), Some(&1));
-    assert_eq!(report.statuses.get("200"), Some(&4));
+#[test]
+fn the_load_generator_reads_the_headers_the_proxy_writes() {
+    assert_eq!(loadtest::HEADER_QUEUE_WAIT_MS, proxy::HEADER_QUEUE_WAIT_MS);
+    assert_eq!(loadtest::HEADER_OVERHEAD_MS, proxy::HEADER_OVERHEAD_MS);
 }
 
 #[tokio::test]
@@ -192,9 +106,73 @@ general_settings:
 }
 
 #[test]
-fn targets_off_this_machine_are_refused() {
-    let err = args(&["--url", "http://192.0.2.1:4000"])
-        .to_config()
-        .unwrap_err();
-    assert!(err.to_string().contains("loopback"), "{err}");
+fn a_run_whose_requests_all_fail_exits_non_zero() {
+    let proxy = Proxy::start(&mock_config(), &[]).unwrap();
+    let url = proxy.url("");
+
+    // Without the key every request gets 401: the run fails, after printing its report.
+    let (code, out, err) = loadtest_process(&url, &["--num-requests", "20"]);
+    assert_eq!(code, 1, "stdout:\n{out}\nstderr:\n{err}");
+    assert!(out.contains("401: 20"), "{out}");
+    assert!(err.contains("20 of 20 requests failed"), "{err}");
+
+    // The same with a threshold that lets every request fail: the run passes.
+    let (code, out, err) =
+        loadtest_process(&url, &["--num-requests", "20", "--max-error-rate", "1"]);
+    assert_eq!(code, 0, "stdout:\n{out}\nstderr:\n{err}");
+    assert!(out.contains("401: 20"), "{out}");
+
+    // With the key every request is answered: the default threshold passes, and the JSON says so.
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("run.json");
+    let json_arg = json.display().to_string();
+    let (code, out, err) = loadtest_process(
+        &url,
+        &["--num-requests", "20", "--key", KEY, "--json", &json_arg],
+    );
+    assert_eq!(code, 0, "stdout:\n{out}\nstderr:\n{err}");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(report["statuses"]["200"], 20, "{report}");
+    assert_eq!(report["passed"], true, "{report}");
+}
+
+#[tokio::test]
+async fn the_error_threshold_is_a_share_of_the_finished_requests() {
+    let upstream = MockUpstream::start().await.unwrap();
+    let url = upstream.url();
+    // 2 of 10 requests answered 429: a share of 0.2.
+    let failing_run = |max_error_rate: &'static str| {
+        upstream.push_behavior(Behavior::rate_limited(1));
+        upstream.push_behavior(Behavior::rate_limited(1));
+        let url = url.clone();
+        tokio::task::spawn_blocking(move || {
+            loadtest_process(
+                &url,
+                &["--num-requests", "10", "--max-error-rate", max_error_rate],
+            )
+        })
+    };
+
+    let (code, out, err) = failing_run("0.2").await.unwrap();
+    assert_eq!(code, 0, "stdout:\n{out}\nstderr:\n{err}");
+    assert!(out.contains("429: 2"), "{out}");
+
+    let (code, out, err) = failing_run("0.1").await.unwrap();
+    assert_eq!(code, 1, "stdout:\n{out}\nstderr:\n{err}");
+    assert!(err.contains("2 of 10 requests failed"), "{err}");
+
+    // A threshold that is not a share is refused before anything is sent.
+    let before = upstream.request_count();
+    for bad in ["1.5", "-0.1", "NaN", "five"] {
+        let (url, flag) = (url.clone(), format!("--max-error-rate={bad}"));
+        let (code, _, err) = tokio::task::spawn_blocking(move || {
+            loadtest_process(&url, &["--num-requests", "10", &flag])
+        })
+        .await
+        .unwrap();
+        assert_ne!(code, 0, "--max-error-rate {bad} accepted");
+        assert!(err.contains("--max-error-rate"), "{bad}: {err}");
+    }
+    assert_eq!(upstream.request_count(), before);
 }

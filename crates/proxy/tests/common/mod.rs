@@ -178,7 +178,8 @@ pub(crate) fn run(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) 
     let mut cmd = Command::new(bin());
     cmd.args(args)
         .env_remove("REDIS_URL")
-        .env_remove("LITELLM_MASTER_KEY");
+        .env_remove("LITELLM_MASTER_KEY")
+        .env_remove("LLM_SCHEDULER_KEY");
     for (k, v) in env {
         cmd.env(k, v);
     }

@@ -7,7 +7,7 @@ use std::fmt::{self, Write as _};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use super::mix::PriorityMix;
+use crate::mix::PriorityMix;
 
 /// Largest latency recorded exactly: one hour, in microseconds (larger values are clamped).
 const MAX_LATENCY_US: u64 = 3_600_000_000;
@@ -193,6 +193,15 @@ pub struct Report {
     pub finished: u64,
     /// Of those, 2xx answers.
     pub ok: u64,
+    /// Of those, the ones that failed: another status, a timeout, a connection or transport error.
+    pub failed: u64,
+    /// `failed / finished` (0 when nothing finished).
+    pub error_rate: f64,
+    /// `--max-error-rate`: the largest `error_rate` the run passes with.
+    pub max_error_rate: f64,
+    /// Whether the run passed: some request finished and `error_rate` is at most `max_error_rate`.
+    /// `llm-scheduler loadtest` exits with status 1 when it did not.
+    pub passed: bool,
     /// From the start to the last request's end, in seconds.
     pub elapsed_s: f64,
     /// Finished requests per second.
@@ -253,6 +262,8 @@ pub(crate) struct RunFacts {
     pub(crate) requested: u64,
     pub(crate) sent: u64,
     pub(crate) inversion_tolerance_us: u64,
+    /// See [`Report::max_error_rate`].
+    pub(crate) max_error_rate: f64,
     /// Unix epoch microseconds at the run's start (time 0 of the samples).
     pub(crate) started_epoch_us: u64,
     /// With `--upstream-log`: the first arrival at the upstream (Unix epoch ms) by request number.
@@ -293,6 +304,15 @@ impl Report {
                 }
             }
         }
+        let finished = samples.len() as u64;
+        let failed = finished - ok;
+        // A quotient, not `max * finished`: a share given in decimals (0.2) then compares equal to the same
+        // share of requests (2 of 10), both being the double nearest to it.
+        let error_rate = if finished > 0 {
+            failed as f64 / finished as f64
+        } else {
+            0.0
+        };
         let elapsed_s = end_us as f64 / 1e6;
         let per_second = |n: u64| {
             if elapsed_s > 0.0 {
@@ -354,10 +374,14 @@ impl Report {
             started_epoch_ms: facts.started_epoch_ms,
             requested: facts.requested,
             sent: facts.sent,
-            finished: samples.len() as u64,
+            finished,
             ok,
+            failed,
+            error_rate,
+            max_error_rate: facts.max_error_rate,
+            passed: finished > 0 && error_rate <= facts.max_error_rate,
             elapsed_s,
-            throughput_rps: per_second(samples.len() as u64),
+            throughput_rps: per_second(finished),
             ok_rps: per_second(ok),
             latency_ms: latency.summary(),
             service_ms: facts.rate.map(|_| service.summary()),
@@ -537,7 +561,19 @@ impl fmt::Display for Report {
                 )?;
             }
         }
-        Ok(())
+        let (verdict, limit) = if self.passed {
+            ("passed", "within")
+        } else {
+            ("FAILED", "above")
+        };
+        writeln!(
+            f,
+            "result       {verdict}: {} of {} requests failed ({:.1}%), {limit} --max-error-rate {}",
+            self.failed,
+            self.finished,
+            self.error_rate * 100.0,
+            self.max_error_rate
+        )
     }
 }
 
@@ -638,6 +674,7 @@ mod tests {
             requested: 2,
             sent: 2,
             inversion_tolerance_us: 2_000,
+            max_error_rate: 0.0,
             started_epoch_us: start_ms * 1000,
             upstream_arrivals: arrivals,
         };
@@ -682,6 +719,7 @@ mod tests {
                 requested: 4,
                 sent: 4,
                 inversion_tolerance_us: 1_000,
+                max_error_rate: 0.5,
                 started_epoch_us: 0,
                 upstream_arrivals: None,
             },
@@ -697,5 +735,64 @@ mod tests {
         let text = report.to_string();
         assert!(text.contains("by priority"), "{text}");
         assert!(text.contains("429: 1"), "{text}");
+        // Half failed (the 429 and the timeout), as many as --max-error-rate 0.5 allows.
+        assert_eq!((report.failed, report.error_rate), (2, 0.5));
+        assert!(report.passed);
+    }
+
+    #[test]
+    fn a_run_passes_while_its_share_of_failed_requests_is_within_the_threshold() {
+        let facts = |max_error_rate: f64| RunFacts {
+            label: None,
+            targets: vec![],
+            rate: None,
+            concurrency: Some(1),
+            stream: false,
+            mix: None,
+            started_epoch_ms: 0,
+            requested: 10,
+            sent: 10,
+            inversion_tolerance_us: 1_000,
+            max_error_rate,
+            started_epoch_us: 0,
+            upstream_arrivals: None,
+        };
+        // 2 of 10 failed: a 401 and a connection error.
+        let mut samples: Vec<Sample> = (0..10).map(|i| sample(0, i * 10, 0)).collect();
+        samples[3].outcome = Outcome::Status(401);
+        samples[7].outcome = Outcome::Connect;
+
+        let at = Report::build(facts(0.2), &samples);
+        assert_eq!((at.failed, at.error_rate, at.passed), (2, 0.2, true));
+        let text = at.to_string();
+        assert!(
+            text.contains(
+                "result       passed: 2 of 10 requests failed (20.0%), within --max-error-rate 0.2"
+            ),
+            "{text}"
+        );
+
+        let below = Report::build(facts(0.1), &samples);
+        assert!(!below.passed);
+        let text = below.to_string();
+        assert!(
+            text.contains(
+                "result       FAILED: 2 of 10 requests failed (20.0%), above --max-error-rate 0.1"
+            ),
+            "{text}"
+        );
+        assert!(!Report::build(facts(0.0), &samples).passed);
+        assert!(Report::build(facts(1.0), &samples).passed);
+        assert!(Report::build(facts(0.0), &samples[..3]).passed);
+        // Nothing finished: nothing passed.
+        let empty = Report::build(facts(1.0), &[]);
+        assert_eq!(
+            (empty.failed, empty.error_rate, empty.passed),
+            (0, 0.0, false)
+        );
+        // 2xx of any kind counts as answered.
+        samples[3].outcome = Outcome::Status(204);
+        samples[7].outcome = Outcome::Status(200);
+        assert!(Report::build(facts(0.0), &samples).passed);
     }
 }

@@ -13,9 +13,8 @@ use reqwest::Url;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
-use super::report::{Outcome, Report, RunFacts, Sample};
-use super::{Load, LoadConfig, LoadtestError};
-use crate::routes::{HEADER_OVERHEAD_MS, HEADER_QUEUE_WAIT_MS};
+use crate::report::{Outcome, Report, RunFacts, Sample};
+use crate::{Load, LoadConfig, LoadtestError, HEADER_OVERHEAD_MS, HEADER_QUEUE_WAIT_MS};
 
 /// Connections kept idle per host: enough for any concurrency this tool is used with.
 const IDLE_CONNECTIONS_PER_HOST: usize = 4096;
@@ -30,7 +29,7 @@ struct Shared {
     /// One pre-serialised body per priority class.
     bodies: Vec<Bytes>,
     auth: Option<HeaderValue>,
-    mix: Option<super::PriorityMix>,
+    mix: Option<crate::PriorityMix>,
     timeout: Duration,
     start: Instant,
     progress: ProgressBar,
@@ -212,7 +211,7 @@ fn progress_bar(config: &LoadConfig, len: u64) -> ProgressBar {
 }
 
 /// Runs the warm-up (answers discarded), then the measured load, and builds the report.
-pub(super) async fn run(config: &LoadConfig) -> Result<Report, LoadtestError> {
+pub(crate) async fn run(config: &LoadConfig) -> Result<Report, LoadtestError> {
     let client = client(config)?;
     let auth = match &config.key {
         Some(key) => Some(
@@ -306,6 +305,7 @@ pub(super) async fn run(config: &LoadConfig) -> Result<Report, LoadtestError> {
         sent,
         inversion_tolerance_us: u64::try_from(config.inversion_tolerance.as_micros())
             .unwrap_or(u64::MAX),
+        max_error_rate: config.max_error_rate,
         started_epoch_us,
         upstream_arrivals,
     };

@@ -20,13 +20,13 @@ pub struct PriorityClass {
 /// the same sequence of priorities, well interleaved.
 ///
 /// ```
-/// use proxy::loadtest::PriorityMix;
+/// use loadtest::PriorityMix;
 ///
 /// let mix: PriorityMix = "0:10,128:90".parse()?;
 /// assert_eq!(mix.classes().len(), 2);
 /// let urgent = (0..10_000).filter(|&i| mix.class_of(i) == 0).count();
 /// assert!((800..1200).contains(&urgent));
-/// # Ok::<(), proxy::loadtest::PriorityMixError>(())
+/// # Ok::<(), loadtest::PriorityMixError>(())
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PriorityMix {
