@@ -1,9 +1,9 @@
-//! Why admission failed: [`AdmissionError`] for the request, [`BackendError`] for a failed step.
+//! Why admission failed: [`AdmissionError`]; a failed step is a `store::BackendError`.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use queue_core::BackendErrorKind;
+use store::BackendError;
 
 /// Why a request got no capacity.
 #[derive(Debug, thiserror::Error)]
@@ -45,41 +45,4 @@ pub enum AdmissionError {
     /// A step failed.
     #[error("admission backend: {0}")]
     Backend(#[from] BackendError),
-}
-
-/// A failed backend step; `kind` says how (queue-core's classification, shared by every backend).
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("{kind} error: {message}")]
-pub struct BackendError {
-    /// How it failed.
-    pub kind: BackendErrorKind,
-    /// What happened (never contains credentials).
-    pub message: String,
-}
-
-impl BackendError {
-    /// A reply that does not decode.
-    pub fn reply(message: impl Into<String>) -> BackendError {
-        BackendError {
-            kind: BackendErrorKind::Reply,
-            message: message.into(),
-        }
-    }
-
-    /// True for timeouts and broken connections (the store may answer again).
-    pub fn is_unavailable(&self) -> bool {
-        matches!(
-            self.kind,
-            BackendErrorKind::Timeout | BackendErrorKind::Connection
-        )
-    }
-}
-
-impl From<queue_core::QueueError> for BackendError {
-    fn from(e: queue_core::QueueError) -> BackendError {
-        BackendError {
-            kind: e.backend_kind().unwrap_or(BackendErrorKind::Reply),
-            message: e.to_string(),
-        }
-    }
 }

@@ -34,14 +34,16 @@
 //! - `memory`: [`MemoryAdmission`], the twin.
 //! - `scheduler`: [`Scheduler`], the replica's side: waiters, pollers, wake-ups, delivery of grants, give-back
 //!   of grants nobody waits for; [`AdmitRequest`], [`SchedulerStats`].
-//! - `error`: [`AdmissionError`], [`BackendError`].
+//! - `error`: [`AdmissionError`]. A failed step is a `store::BackendError` (the store's one
+//!   classification of failures, shared with queue-core, usage-tracker and the router).
 //!
 //! # Example
 //! ```
 //! use std::sync::{Arc, Mutex};
 //! use std::time::Duration;
 //! use admission::{AdmissionSettings, AdmitRequest, MemoryAdmission, Scheduler};
-//! use queue_core::{Clock, Priority, QueueState};
+//! use queue_core::{Priority, QueueState};
+//! use store::Clock;
 //! use usage_tracker::{Candidate, CandidateOrder, DeploymentRef, Limits, UsageState};
 //!
 //! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
@@ -95,7 +97,7 @@ mod redis;
 mod scheduler;
 mod step;
 
-pub use error::{AdmissionError, BackendError};
+pub use error::AdmissionError;
 pub use memory::MemoryAdmission;
 pub use redis::RedisAdmission;
 pub use scheduler::{AdmitRequest, GroupCandidates, GroupOrder, Scheduler, SchedulerStats};

@@ -5,14 +5,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use queue_core::{Clock, Entry, QueueState};
+use queue_core::{Entry, QueueState};
+use store::{BackendError, Clock};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use usage_tracker::{
     CandidateOrder, Outcome, Reservation, ReserveOutcome, ReserveRequest, SettleReport, UsageState,
 };
 
-use crate::error::BackendError;
 use crate::lock;
 use crate::step::{
     reservation_on, AdmissionBackend, CancelOutcome, Grant, GrantPayload, Release, Step, StepReply,

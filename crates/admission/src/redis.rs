@@ -7,12 +7,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use futures::StreamExt;
-use queue_core::{Entry, GroupKeys, Keyspace, RedisConnection};
+use queue_core::Entry;
+use store::{BackendError, GroupKeys, Keyspace, RedisConnection};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use usage_tracker::{Candidate, Outcome, Reservation, SettleReport};
 
-use crate::error::BackendError;
 use crate::lock;
 use crate::step::{
     AdmissionBackend, CancelOutcome, Grant, GrantPayload, Release, Step, StepReply, Submit,

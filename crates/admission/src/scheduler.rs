@@ -15,13 +15,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use queue_core::{Entry, EntryMeta, Priority};
+use store::BackendError;
 use tokio::sync::{oneshot, Notify};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use usage_tracker::{Candidate, CandidateOrder, Outcome, Reservation, SettleReport};
 
-use crate::error::{AdmissionError, BackendError};
+use crate::error::AdmissionError;
 use crate::lock;
 use crate::step::{
     reservation_on, AdmissionBackend, AdmissionSettings, Grant, GrantPayload, Release, Step,

@@ -5,11 +5,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use queue_core::{Entry, Priority};
+use store::BackendError;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use usage_tracker::{Candidate, CandidateOrder, LatencySample, Outcome, Reservation, SettleReport};
-
-use crate::error::BackendError;
 
 /// Tuning of admission, from the router settings.
 #[derive(Debug, Clone)]

@@ -14,14 +14,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use admission::{
-    AdmissionBackend, AdmissionSettings, BackendError, CancelOutcome, Grant, GrantPayload,
-    MemoryAdmission, RedisAdmission, Release, Step, StepReply, Submit, SubmitOutcome,
+    AdmissionBackend, AdmissionSettings, CancelOutcome, Grant, GrantPayload, MemoryAdmission,
+    RedisAdmission, Release, Step, StepReply, Submit, SubmitOutcome,
 };
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
-use queue_core::{
-    Clock, Entry, EntryMeta, Keyspace, Priority, QueueSnapshot, QueueState, RedisConnection,
-};
+use queue_core::{Entry, EntryMeta, Priority, QueueSnapshot, QueueState};
+use store::{BackendError, Clock, Keyspace, RedisConnection};
 use testkit::RedisServer;
 use usage_tracker::{
     Candidate, CandidateOrder, DeploymentRef, LatencySample, Limits, Outcome, Reservation,
@@ -501,7 +500,7 @@ fn memory_and_redis_twins_agree_step_by_step() -> anyhow::Result<()> {
         .build()?;
     let server = rt.block_on(RedisServer::start())?;
     let url = server.url();
-    let pool = queue_core::create_pool(&url, 2, Duration::from_secs(2))?;
+    let pool = store::create_pool(&url, 2, Duration::from_secs(2))?;
     let cases = AtomicU64::new(0);
     let seen = Mutex::new(BTreeMap::new());
     let mut runner = TestRunner::new(Config {

@@ -16,7 +16,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
 use clap::Parser;
-use queue_core::{EnqueueOptions, Entry, Priority, QueueBackend, RedisQueue, RedisQueueConfig};
+use queue_core::{EnqueueOptions, Entry, Priority, QueueBackend, RedisQueue};
+use store::RedisConfig;
 
 /// Fills a group's queue with live waiting entries owned by this process.
 #[derive(Debug, Parser)]
@@ -56,7 +57,7 @@ struct Cli {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let queue = RedisQueue::new(&RedisQueueConfig {
+    let queue = RedisQueue::new(&RedisConfig {
         url: cli.redis_url.clone(),
         pool_size: 4,
         command_timeout: Duration::from_secs(5),

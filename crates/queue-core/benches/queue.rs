@@ -10,11 +10,11 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_main, Criterion, Throughput};
 use futures::future::join_all;
 use queue_core::{
-    Clock, EnqueueOptions, Entry, EntryMeta, MemoryQueue, Priority, QueueBackend, RedisQueue,
-    RedisQueueConfig, Score,
+    EnqueueOptions, Entry, EntryMeta, MemoryQueue, Priority, QueueBackend, RedisQueue, Score,
 };
 use redis::aio::MultiplexedConnection;
 use redis::AsyncCommands;
+use store::{Clock, RedisConfig};
 use tokio::runtime::Runtime;
 use uuid::Uuid;
 
@@ -86,7 +86,7 @@ fn bench(c: &mut Criterion) {
             }
         }
     });
-    let config = RedisQueueConfig {
+    let config = RedisConfig {
         url: url.clone(),
         pool_size: 4,
         command_timeout: Duration::from_secs(2),

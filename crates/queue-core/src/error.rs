@@ -1,40 +1,6 @@
-//! The queue's error type and the classification of backend failures.
+//! The queue's error type.
 
-use std::fmt;
-use std::time::Duration;
-
-use redis::{ErrorKind, RedisError, ServerErrorKind};
-
-/// Boxed source of a backend failure.
-type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
-
-/// What kind of backend failure happened, so callers can decide without reading messages.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum BackendErrorKind {
-    /// The call did not finish within the command timeout (or the pool timed out waiting/creating).
-    Timeout,
-    /// Redis is unreachable or the connection broke (refused, reset, closed, server loading/busy).
-    Connection,
-    /// Redis answered with an error: a failing script or a rejected command.
-    Script,
-    /// Redis answered something the queue cannot decode.
-    Reply,
-    /// The connection settings are unusable (bad URL, authentication rejected).
-    Config,
-}
-
-impl fmt::Display for BackendErrorKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Self::Timeout => "timeout",
-            Self::Connection => "connection",
-            Self::Script => "script",
-            Self::Reply => "reply",
-            Self::Config => "config",
-        })
-    }
-}
+use store::{BackendError, BackendErrorKind};
 
 /// Everything a queue operation can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -58,29 +24,15 @@ pub enum QueueError {
         /// The rejected id.
         owner: String,
     },
-    /// A key prefix containing `{` or `}` (it would break the group's hash tag).
-    #[error("invalid key prefix {prefix:?}: it must not contain '{{' or '}}'")]
-    InvalidKeyPrefix {
-        /// The rejected prefix.
-        prefix: String,
-    },
     /// A string that is not a queue member in canonical form.
     #[error("invalid queue member {member:?}")]
     InvalidMember {
         /// The rejected member.
         member: String,
     },
-    /// The Redis backend failed; `kind` says how.
-    #[error("queue backend {kind} error: {message}")]
-    Backend {
-        /// Classification of the failure.
-        kind: BackendErrorKind,
-        /// Human-readable description (never contains credentials).
-        message: String,
-        /// Underlying error, when there is one.
-        #[source]
-        source: Option<BoxError>,
-    },
+    /// The store failed (or its settings are unusable); the error's kind says how.
+    #[error("queue backend {0}")]
+    Backend(#[from] BackendError),
 }
 
 impl QueueError {
@@ -89,21 +41,18 @@ impl QueueError {
         matches!(self, Self::QueueFull { .. })
     }
 
-    /// True when the caller passed something invalid (priority, owner, prefix, member).
+    /// True when the caller passed something invalid (priority, owner, member).
     pub fn is_invalid_input(&self) -> bool {
         matches!(
             self,
-            Self::InvalidPriority { .. }
-                | Self::InvalidOwner { .. }
-                | Self::InvalidKeyPrefix { .. }
-                | Self::InvalidMember { .. }
+            Self::InvalidPriority { .. } | Self::InvalidOwner { .. } | Self::InvalidMember { .. }
         )
     }
 
     /// The backend failure kind, if this is a backend failure.
     pub fn backend_kind(&self) -> Option<BackendErrorKind> {
         match self {
-            Self::Backend { kind, .. } => Some(*kind),
+            Self::Backend(e) => Some(e.kind()),
             _ => None,
         }
     }
@@ -120,83 +69,22 @@ impl QueueError {
 
     /// True if the same call may succeed later (timeouts and connection failures).
     pub fn is_retryable(&self) -> bool {
-        matches!(
-            self.backend_kind(),
-            Some(BackendErrorKind::Timeout | BackendErrorKind::Connection)
-        )
-    }
-
-    pub(crate) fn backend(kind: BackendErrorKind, message: impl Into<String>) -> Self {
-        Self::Backend {
-            kind,
-            message: message.into(),
-            source: None,
-        }
-    }
-
-    pub(crate) fn timed_out(after: Duration) -> Self {
-        Self::backend(
-            BackendErrorKind::Timeout,
-            format!("no answer from redis within {after:?}"),
-        )
+        self.backend_kind()
+            .is_some_and(BackendErrorKind::is_retryable)
     }
 
     pub(crate) fn reply(message: impl Into<String>) -> Self {
-        Self::backend(BackendErrorKind::Reply, message)
-    }
-
-    pub(crate) fn from_redis(err: RedisError) -> Self {
-        Self::Backend {
-            kind: classify(&err),
-            message: err.to_string(),
-            source: Some(Box::new(err)),
-        }
-    }
-
-    pub(crate) fn from_pool(err: deadpool_redis::PoolError) -> Self {
-        use deadpool_redis::PoolError;
-        match err {
-            PoolError::Backend(err) => Self::from_redis(err),
-            PoolError::Timeout(kind) => Self::backend(
-                BackendErrorKind::Timeout,
-                format!("redis pool timed out ({kind:?})"),
-            ),
-            other => Self::Backend {
-                kind: BackendErrorKind::Connection,
-                message: format!("redis pool: {other}"),
-                source: Some(Box::new(other)),
-            },
-        }
+        Self::Backend(BackendError::reply(message))
     }
 }
 
-/// Maps a client error onto the kinds callers act on.
-fn classify(err: &RedisError) -> BackendErrorKind {
-    if err.is_timeout() {
-        return BackendErrorKind::Timeout;
-    }
-    if err.is_io_error()
-        || err.is_connection_dropped()
-        || err.is_connection_refusal()
-        || err.is_unrecoverable_error()
-    {
-        return BackendErrorKind::Connection;
-    }
-    match err.kind() {
-        ErrorKind::Server(
-            ServerErrorKind::BusyLoading
-            | ServerErrorKind::TryAgain
-            | ServerErrorKind::ClusterDown
-            | ServerErrorKind::MasterDown
-            | ServerErrorKind::ReadOnly,
-        ) => BackendErrorKind::Connection,
-        // BUSY: another script is running too long; the server is unavailable, not our script broken.
-        ErrorKind::Extension if err.code() == Some("BUSY") => BackendErrorKind::Connection,
-        ErrorKind::Server(_) | ErrorKind::Extension => BackendErrorKind::Script,
-        ErrorKind::Parse | ErrorKind::UnexpectedReturnType => BackendErrorKind::Reply,
-        ErrorKind::InvalidClientConfig | ErrorKind::AuthenticationFailed => {
-            BackendErrorKind::Config
+/// A queue failure as a failed store step: backend failures keep their kind; anything else (a refused
+/// member or owner the step itself produced) is a [`BackendErrorKind::Reply`].
+impl From<QueueError> for BackendError {
+    fn from(e: QueueError) -> BackendError {
+        match e {
+            QueueError::Backend(e) => e,
+            other => BackendError::reply(other.to_string()),
         }
-        _ => BackendErrorKind::Connection,
     }
 }

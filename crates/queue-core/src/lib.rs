@@ -12,15 +12,16 @@
 //! - `state`: [`QueueState`], the synchronous in-memory state the router composes with usage state.
 //! - [`lua`]: [`lua::QUEUE_FRAGMENT`], the Lua functions composite admission scripts are built from.
 //! - `entry`: [`Priority`], [`Score`], [`Entry`] (the member encoding) and operation results.
-//! - `keyspace`: [`Keyspace`], key names and their Redis Cluster slot.
-//! - `connection`: [`RedisConnection`], one kept multiplexed connection with a timeout on every call.
-//! - `clock`: [`Clock`], epoch-millisecond time for in-memory backends.
-//! - `error`: [`QueueError`].
+//! - `error`: [`QueueError`] (store failures inside it are `store::BackendError`s).
+//!
+//! The connection, pool, key names and clock come from the `store` crate, shared with usage-tracker.
 //!
 //! # Example
 //! ```
 //! use std::sync::Arc;
-//! use queue_core::{Clock, EnqueueOptions, Entry, EntryMeta, MemoryQueue, Priority, QueueBackend, Score};
+//! use queue_core::{EnqueueOptions, Entry, EntryMeta, MemoryQueue, Priority, QueueBackend, Score};
+//!
+//! use store::Clock;
 //!
 //! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
 //! let queue: Arc<dyn QueueBackend> = Arc::new(MemoryQueue::new(Clock::new()));
@@ -37,25 +38,19 @@
 //! ```
 
 mod backend;
-mod clock;
-mod connection;
 mod entry;
 mod error;
-mod keyspace;
 pub mod lua;
 mod memory;
 mod redis_queue;
 mod state;
 
 pub use backend::QueueBackend;
-pub use clock::Clock;
-pub use connection::RedisConnection;
 pub use entry::{
     validate_owner, EnqueueOptions, Enqueued, Entry, EntryMeta, Grant, Popped, Priority, Queued,
     Score,
 };
-pub use error::{BackendErrorKind, QueueError};
-pub use keyspace::{GroupKeys, Keyspace};
+pub use error::QueueError;
 pub use memory::MemoryQueue;
-pub use redis_queue::{create_pool, RedisQueue, RedisQueueConfig, RedisQueueSettings};
+pub use redis_queue::{RedisQueue, RedisQueueSettings};
 pub use state::{QueueSnapshot, QueueState};

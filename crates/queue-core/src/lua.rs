@@ -21,7 +21,7 @@
 //! | `q_take_grant(k_grants, member)` | payload (deleted) or false |
 //! | `q_reap(k_q, k_owners, now, removed[, removed_scores])` | removes every dead entry (queue order), then expired owners |
 //!
-//! Keys are those of [`crate::GroupKeys`]: `k_q` = `queue`, `k_seq` = `seq`, `k_owners` = `owners`,
+//! Keys are those of [`store::GroupKeys`]: `k_q` = `queue`, `k_seq` = `seq`, `k_owners` = `owners`,
 //! `k_grants` = `grants`. Priorities and scores may be passed as numbers or numeric strings.
 
 use std::sync::LazyLock;

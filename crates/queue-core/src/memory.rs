@@ -8,12 +8,15 @@ use async_trait::async_trait;
 use crate::entry::{
     millis, validate_owner, EnqueueOptions, Enqueued, Entry, Popped, Priority, Queued, Score,
 };
-use crate::{Clock, QueueBackend, QueueError, QueueState};
+use store::Clock;
+
+use crate::{QueueBackend, QueueError, QueueState};
 
 /// [`QueueBackend`] over a shared [`QueueState`]; clones share the same queues.
 ///
 /// ```
-/// use queue_core::{Clock, EnqueueOptions, Entry, EntryMeta, MemoryQueue, Priority, QueueBackend, Score};
+/// use queue_core::{EnqueueOptions, Entry, EntryMeta, MemoryQueue, Priority, QueueBackend, Score};
+/// use store::Clock;
 ///
 /// # tokio_test_block_on(async {
 /// let queue = MemoryQueue::new(Clock::new());

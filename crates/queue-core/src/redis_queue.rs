@@ -4,93 +4,15 @@ use std::fmt;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use deadpool_redis::{Manager, Pool, Runtime};
-use redis::{AsyncConnectionConfig, ScriptInvocation, Value};
+use deadpool_redis::Pool;
+use redis::{ScriptInvocation, Value};
+use store::{Keyspace, RedisConfig, RedisConnection};
 
 use crate::entry::{
     millis, validate_owner, EnqueueOptions, Enqueued, Entry, Popped, Priority, Queued, Score,
 };
 use crate::lua::SCRIPTS;
-use crate::{BackendErrorKind, Keyspace, QueueBackend, QueueError, RedisConnection};
-
-/// How to reach Redis and name the keys; [`RedisQueue::new`] builds a pool from it.
-#[derive(Clone, PartialEq, Eq)]
-pub struct RedisQueueConfig {
-    /// `redis://[user:password@]host:port[/db]` (or `rediss://`, `redis+unix://`).
-    pub url: String,
-    /// Maximum number of pooled connections (each one multiplexes concurrent calls).
-    pub pool_size: usize,
-    /// Bound on every Redis call, including waiting for and creating a pooled connection.
-    pub command_timeout: Duration,
-    /// Key prefix (see [`Keyspace`]).
-    pub key_prefix: String,
-}
-
-impl Default for RedisQueueConfig {
-    fn default() -> Self {
-        Self {
-            url: "redis://127.0.0.1:6379".to_owned(),
-            pool_size: 16,
-            command_timeout: Duration::from_secs(1),
-            key_prefix: Keyspace::DEFAULT_PREFIX.to_owned(),
-        }
-    }
-}
-
-impl fmt::Debug for RedisQueueConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RedisQueueConfig")
-            .field("url", &redact_url(&self.url))
-            .field("pool_size", &self.pool_size)
-            .field("command_timeout", &self.command_timeout)
-            .field("key_prefix", &self.key_prefix)
-            .finish()
-    }
-}
-
-impl RedisQueueConfig {
-    /// A pool for `url` with `pool_size` connections whose wait, create and recycle steps, connection
-    /// attempts and responses are all bounded by `command_timeout`. No connection is made yet.
-    pub fn create_pool(&self) -> Result<Pool, QueueError> {
-        create_pool(&self.url, self.pool_size, self.command_timeout)
-    }
-
-    /// The settings part of this config, for [`RedisQueue::from_pool`].
-    pub fn settings(&self) -> Result<RedisQueueSettings, QueueError> {
-        Ok(RedisQueueSettings {
-            keyspace: Keyspace::new(self.key_prefix.clone())?,
-            command_timeout: self.command_timeout,
-        })
-    }
-}
-
-/// A deadpool-redis pool with every step bounded by `timeout` (shareable with other Redis users).
-pub fn create_pool(url: &str, pool_size: usize, timeout: Duration) -> Result<Pool, QueueError> {
-    let config_error = |message: String| QueueError::backend(BackendErrorKind::Config, message);
-    let connection = AsyncConnectionConfig::new()
-        .set_connection_timeout(Some(timeout))
-        .set_response_timeout(Some(timeout));
-    let manager = Manager::new_with_config(url, connection)
-        .map_err(|e| config_error(format!("invalid redis url {}: {e}", redact_url(url))))?;
-    Pool::builder(manager)
-        .max_size(pool_size.max(1))
-        .wait_timeout(Some(timeout))
-        .create_timeout(Some(timeout))
-        .recycle_timeout(Some(timeout))
-        .runtime(Runtime::Tokio1)
-        .build()
-        .map_err(|e| config_error(format!("cannot build redis pool: {e}")))
-}
-
-/// Hides the password part of a Redis URL.
-fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme_end), Some(at)) if at > scheme_end => {
-            format!("{}://***@{}", &url[..scheme_end], &url[at + 1..])
-        }
-        _ => url.to_owned(),
-    }
-}
+use crate::{QueueBackend, QueueError};
 
 /// Settings of a [`RedisQueue`] built on an existing pool.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -132,8 +54,12 @@ impl fmt::Debug for RedisQueue {
 
 impl RedisQueue {
     /// A queue with its own pool built from `config` (connections are made lazily).
-    pub fn new(config: &RedisQueueConfig) -> Result<Self, QueueError> {
-        Ok(Self::from_pool(config.create_pool()?, config.settings()?))
+    pub fn new(config: &RedisConfig) -> Result<Self, QueueError> {
+        let settings = RedisQueueSettings {
+            keyspace: config.keyspace()?,
+            command_timeout: config.command_timeout,
+        };
+        Ok(Self::from_pool(config.create_pool()?, settings))
     }
 
     /// A queue on an existing pool (for example shared with usage tracking).
@@ -164,7 +90,7 @@ impl RedisQueue {
 
     /// Runs one script invocation, all within the command timeout.
     async fn eval(&self, invocation: &ScriptInvocation<'_>) -> Result<Value, QueueError> {
-        self.connection.invoke(invocation).await
+        Ok(self.connection.invoke(invocation).await?)
     }
 }
 

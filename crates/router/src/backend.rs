@@ -4,19 +4,13 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use queue_core::{
-    Clock, Keyspace, MemoryQueue, QueueBackend, QueueState, RedisConnection, RedisQueue,
-    RedisQueueSettings,
-};
+use queue_core::{MemoryQueue, QueueBackend, QueueState, RedisQueue, RedisQueueSettings};
+use store::{Clock, Keyspace, RedisConfig, RedisConnection};
 use usage_tracker::{MemoryUsage, RedisUsage, UsageSettings, UsageStore};
 
 use crate::config::RouterSettings;
 use crate::error::RouterError;
 use admission::{AdmissionBackend, MemoryAdmission, RedisAdmission};
-
-/// How to reach Redis: URL (masked in `Debug`), pool size, per-call timeout, key prefix. Shared with
-/// queue-core so every Redis user of the router agrees on it.
-pub type RedisBackendConfig = queue_core::RedisQueueConfig;
 
 /// The state backend. `Memory` (the default) serves one instance; `Redis` shares limits, cooldowns and the
 /// queue between replicas.
@@ -25,8 +19,9 @@ pub enum Backend {
     /// In-process state.
     #[default]
     Memory,
-    /// Redis.
-    Redis(RedisBackendConfig),
+    /// Redis: URL (masked in `Debug`), pool size, per-call timeout, key prefix, shared by every Redis user
+    /// of the router.
+    Redis(RedisConfig),
 }
 
 impl Backend {
@@ -55,10 +50,10 @@ impl Backend {
             .unwrap_or_else(|| Keyspace::DEFAULT_PREFIX.to_owned());
         Keyspace::new(prefix.clone())
             .map_err(|e| RouterError::config("router_settings.key_prefix", e.to_string()))?;
-        Ok(Backend::Redis(RedisBackendConfig {
+        Ok(Backend::Redis(RedisConfig {
             url,
             key_prefix: prefix,
-            ..RedisBackendConfig::default()
+            ..RedisConfig::default()
         }))
     }
 }
@@ -115,7 +110,8 @@ impl BackendHandle {
                 let keyspace = Keyspace::new(cfg.key_prefix.clone()).map_err(|e| {
                     RouterError::config("router_settings.key_prefix", e.to_string())
                 })?;
-                let pool = queue_core::create_pool(&cfg.url, cfg.pool_size, cfg.command_timeout)
+                let pool = cfg
+                    .create_pool()
                     .map_err(|e| RouterError::config("router_settings.redis_url", e.to_string()))?;
                 let settings = UsageSettings {
                     keyspace: keyspace.clone(),

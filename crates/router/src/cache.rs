@@ -68,7 +68,7 @@ pub(crate) enum CacheStore {
     Memory(moka::sync::Cache<String, Arc<Entry>>),
     Redis {
         pool: deadpool_redis::Pool,
-        keyspace: queue_core::Keyspace,
+        keyspace: store::Keyspace,
         timeout: Duration,
     },
 }
@@ -119,7 +119,7 @@ impl ResponseCache {
     pub(crate) fn redis(
         ttl: Duration,
         pool: deadpool_redis::Pool,
-        keyspace: queue_core::Keyspace,
+        keyspace: store::Keyspace,
         timeout: Duration,
     ) -> Self {
         Self {
@@ -245,7 +245,7 @@ impl ResponseCache {
 }
 
 /// `<prefix>{group}:c:<sha1>`: in the group's hash slot.
-fn redis_key(keyspace: &queue_core::Keyspace, key: &str) -> String {
+fn redis_key(keyspace: &store::Keyspace, key: &str) -> String {
     let (group, digest) = key.rsplit_once('\u{0}').unwrap_or(("", key));
     format!("{}:c:{digest}", keyspace.base(group))
 }

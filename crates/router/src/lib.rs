@@ -68,7 +68,7 @@ mod strategy;
 mod stream;
 
 pub use admission::SchedulerStats;
-pub use backend::{Backend, RedisBackendConfig};
+pub use backend::Backend;
 pub use cache::CacheControl;
 pub use config::{
     AliasTarget, CacheSettings, FallbackTargets, LitellmParams, ModelInfo, ModelListEntry,

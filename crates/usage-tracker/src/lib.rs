@@ -13,7 +13,10 @@
 //! - [`lua`]: [`lua::USAGE_FRAGMENT`], the Lua functions the router composes into its admission scripts.
 //! - `cooldown`: the LiteLLM cooldown policy, [`cooldown_decision`].
 //! - `tokens`: token estimates ([`TokenEstimator`], [`TokenCounter`]).
-//! - `settings`, `error`: [`UsageSettings`], [`UsageError`].
+//! - `settings`, `error`: [`UsageSettings`], [`UsageError`] (store failures inside it are
+//!   `store::BackendError`s).
+//!
+//! The connection, pool, key names and clock come from the `store` crate, shared with queue-core.
 //!
 //! ```no_run
 //! use std::time::Duration;
@@ -55,7 +58,7 @@ pub use cooldown::{
     cooldown_decision, AllowedFailsPolicy, CooldownPolicy, FailureContext, FailureKind,
     FAILURE_RATE_THRESHOLD, MIN_REQUESTS_FOR_FAILURE_RATE,
 };
-pub use error::{BackendErrorKind, UsageError};
+pub use error::UsageError;
 pub use memory::MemoryUsage;
 pub use redis_store::RedisUsage;
 pub use settings::UsageSettings;

@@ -4,7 +4,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use queue_core::Clock;
+use store::Clock;
 
 use crate::error::UsageError;
 use crate::settings::UsageSettings;
@@ -31,7 +31,7 @@ impl MemoryUsage {
         MemoryUsage::with_clock(settings, Clock::new())
     }
 
-    /// A store reading `clock`; share the clock with queue-core's memory backend when composing them.
+    /// A store reading `clock`; share the clock with the queue's memory backend when composing them.
     pub fn with_clock(settings: &UsageSettings, clock: Clock) -> Result<MemoryUsage, UsageError> {
         settings.validate()?;
         Ok(MemoryUsage {

@@ -5,10 +5,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use deadpool_redis::Pool;
-use queue_core::RedisConnection;
 use redis::{FromRedisValue, Script, ScriptInvocation};
+use store::{BackendError, RedisConnection};
 
-use crate::error::{BackendErrorKind, UsageError};
+use crate::error::UsageError;
 use crate::lua;
 use crate::settings::UsageSettings;
 use crate::store::UsageStore;
@@ -49,15 +49,11 @@ fn tokens_arg(tokens: u64) -> u64 {
 }
 
 fn bad_reply(what: &str) -> UsageError {
-    UsageError::Backend {
-        kind: BackendErrorKind::Script,
-        message: format!("unexpected reply to {what}"),
-        source: None,
-    }
+    UsageError::Backend(BackendError::reply(format!("unexpected reply to {what}")))
 }
 
 impl RedisUsage {
-    /// A store on an existing pool (shared with queue-core). The pool should have wait and create
+    /// A store on an existing pool (shared with the queue). The pool should have wait and create
     /// timeouts; calls are bounded by `settings.command_timeout` regardless.
     pub fn from_pool(pool: Pool, settings: UsageSettings) -> Result<RedisUsage, UsageError> {
         let connection = RedisConnection::new(pool, settings.command_timeout);
@@ -88,7 +84,7 @@ impl RedisUsage {
     pub fn from_url(url: &str, settings: UsageSettings) -> Result<RedisUsage, UsageError> {
         settings.validate()?;
         // Errors name neither the URL nor its password.
-        let pool = queue_core::create_pool(url, 16, settings.command_timeout)
+        let pool = store::create_pool(url, 16, settings.command_timeout)
             .map_err(|_| UsageError::InvalidSettings("redis url is not valid".to_owned()))?;
         RedisUsage::from_pool(pool, settings)
     }
@@ -112,7 +108,7 @@ impl RedisUsage {
             .connection
             .invoke(invocation)
             .await
-            .map_err(|e| UsageError::from_queue(what, e))?;
+            .map_err(|e| UsageError::Backend(e.context(what)))?;
         T::from_redis_value(value).map_err(|_| bad_reply(what))
     }
 
@@ -124,7 +120,7 @@ impl RedisUsage {
         self.connection
             .pipeline(pipe)
             .await
-            .map_err(|e| UsageError::from_queue(what, e))
+            .map_err(|e| UsageError::Backend(e.context(what)))
     }
 }
 

@@ -2,14 +2,14 @@
 
 use std::time::Duration;
 
-use queue_core::Keyspace;
+use store::Keyspace;
 
 use crate::error::UsageError;
 
 /// How a usage store counts and talks to Redis.
 #[derive(Debug, Clone, PartialEq)]
 pub struct UsageSettings {
-    /// Key names (prefix and group hash tags), shared with queue-core.
+    /// Key names (prefix and group hash tags), shared with the queue.
     pub keyspace: Keyspace,
     /// Length of the fixed RPM/TPM window. Default 60 s.
     pub window: Duration,

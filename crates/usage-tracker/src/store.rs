@@ -14,7 +14,7 @@ use crate::types::{
 /// Per-deployment usage shared by every replica: window counters, in-flight leases, cooldowns and health.
 ///
 /// Implemented by [`crate::RedisUsage`] (one atomic script per call, Redis `TIME` as the clock) and
-/// [`crate::MemoryUsage`] (one process, [`queue_core::Clock`]); both give the same results. Object safe:
+/// [`crate::MemoryUsage`] (one process, [`store::Clock`]); both give the same results. Object safe:
 /// the router holds an `Arc<dyn UsageStore>`.
 #[async_trait]
 pub trait UsageStore: Send + Sync {

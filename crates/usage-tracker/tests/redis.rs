@@ -8,12 +8,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context};
 use common::*;
-use queue_core::Keyspace;
 use redis::AsyncCommands;
+use store::{BackendErrorKind, Keyspace};
 use testkit::RedisServer;
 use usage_tracker::{
-    lua::USAGE_FRAGMENT, BackendErrorKind, Limits, Outcome, RedisUsage, ReserveRequest,
-    UsageSettings, UsageStore,
+    lua::USAGE_FRAGMENT, Limits, Outcome, RedisUsage, ReserveRequest, UsageSettings, UsageStore,
 };
 
 async fn conn(server: &RedisServer) -> anyhow::Result<redis::aio::MultiplexedConnection> {

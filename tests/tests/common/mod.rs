@@ -10,13 +10,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, ensure, Context};
-use queue_core::{GroupKeys, Keyspace};
 use redis::aio::MultiplexedConnection;
 use router::{
-    Backend, DeploymentHealth, Endpoint, RedisBackendConfig, Router, RouterConfig, RouterError,
-    RouterRequest, RouterResponse,
+    Backend, DeploymentHealth, Endpoint, Router, RouterConfig, RouterError, RouterRequest,
+    RouterResponse,
 };
 use serde_json::{json, Value};
+use store::{GroupKeys, Keyspace, RedisConfig};
 use testkit::{Behavior, MockUpstream, MockUpstreamConfig, RedisServer};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -549,11 +549,11 @@ fn priority_of(req: &RouterRequest) -> u32 {
 
 /// The Redis backend at `url` (short timeouts, default prefix: each test has its own server).
 pub fn redis_backend(url: &str) -> Backend {
-    Backend::Redis(RedisBackendConfig {
+    Backend::Redis(RedisConfig {
         url: url.to_owned(),
         pool_size: 8,
         command_timeout: Duration::from_secs(2),
-        ..RedisBackendConfig::default()
+        ..RedisConfig::default()
     })
 }
 

@@ -1,6 +1,7 @@
 //! Choosing the backend: Redis when the config or `REDIS_URL` names one, else in memory.
 
-use router::{Backend, RedisBackendConfig, RouterSettings};
+use router::{Backend, RouterSettings};
+use store::RedisConfig;
 
 use super::environ::Environment;
 use super::ConfigError;
@@ -84,15 +85,15 @@ pub(crate) fn choose_backend(
     } else {
         return Ok(BackendChoice::default());
     };
-    let defaults = RedisBackendConfig::default();
+    let defaults = RedisConfig::default();
     let key_prefix = settings
         .key_prefix
         .clone()
         .unwrap_or(defaults.key_prefix.clone());
-    queue_core::Keyspace::new(key_prefix.clone())
+    store::Keyspace::new(key_prefix.clone())
         .map_err(|e| ConfigError::invalid("router_settings.key_prefix", e.to_string()))?;
     Ok(BackendChoice {
-        backend: Backend::Redis(RedisBackendConfig {
+        backend: Backend::Redis(RedisConfig {
             url,
             key_prefix,
             ..defaults

@@ -3,7 +3,7 @@
 -- Concatenated in front of every queue script and of the router's composite admission scripts. It only
 -- defines `local function`s: no top-level code, no KEYS/ARGV access; every key is a parameter.
 --
--- Keys of one group (all share the group's hash tag, see queue_core::Keyspace):
+-- Keys of one group (all share the group's hash tag, see store::Keyspace):
 --   k_q      ZSET   member -> score, score = priority * 2^32 + (INCR k_seq mod 2^32); lower is served first
 --   k_seq    STRING per-group sequence counter
 --   k_owners ZSET   owner id -> lease expiry (epoch ms); an entry is alive while its owner's expiry >= now

@@ -6,9 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use queue_core::{
-    Clock, EnqueueOptions, Entry, EntryMeta, Keyspace, MemoryQueue, QueueBackend, RedisQueue,
-    RedisQueueConfig, RedisQueueSettings,
+    EnqueueOptions, Entry, EntryMeta, MemoryQueue, QueueBackend, RedisQueue, RedisQueueSettings,
 };
+use store::{Clock, Keyspace, RedisConfig};
 use testkit::RedisServer;
 use uuid::Uuid;
 
@@ -22,8 +22,8 @@ pub(crate) fn memory() -> Arc<dyn QueueBackend> {
     Arc::new(MemoryQueue::new(Clock::new()))
 }
 
-pub(crate) fn redis_config(server: &RedisServer, name: &str) -> RedisQueueConfig {
-    RedisQueueConfig {
+pub(crate) fn redis_config(server: &RedisServer, name: &str) -> RedisConfig {
+    RedisConfig {
         url: server.url(),
         pool_size: 4,
         command_timeout: Duration::from_secs(2),

@@ -5,7 +5,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use queue_core::{Clock, MemoryQueue, Priority, QueueBackend, RedisQueue, Score};
+use queue_core::{MemoryQueue, Priority, QueueBackend, RedisQueue, Score};
+use store::Clock;
 use testkit::RedisServer;
 use uuid::Uuid;
 

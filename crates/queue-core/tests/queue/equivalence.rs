@@ -193,7 +193,7 @@ fn redis_and_memory_agree() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let server = rt.block_on(RedisServer::start())?;
-    let pool = queue_core::create_pool(&server.url(), 2, Duration::from_secs(2))?;
+    let pool = store::create_pool(&server.url(), 2, Duration::from_secs(2))?;
     let mut runner = TestRunner::new(Config {
         cases: 32,
         ..Config::default()

@@ -4,9 +4,10 @@
 use std::time::Duration;
 
 use queue_core::lua::{NOW_MS, QUEUE_FRAGMENT};
-use queue_core::{Clock, EntryMeta, Keyspace, Priority, QueueState};
+use queue_core::{EntryMeta, Priority, QueueState};
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Script};
+use store::{Clock, Keyspace};
 use testkit::RedisServer;
 
 use crate::common::{entry, entry_with, unique_prefix};

@@ -2,8 +2,9 @@
 
 use std::time::{Duration, Instant};
 
-use queue_core::{BackendErrorKind, Priority, QueueBackend, RedisQueue, RedisQueueConfig, Score};
+use queue_core::{Priority, QueueBackend, RedisQueue, Score};
 use redis::AsyncConnectionConfig;
+use store::{BackendErrorKind, RedisConfig};
 use testkit::RedisServer;
 
 use crate::common::{entry, eventually, roomy, unique_prefix};
@@ -12,7 +13,7 @@ const GROUP: &str = "recovery";
 const TIMEOUT: Duration = Duration::from_millis(500);
 
 fn queue(server: &RedisServer) -> anyhow::Result<RedisQueue> {
-    Ok(RedisQueue::new(&RedisQueueConfig {
+    Ok(RedisQueue::new(&RedisConfig {
         url: server.url(),
         pool_size: 2,
         command_timeout: TIMEOUT,

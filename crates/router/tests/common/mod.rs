@@ -3,10 +3,9 @@
 
 use std::time::Duration;
 
-use router::{
-    Backend, Endpoint, RedisBackendConfig, ResponseBody, Router, RouterConfig, RouterRequest,
-};
+use router::{Backend, Endpoint, ResponseBody, Router, RouterConfig, RouterRequest};
 use serde_json::{json, Value};
+use store::RedisConfig;
 use testkit::{MockUpstream, RedisServer};
 
 /// Runs each named `async fn(Backend) -> anyhow::Result<()>` against the memory backend and against a fresh
@@ -36,11 +35,11 @@ macro_rules! on_both_backends {
 
 /// The Redis backend on `server` (short timeouts, default prefix: each test has its own server).
 pub fn redis_backend(server: &RedisServer) -> Backend {
-    Backend::Redis(RedisBackendConfig {
+    Backend::Redis(RedisConfig {
         url: server.url(),
         pool_size: 8,
         command_timeout: Duration::from_secs(2),
-        ..RedisBackendConfig::default()
+        ..RedisConfig::default()
     })
 }
 

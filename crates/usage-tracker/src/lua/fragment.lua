@@ -4,7 +4,7 @@
 -- compute `now` (epoch ms from Redis TIME) once and pass it in; every key is a parameter. All keys of one
 -- call belong to one model group and so share one Cluster hash tag.
 --
--- Keys per deployment (see queue_core::Keyspace):
+-- Keys per deployment (see store::Keyspace):
 --   dep      <base>:d:<id>      HASH  w (window start ms), rpm, tpm, ok, fail (current window only),
 --                                     lat (EWMA ms per output token), ttft (EWMA ms), n (latency samples).
 --                                     Expires at the end of the second window after window w (set when the

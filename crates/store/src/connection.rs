@@ -8,12 +8,13 @@ use deadpool_redis::Pool;
 use redis::aio::MultiplexedConnection;
 use redis::{FromRedisValue, ScriptInvocation, Value};
 
-use crate::QueueError;
+use crate::BackendError;
 
 /// Calls multiplex over one connection taken from the pool and kept while it works; after a connection
 /// failure or timeout the next call takes a fresh one from the pool, which health-checks it. This saves the
 /// pool's per-checkout PING round trip on every call. Clones share the pool and the connection, so queue,
-/// usage and admission scripts of one replica pipeline over one socket.
+/// usage and admission scripts of one replica pipeline over one socket. Every failure is a
+/// [`BackendError`], classified once (see [`crate::BackendErrorKind`]).
 #[derive(Clone)]
 pub struct RedisConnection {
     pool: Pool,
@@ -52,7 +53,7 @@ impl RedisConnection {
     }
 
     /// The kept connection, or a fresh one from the pool.
-    async fn connection(&self) -> Result<MultiplexedConnection, QueueError> {
+    async fn connection(&self) -> Result<MultiplexedConnection, BackendError> {
         let kept = self
             .kept
             .lock()
@@ -61,7 +62,7 @@ impl RedisConnection {
         if let Some(conn) = kept {
             return Ok(conn);
         }
-        let pooled = self.pool.get().await.map_err(QueueError::from_pool)?;
+        let pooled = self.pool.get().await.map_err(BackendError::from)?;
         let conn = MultiplexedConnection::clone(&pooled);
         *self.kept.lock().unwrap_or_else(PoisonError::into_inner) = Some(conn.clone());
         Ok(conn)
@@ -77,25 +78,25 @@ impl RedisConnection {
 
     async fn bounded<T>(
         &self,
-        call: impl std::future::Future<Output = Result<T, QueueError>>,
-    ) -> Result<T, QueueError> {
+        call: impl std::future::Future<Output = Result<T, BackendError>>,
+    ) -> Result<T, BackendError> {
         let result = tokio::time::timeout(self.timeout, call)
             .await
-            .unwrap_or_else(|_| Err(QueueError::timed_out(self.timeout)));
-        if result.as_ref().is_err_and(QueueError::is_retryable) {
+            .unwrap_or_else(|_| Err(BackendError::timed_out(self.timeout)));
+        if result.as_ref().is_err_and(BackendError::is_retryable) {
             self.forget();
         }
         result
     }
 
     /// Runs one script invocation (EVALSHA, reloading on NOSCRIPT), within the timeout.
-    pub async fn invoke(&self, invocation: &ScriptInvocation<'_>) -> Result<Value, QueueError> {
+    pub async fn invoke(&self, invocation: &ScriptInvocation<'_>) -> Result<Value, BackendError> {
         self.bounded(async {
             let mut conn = self.connection().await?;
             invocation
                 .invoke_async::<Value>(&mut conn)
                 .await
-                .map_err(QueueError::from_redis)
+                .map_err(BackendError::from)
         })
         .await
     }
@@ -104,23 +105,23 @@ impl RedisConnection {
     pub async fn pipeline<T: FromRedisValue>(
         &self,
         pipe: &redis::Pipeline,
-    ) -> Result<T, QueueError> {
+    ) -> Result<T, BackendError> {
         self.bounded(async {
             let mut conn = self.connection().await?;
             pipe.query_async::<T>(&mut conn)
                 .await
-                .map_err(QueueError::from_redis)
+                .map_err(BackendError::from)
         })
         .await
     }
 
     /// Runs one command within the timeout.
-    pub async fn query<T: FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, QueueError> {
+    pub async fn query<T: FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, BackendError> {
         self.bounded(async {
             let mut conn = self.connection().await?;
             cmd.query_async::<T>(&mut conn)
                 .await
-                .map_err(QueueError::from_redis)
+                .map_err(BackendError::from)
         })
         .await
     }

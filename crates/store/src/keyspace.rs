@@ -1,6 +1,6 @@
 //! Redis key names of a model group and the Cluster slot they hash to.
 
-use crate::QueueError;
+use crate::BackendError;
 
 /// Number of Redis Cluster hash slots.
 const CLUSTER_SLOTS: u16 = 16384;
@@ -13,7 +13,7 @@ const CLUSTER_SLOTS: u16 = 16384;
 /// produces), because the empty tag `{}` would not pin a slot.
 ///
 /// ```
-/// use queue_core::Keyspace;
+/// use store::Keyspace;
 ///
 /// let keys = Keyspace::default().group("gpt-4o {eu}");
 /// assert_eq!(keys.queue, "llms:{gpt-4o %7Beu%7D}:q");
@@ -28,11 +28,14 @@ impl Keyspace {
     /// Prefix used when the configuration names none.
     pub const DEFAULT_PREFIX: &'static str = "llms:";
 
-    /// A keyspace under `prefix`; fails if the prefix contains `{` or `}`.
-    pub fn new(prefix: impl Into<String>) -> Result<Self, QueueError> {
+    /// A keyspace under `prefix`; a prefix containing `{` or `}` (it would break the groups' hash tags) is
+    /// a [`crate::BackendErrorKind::Config`] error.
+    pub fn new(prefix: impl Into<String>) -> Result<Self, BackendError> {
         let prefix = prefix.into();
         if prefix.contains(['{', '}']) {
-            return Err(QueueError::InvalidKeyPrefix { prefix });
+            return Err(BackendError::config(format!(
+                "invalid key prefix {prefix:?}: it must not contain '{{' or '}}'"
+            )));
         }
         Ok(Self { prefix })
     }
