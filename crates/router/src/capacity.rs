@@ -101,7 +101,7 @@ impl RouterInner {
                 }
             }
             AdmissionError::ShuttingDown => RouterError::ShuttingDown,
-            AdmissionError::Backend(e) => RouterError::Backend(e.to_string()),
+            AdmissionError::Backend(e) => RouterError::Backend(e),
             other => RouterError::Internal(other.to_string()),
         })?;
         self.in_flight

@@ -3,6 +3,8 @@
 use std::fmt;
 use std::time::Duration;
 
+use store::{BackendError, BackendErrorKind};
+
 /// Everything that can go wrong in the router.
 ///
 /// Callers decide with the methods ([`RouterError::status_code`], [`RouterError::is_retryable`],
@@ -74,9 +76,9 @@ pub enum RouterError {
     /// An upstream call failed.
     #[error("{0}")]
     Upstream(Box<UpstreamError>),
-    /// The usage or queue backend (Redis) failed (503).
+    /// The shared store (Redis) failed (503); [`RouterError::backend_kind`] says how.
     #[error("backend unavailable: {0}")]
-    Backend(String),
+    Backend(BackendError),
     /// The router is shutting down (503).
     #[error("the router is shutting down")]
     ShuttingDown,
@@ -206,6 +208,15 @@ impl RouterError {
     /// The kind of upstream failure, if this is one.
     pub fn upstream_kind(&self) -> Option<UpstreamErrorKind> {
         self.as_upstream().map(|u| u.kind)
+    }
+
+    /// The kind of store failure, if this is one (a timeout or a broken connection may pass; a failing
+    /// script or an undecodable reply will not).
+    pub fn backend_kind(&self) -> Option<BackendErrorKind> {
+        match self {
+            Self::Backend(e) => Some(e.kind()),
+            _ => None,
+        }
     }
 
     /// HTTP status for the client.
@@ -338,8 +349,9 @@ impl RouterError {
         }
     }
 
-    pub(crate) fn backend(err: impl fmt::Display) -> Self {
-        Self::Backend(err.to_string())
+    /// A failed store call (queue, usage or admission), its kind kept.
+    pub(crate) fn backend(err: impl Into<BackendError>) -> Self {
+        Self::Backend(err.into())
     }
 }
 
@@ -386,6 +398,20 @@ mod tests {
         assert_eq!(e.code(), Some("context_length_exceeded"));
         let e = RouterError::upstream(UpstreamErrorKind::Timeout, "d1", None, "", None);
         assert_eq!((e.status_code(), e.error_type()), (504, "timeout_error"));
+    }
+
+    #[test]
+    fn backend_failures_carry_their_kind() {
+        let e = RouterError::backend(BackendError::timed_out(Duration::from_secs(1)));
+        assert_eq!(e.backend_kind(), Some(BackendErrorKind::Timeout));
+        assert_eq!(
+            (e.status_code(), e.code()),
+            (503, Some("backend_unavailable"))
+        );
+        assert!(!e.is_retryable() && !e.triggers_cooldown());
+        let e = RouterError::backend(BackendError::reply("odd"));
+        assert_eq!(e.backend_kind(), Some(BackendErrorKind::Reply));
+        assert_eq!(RouterError::ShuttingDown.backend_kind(), None);
     }
 
     #[test]
