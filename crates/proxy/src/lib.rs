@@ -3,7 +3,8 @@
 //!
 //! Layout:
 //! - `config`: loading `config.yaml` ([`Config`]): `os.environ/` references, `litellm_settings` merged into the
-//!   router settings, unimplemented keys collected, backend choice ([`BackendChoice`]).
+//!   router settings, unimplemented keys collected, the backend chosen by the router's
+//!   [`router::BackendChoice`] with this config's environment.
 //! - `auth`: the master key ([`MasterKey`]), refused when publicly known, compared in constant time.
 //! - `request`: reading and validating inference bodies (`priority`, `timeout`, `cache`).
 //! - `routes`: [`app`], the axum router and its handlers; response headers.
@@ -36,7 +37,7 @@ mod state;
 
 pub use auth::MasterKey;
 pub use check::check_config;
-pub use config::{BackendChoice, Config, ConfigError};
+pub use config::{Config, ConfigError};
 pub use error::ApiError;
 pub use routes::{
     app, HEADER_ATTEMPTS, HEADER_CACHE_HIT, HEADER_DEPLOYMENT_ID, HEADER_FALLBACKS,

@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use queue_core::{MemoryQueue, QueueBackend, QueueState, RedisQueue, RedisQueueSettings};
-use store::{Clock, Keyspace, RedisConfig, RedisConnection};
+use store::{redact_url, Clock, Keyspace, RedisConfig, RedisConnection};
 use usage_tracker::{MemoryUsage, RedisUsage, UsageSettings, UsageStore};
 
 use crate::config::RouterSettings;
@@ -24,38 +24,140 @@ pub enum Backend {
     Redis(RedisConfig),
 }
 
-impl Backend {
-    /// The backend `router_settings` names: Redis when `redis_url` or `redis_host` is set, else memory.
-    pub fn from_settings(settings: &RouterSettings) -> Result<Backend, RouterError> {
-        let url = match (&settings.redis_url, &settings.redis_host) {
-            (Some(url), _) => url.expose().to_owned(),
-            (None, Some(host)) => {
-                let port = settings.redis_port.unwrap_or(6379);
-                if port == 0 || port > 65535 {
-                    return Err(RouterError::config(
-                        "router_settings.redis_port",
-                        format!("{port} is not a port"),
-                    ));
-                }
-                match &settings.redis_password {
-                    Some(pw) => format!("redis://:{}@{host}:{port}", pw.expose()),
-                    None => format!("redis://{host}:{port}"),
-                }
+/// The backend `router_settings` (or the environment) names, and the setting that named it.
+#[derive(Clone, Debug, Default)]
+pub struct BackendChoice {
+    /// What the router gets (`Debug` masks the Redis password).
+    pub backend: Backend,
+    /// `router_settings.redis_url`, `router_settings.redis_host`, `REDIS_URL`, or empty for memory.
+    pub source: &'static str,
+}
+
+impl BackendChoice {
+    /// `router_settings.redis_url`, else `redis_host`/`redis_port`/`redis_password`, else the `REDIS_URL`
+    /// variable (read through `env`, so callers choose the environment), else memory.
+    ///
+    /// URLs must be `redis://`, `rediss://`, `redis+unix://` or `unix://`; a host is put in brackets when it
+    /// is an IPv6 address and the password is percent-encoded. Errors name the key path
+    /// (`router_settings.redis_port`) and never show a password.
+    ///
+    /// ```
+    /// use router::{BackendChoice, RouterSettings};
+    ///
+    /// let settings = RouterSettings {
+    ///     redis_host: Some("::1".into()),
+    ///     redis_password: Some(router::Secret::new("p@ss")),
+    ///     ..RouterSettings::default()
+    /// };
+    /// let choice = BackendChoice::from_settings(&settings, |_| None)?;
+    /// assert_eq!(choice.describe(), "redis redis://:***@[::1]:6379/ (from router_settings.redis_host)");
+    /// # Ok::<(), router::RouterError>(())
+    /// ```
+    pub fn from_settings(
+        settings: &RouterSettings,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<BackendChoice, RouterError> {
+        let (url, source) = if let Some(url) = &settings.redis_url {
+            check_url(url.expose(), "router_settings.redis_url")?;
+            (url.expose().to_owned(), "router_settings.redis_url")
+        } else if let Some(host) = settings
+            .redis_host
+            .as_deref()
+            .map(str::trim)
+            .filter(|h| !h.is_empty())
+        {
+            let port = settings.redis_port.unwrap_or(6379);
+            if port == 0 || port > u64::from(u16::MAX) {
+                return Err(RouterError::config(
+                    "router_settings.redis_port",
+                    format!("expected a port in 1..=65535, got {port}"),
+                ));
             }
-            (None, None) => return Ok(Backend::Memory),
+            if host.contains('/') || host.contains('@') {
+                return Err(RouterError::config(
+                    "router_settings.redis_host",
+                    "expected a host name or address (use router_settings.redis_url for a URL)",
+                ));
+            }
+            let host = if host.contains(':') && !host.starts_with('[') {
+                format!("[{host}]")
+            } else {
+                host.to_owned()
+            };
+            let auth = match &settings.redis_password {
+                Some(p) if !p.expose().is_empty() => format!(":{}@", percent_encode(p.expose())),
+                _ => String::new(),
+            };
+            (
+                format!("redis://{auth}{host}:{port}/"),
+                "router_settings.redis_host",
+            )
+        } else if let Some(url) = env("REDIS_URL").filter(|u| !u.trim().is_empty()) {
+            check_url(&url, "REDIS_URL")?;
+            (url, "REDIS_URL")
+        } else {
+            return Ok(BackendChoice::default());
         };
-        let prefix = settings
-            .key_prefix
-            .clone()
-            .unwrap_or_else(|| Keyspace::DEFAULT_PREFIX.to_owned());
-        Keyspace::new(prefix.clone())
-            .map_err(|e| RouterError::config("router_settings.key_prefix", e.to_string()))?;
-        Ok(Backend::Redis(RedisConfig {
+        let defaults = RedisConfig::default();
+        let config = RedisConfig {
             url,
-            key_prefix: prefix,
-            ..RedisConfig::default()
-        }))
+            key_prefix: settings
+                .key_prefix
+                .clone()
+                .unwrap_or(defaults.key_prefix.clone()),
+            ..defaults
+        };
+        config
+            .keyspace()
+            .map_err(|e| RouterError::config("router_settings.key_prefix", e.message()))?;
+        Ok(BackendChoice {
+            backend: Backend::Redis(config),
+            source,
+        })
     }
+
+    /// A description safe to log: the URL with its password replaced by `***`.
+    pub fn describe(&self) -> String {
+        match &self.backend {
+            Backend::Redis(cfg) => format!("redis {} (from {})", redact_url(&cfg.url), self.source),
+            Backend::Memory => "in-memory (single replica)".to_owned(),
+        }
+    }
+
+    /// Whether state is shared through Redis.
+    pub fn is_redis(&self) -> bool {
+        matches!(self.backend, Backend::Redis(_))
+    }
+}
+
+fn check_url(url: &str, key: &str) -> Result<(), RouterError> {
+    let ok = ["redis://", "rediss://", "redis+unix://", "unix://"]
+        .iter()
+        .any(|scheme| url.starts_with(scheme));
+    if ok {
+        Ok(())
+    } else {
+        Err(RouterError::config(
+            key,
+            format!(
+                "expected a redis:// or rediss:// URL, got {}",
+                redact_url(url)
+            ),
+        ))
+    }
+}
+
+/// Percent-encodes everything but RFC 3986 unreserved characters, for a password inside a URL.
+fn percent_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(byte));
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
 }
 
 /// The built backend: the usage store, the admission steps and, on Redis, the shared pool.
@@ -164,23 +266,100 @@ impl BackendHandle {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Secret;
+
+    fn settings(yaml: &str) -> RouterSettings {
+        serde_yaml::from_str(yaml).unwrap()
+    }
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    fn redis_url(choice: &BackendChoice) -> Option<&str> {
+        match &choice.backend {
+            Backend::Redis(cfg) => Some(&cfg.url),
+            Backend::Memory => None,
+        }
+    }
 
     #[test]
-    fn settings_choose_the_backend() {
-        assert!(matches!(
-            Backend::from_settings(&RouterSettings::default()),
-            Ok(Backend::Memory)
-        ));
-        let s = RouterSettings {
-            redis_host: Some("h".into()),
-            redis_password: Some(Secret::new("pw")),
-            ..RouterSettings::default()
+    fn no_redis_setting_means_memory() {
+        let choice = BackendChoice::from_settings(&RouterSettings::default(), no_env).unwrap();
+        assert!(matches!(choice.backend, Backend::Memory) && !choice.is_redis());
+        assert_eq!(choice.describe(), "in-memory (single replica)");
+    }
+
+    #[test]
+    fn host_port_password_build_a_url() {
+        let s = settings("redis_host: redis\nredis_port: 6380\nredis_password: 'p@ss:w/rd'\n");
+        let choice = BackendChoice::from_settings(&s, no_env).unwrap();
+        assert_eq!(
+            redis_url(&choice),
+            Some("redis://:p%40ss%3Aw%2Frd@redis:6380/")
+        );
+        let shown = choice.describe();
+        assert!(!shown.contains("p%40ss"), "{shown}");
+        assert!(shown.contains("redis://:***@redis:6380/"), "{shown}");
+        assert!(!format!("{choice:?}").contains("p%40ss"));
+        let s = settings("redis_host: h\nredis_password: pw\n");
+        let choice = BackendChoice::from_settings(&s, no_env).unwrap();
+        assert_eq!(redis_url(&choice), Some("redis://:pw@h:6379/"));
+        assert!(!format!("{choice:?}").contains("pw@"));
+        let s = settings("redis_host: 'fd00::1'\n");
+        let choice = BackendChoice::from_settings(&s, no_env).unwrap();
+        assert_eq!(redis_url(&choice), Some("redis://[fd00::1]:6379/"));
+    }
+
+    #[test]
+    fn precedence_is_url_then_host_then_environment() {
+        let env = |name: &str| (name == "REDIS_URL").then(|| "redis://env:1/".to_owned());
+        let url = |s: &str| {
+            let choice = BackendChoice::from_settings(&settings(s), env).unwrap();
+            redis_url(&choice).unwrap_or("memory").to_owned()
         };
-        let Ok(Backend::Redis(cfg)) = Backend::from_settings(&s) else {
-            panic!()
+        assert_eq!(
+            url("redis_url: redis://u:1/\nredis_host: h\n"),
+            "redis://u:1/"
+        );
+        assert_eq!(url("redis_host: h\n"), "redis://h:6379/");
+        assert_eq!(url("redis_host: '  '\n"), "redis://env:1/");
+        assert_eq!(url("{}"), "redis://env:1/");
+        let choice = BackendChoice::from_settings(&settings("{}"), env).unwrap();
+        assert_eq!(choice.source, "REDIS_URL");
+    }
+
+    #[test]
+    fn errors_name_the_key_and_hide_the_password() {
+        let path = |s: &str, env: Option<&str>| {
+            let env = |name: &str| env.filter(|_| name == "REDIS_URL").map(str::to_owned);
+            match BackendChoice::from_settings(&settings(s), env) {
+                Err(RouterError::InvalidConfig { path, message }) => {
+                    assert!(!message.contains("hunter2"), "{message}");
+                    path
+                }
+                other => panic!("{other:?}"),
+            }
         };
-        assert_eq!(cfg.url, "redis://:pw@h:6379");
-        assert!(!format!("{cfg:?}").contains("pw@"));
+        assert_eq!(
+            path("redis_url: 'http://:hunter2@x'", None),
+            "router_settings.redis_url"
+        );
+        assert_eq!(path("{}", Some("http://:hunter2@x")), "REDIS_URL");
+        assert_eq!(
+            path("redis_host: h\nredis_port: 70000\n", None),
+            "router_settings.redis_port"
+        );
+        assert_eq!(
+            path("redis_host: h\nredis_port: 0\n", None),
+            "router_settings.redis_port"
+        );
+        assert_eq!(
+            path("redis_host: 'redis://h'\n", None),
+            "router_settings.redis_host"
+        );
+        assert_eq!(
+            path("redis_host: h\nkey_prefix: 'a{b'\n", None),
+            "router_settings.key_prefix"
+        );
     }
 }

@@ -27,7 +27,8 @@
 //! - `stream`: relaying streams chunk by chunk and settling when they end.
 //! - `cache`: the response cache and [`CacheControl`].
 //! - `request`: [`RouterRequest`], [`RouterResponse`], [`ResponseMeta`], [`Endpoint`].
-//! - `backend`: [`Backend`] (memory or Redis) and the shared Redis pool.
+//! - `backend`: [`Backend`] (memory or Redis), [`BackendChoice`] (which one `router_settings` or `REDIS_URL`
+//!   names) and the shared Redis pool.
 //! - `metrics`: [`RouterMetrics`] counters and latency histograms.
 //! - `error`: [`RouterError`].
 //!
@@ -68,7 +69,7 @@ mod strategy;
 mod stream;
 
 pub use admission::SchedulerStats;
-pub use backend::Backend;
+pub use backend::{Backend, BackendChoice};
 pub use cache::CacheControl;
 pub use config::{
     AliasTarget, CacheSettings, FallbackTargets, LitellmParams, ModelInfo, ModelListEntry,

@@ -4,18 +4,16 @@
 mod environ;
 mod keypath;
 mod merge;
-mod redis;
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 use std::time::Duration;
 
-use router::{ModelListEntry, RouterConfig, RouterSettings};
+use router::{BackendChoice, ModelListEntry, RouterConfig, RouterError, RouterSettings};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_yaml::Value;
 
-pub use self::redis::BackendChoice;
 use crate::auth::MasterKey;
 use environ::Environment;
 use keypath::KeyPath;
@@ -266,7 +264,11 @@ fn parse_mapping(
     #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
     let max_request_size = (size_mb * 1024.0 * 1024.0) as usize;
 
-    let backend = redis::choose_backend(&settings, &env)?;
+    let backend =
+        BackendChoice::from_settings(&settings, |name| env.get(name)).map_err(|e| match e {
+            RouterError::InvalidConfig { path, message } => ConfigError::invalid(path, message),
+            other => ConfigError::invalid("router_settings", other.to_string()),
+        })?;
 
     Ok(Config {
         router: RouterConfig {

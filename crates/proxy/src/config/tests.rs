@@ -136,7 +136,10 @@ fn environment_references_resolve_and_coerce() {
         Some("sk-upstream")
     );
     assert_eq!(
-        config.backend.redis_url(),
+        match &config.backend.backend {
+            router::Backend::Redis(redis) => Some(redis.url.as_str()),
+            router::Backend::Memory => None,
+        },
         Some("redis://:12345@10.0.0.5:6380/")
     );
     assert_eq!(config.max_request_size, 2 * 1024 * 1024);
