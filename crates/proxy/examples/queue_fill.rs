@@ -16,7 +16,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
 use clap::Parser;
-use queue_core::{EnqueueOptions, Entry, Priority, QueueBackend, RedisQueue};
+use queue_core::{EnqueueOptions, Entry, Priority, QueueOps, RedisQueue};
 use store::RedisConfig;
 
 /// Fills a group's queue with live waiting entries owned by this process.

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_main, Criterion, Throughput};
 use futures::future::join_all;
 use queue_core::{
-    EnqueueOptions, Entry, EntryMeta, MemoryQueue, Priority, QueueBackend, RedisQueue, Score,
+    EnqueueOptions, Entry, EntryMeta, MemoryQueue, Priority, QueueOps, RedisQueue, Score,
 };
 use redis::aio::MultiplexedConnection;
 use redis::AsyncCommands;
@@ -31,7 +31,7 @@ fn entry() -> Entry {
     Entry::new(Uuid::new_v4(), "bench-replica", meta).expect("static owner id is valid")
 }
 
-async fn enqueue_pop(queue: &dyn QueueBackend, priority: Priority) {
+async fn enqueue_pop(queue: &dyn QueueOps, priority: Priority) {
     let options = EnqueueOptions {
         max_depth: 0,
         owner_lease: Duration::from_secs(60),
@@ -92,9 +92,8 @@ fn bench(c: &mut Criterion) {
         command_timeout: Duration::from_secs(2),
         key_prefix: "bench:".to_owned(),
     };
-    let redis_queue: Arc<dyn QueueBackend> =
-        Arc::new(RedisQueue::new(&config).expect("redis queue"));
-    let memory_queue: Arc<dyn QueueBackend> = Arc::new(MemoryQueue::new(Clock::new()));
+    let redis_queue: Arc<dyn QueueOps> = Arc::new(RedisQueue::new(&config).expect("redis queue"));
+    let memory_queue: Arc<dyn QueueOps> = Arc::new(MemoryQueue::new(Clock::new()));
     let raw = rt.block_on(async {
         redis::Client::open(url.as_str())
             .expect("redis url")

@@ -1,4 +1,5 @@
-//! The queue operations every backend provides.
+//! What the request path reads from the queues ([`QueueBackend`]) and each operation on its own, for
+//! tests and benches ([`QueueOps`]).
 
 use std::fmt;
 use std::time::Duration;
@@ -8,14 +9,32 @@ use async_trait::async_trait;
 use crate::entry::{EnqueueOptions, Enqueued, Entry, Popped, Priority, Queued, Score};
 use crate::QueueError;
 
-/// A priority queue of waiting requests per model group, shared by all replicas that use the same backend.
+/// What the request path reads from the queues of every replica: the depth of each group by priority
+/// (`/queue/status`, metrics). Changes go through admission's composite step only.
 ///
-/// Every operation is atomic (one Lua script on Redis, one critical section in memory). An entry is
-/// *alive* while its owner's lease has not expired and its deadline (if any) has not passed; dead entries
-/// are never returned by [`peek_head`](Self::peek_head) or [`pop_head_if`](Self::pop_head_if) and are
-/// removed when they reach the head or by [`reap_expired`](Self::reap_expired).
+/// Implemented by [`crate::RedisQueue`] (`depth_by_priority_v1.lua`) and [`crate::MemoryQueue`]; the
+/// router holds an `Arc<dyn QueueBackend>`. Every operation of the queue on its own is [`QueueOps`].
 #[async_trait]
 pub trait QueueBackend: fmt::Debug + Send + Sync + 'static {
+    /// `(priority, count)` for each priority with queued entries, best priority first.
+    async fn depth_by_priority(&self, group: &str) -> Result<Vec<(Priority, u64)>, QueueError>;
+}
+
+/// Each queue operation on its own, one atomic step apiece (one Lua script on Redis, one critical section
+/// in memory): the **test-support surface** of the queue.
+///
+/// The request path never calls these: admission changes the queue only inside its composite step (this
+/// crate's fragment inside `admit_v2.lua`, [`crate::QueueState`] inside the memory twin). They exist so the
+/// fragment's functions are checked one by one against the memory twin (`tests/queue/equivalence.rs` and
+/// the shared test bodies run on both backends), for the criterion bench (`benches/queue.rs`) and for the
+/// bench helper that fills a queue (`crates/proxy/examples/queue_fill.rs`). Each Redis implementation is one
+/// `src/lua/*_v1.lua` script (see the crate docs).
+///
+/// An entry is *alive* while its owner's lease has not expired and its deadline (if any) has not passed;
+/// dead entries are never returned by [`peek_head`](Self::peek_head) or [`pop_head_if`](Self::pop_head_if)
+/// and are removed when they reach the head or by [`reap_expired`](Self::reap_expired).
+#[async_trait]
+pub trait QueueOps: QueueBackend {
     /// Adds `entry` to `group` at `priority` and extends its owner's lease to at least now +
     /// `options.owner_lease`. Fails with [`QueueError::QueueFull`] when `options.max_depth` entries wait.
     async fn enqueue(
@@ -56,7 +75,4 @@ pub trait QueueBackend: fmt::Debug + Send + Sync + 'static {
 
     /// Number of queued entries (dead ones not yet reaped included).
     async fn depth(&self, group: &str) -> Result<u64, QueueError>;
-
-    /// `(priority, count)` for each priority with queued entries, best priority first.
-    async fn depth_by_priority(&self, group: &str) -> Result<Vec<(Priority, u64)>, QueueError>;
 }

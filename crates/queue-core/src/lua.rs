@@ -35,7 +35,8 @@ pub const QUEUE_FRAGMENT: &str = include_str!("lua/fragment.lua");
 pub const NOW_MS: &str =
     "local t = redis.call('TIME'); local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n";
 
-/// The queue's own scripts, each [`QUEUE_FRAGMENT`] + a body from `src/lua/`.
+/// The queue's own scripts, each [`QUEUE_FRAGMENT`] + a body from `src/lua/`: `depth_by_priority` serves
+/// [`crate::QueueBackend`], the others [`crate::QueueOps`] (see the crate docs for who uses which).
 pub(crate) struct Scripts {
     pub(crate) enqueue: Script,
     pub(crate) cancel: Script,

@@ -10,12 +10,12 @@ use crate::entry::{
 };
 use store::Clock;
 
-use crate::{QueueBackend, QueueError, QueueState};
+use crate::{QueueBackend, QueueError, QueueOps, QueueState};
 
-/// [`QueueBackend`] over a shared [`QueueState`]; clones share the same queues.
+/// [`QueueBackend`] and [`QueueOps`] over a shared [`QueueState`]; clones share the same queues.
 ///
 /// ```
-/// use queue_core::{EnqueueOptions, Entry, EntryMeta, MemoryQueue, Priority, QueueBackend, Score};
+/// use queue_core::{EnqueueOptions, Entry, EntryMeta, MemoryQueue, Priority, QueueOps, Score};
 /// use store::Clock;
 ///
 /// # tokio_test_block_on(async {
@@ -65,6 +65,13 @@ impl MemoryQueue {
 
 #[async_trait]
 impl QueueBackend for MemoryQueue {
+    async fn depth_by_priority(&self, group: &str) -> Result<Vec<(Priority, u64)>, QueueError> {
+        Ok(self.lock().depth_by_priority(group))
+    }
+}
+
+#[async_trait]
+impl QueueOps for MemoryQueue {
     async fn enqueue(
         &self,
         group: &str,
@@ -126,9 +133,5 @@ impl QueueBackend for MemoryQueue {
 
     async fn depth(&self, group: &str) -> Result<u64, QueueError> {
         Ok(self.lock().depth(group))
-    }
-
-    async fn depth_by_priority(&self, group: &str) -> Result<Vec<(Priority, u64)>, QueueError> {
-        Ok(self.lock().depth_by_priority(group))
     }
 }

@@ -1,4 +1,4 @@
-//! The Redis backend: one Lua script per operation over a deadpool-redis pool.
+//! The Redis backend: one Lua script per operation over the replica's kept connection.
 
 use std::fmt;
 use std::time::Duration;
@@ -12,7 +12,7 @@ use crate::entry::{
     millis, validate_owner, EnqueueOptions, Enqueued, Entry, Popped, Priority, Queued, Score,
 };
 use crate::lua::SCRIPTS;
-use crate::{QueueBackend, QueueError};
+use crate::{QueueBackend, QueueError, QueueOps};
 
 /// Settings of a [`RedisQueue`] built on an existing pool.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,8 +32,8 @@ impl Default for RedisQueueSettings {
     }
 }
 
-/// [`QueueBackend`] on Redis: per group a sorted set plus owner leases, every operation one Lua script
-/// (EVALSHA, reloaded on NOSCRIPT) bounded by the command timeout.
+/// [`QueueBackend`] and [`QueueOps`] on Redis: per group a sorted set plus owner leases, every operation
+/// one Lua script (EVALSHA, reloaded on NOSCRIPT) bounded by the command timeout.
 ///
 /// Scripts run over a [`RedisConnection`] (one kept multiplexed connection). Clones share
 /// the pool and the connection.
@@ -96,6 +96,30 @@ impl RedisQueue {
 
 #[async_trait]
 impl QueueBackend for RedisQueue {
+    async fn depth_by_priority(&self, group: &str) -> Result<Vec<(Priority, u64)>, QueueError> {
+        let keys = self.keyspace().group(group);
+        let mut invocation = SCRIPTS.depth_by_priority.prepare_invoke();
+        invocation.key(&keys.queue);
+        // Reply: {priority, count, ...}
+        let reply = array(self.eval(&invocation).await?)?;
+        reply
+            .chunks(2)
+            .map(|pair| match pair {
+                [priority, count] => {
+                    let priority = u32::try_from(int(priority)?)
+                        .ok()
+                        .and_then(|p| Priority::new(p).ok())
+                        .ok_or_else(|| unexpected("depth_by_priority", pair))?;
+                    Ok((priority, int(count)?))
+                }
+                _ => Err(unexpected("depth_by_priority", pair)),
+            })
+            .collect()
+    }
+}
+
+#[async_trait]
+impl QueueOps for RedisQueue {
     async fn enqueue(
         &self,
         group: &str,
@@ -207,27 +231,6 @@ impl QueueBackend for RedisQueue {
         invocation.key(&keys.queue);
         // Reply: count
         int(&self.eval(&invocation).await?)
-    }
-
-    async fn depth_by_priority(&self, group: &str) -> Result<Vec<(Priority, u64)>, QueueError> {
-        let keys = self.keyspace().group(group);
-        let mut invocation = SCRIPTS.depth_by_priority.prepare_invoke();
-        invocation.key(&keys.queue);
-        // Reply: {priority, count, ...}
-        let reply = array(self.eval(&invocation).await?)?;
-        reply
-            .chunks(2)
-            .map(|pair| match pair {
-                [priority, count] => {
-                    let priority = u32::try_from(int(priority)?)
-                        .ok()
-                        .and_then(|p| Priority::new(p).ok())
-                        .ok_or_else(|| unexpected("depth_by_priority", pair))?;
-                    Ok((priority, int(count)?))
-                }
-                _ => Err(unexpected("depth_by_priority", pair)),
-            })
-            .collect()
     }
 }
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use queue_core::{
-    EnqueueOptions, Entry, EntryMeta, MemoryQueue, QueueBackend, RedisQueue, RedisQueueSettings,
+    EnqueueOptions, Entry, EntryMeta, MemoryQueue, QueueOps, RedisQueue, RedisQueueSettings,
 };
 use store::{Clock, Keyspace, RedisConfig};
 use testkit::RedisServer;
@@ -18,7 +18,7 @@ pub(crate) fn unique_prefix(name: &str) -> String {
     format!("t{}-{name}:", NEXT.fetch_add(1, Ordering::Relaxed))
 }
 
-pub(crate) fn memory() -> Arc<dyn QueueBackend> {
+pub(crate) fn memory() -> Arc<dyn QueueOps> {
     Arc::new(MemoryQueue::new(Clock::new()))
 }
 
@@ -31,7 +31,7 @@ pub(crate) fn redis_config(server: &RedisServer, name: &str) -> RedisConfig {
     }
 }
 
-pub(crate) fn redis(server: &RedisServer, name: &str) -> anyhow::Result<Arc<dyn QueueBackend>> {
+pub(crate) fn redis(server: &RedisServer, name: &str) -> anyhow::Result<Arc<dyn QueueOps>> {
     Ok(Arc::new(RedisQueue::new(&redis_config(server, name))?))
 }
 

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use queue_core::{MemoryQueue, Priority, QueueBackend, RedisQueue, Score};
+use queue_core::{MemoryQueue, Priority, QueueOps, RedisQueue, Score};
 use store::Clock;
 use testkit::RedisServer;
 use uuid::Uuid;
@@ -16,9 +16,7 @@ const GROUP: &str = "concurrent";
 const PER_REPLICA: usize = 2000;
 const POP_BUDGET: usize = 1200;
 
-async fn replicas_never_pop_twice_or_lose(
-    replicas: Vec<Arc<dyn QueueBackend>>,
-) -> anyhow::Result<()> {
+async fn replicas_never_pop_twice_or_lose(replicas: Vec<Arc<dyn QueueOps>>) -> anyhow::Result<()> {
     let enqueuers_left = Arc::new(AtomicUsize::new(replicas.len()));
     let mut enqueuers = Vec::new();
     let mut poppers = Vec::new();
@@ -107,7 +105,7 @@ async fn replicas_never_pop_twice_or_lose(
 async fn concurrency_memory() -> anyhow::Result<()> {
     let shared = MemoryQueue::new(Clock::new());
     let replicas = (0..4)
-        .map(|_| Arc::new(shared.clone()) as Arc<dyn QueueBackend>)
+        .map(|_| Arc::new(shared.clone()) as Arc<dyn QueueOps>)
         .collect();
     replicas_never_pop_twice_or_lose(replicas).await
 }
@@ -118,7 +116,7 @@ async fn concurrency_redis() -> anyhow::Result<()> {
     let mut config = redis_config(&server, "concurrency");
     config.pool_size = 2;
     // Four independent pools, as four replicas, on the same keys.
-    let mut replicas: Vec<Arc<dyn QueueBackend>> = Vec::new();
+    let mut replicas: Vec<Arc<dyn QueueOps>> = Vec::new();
     for _ in 0..4 {
         replicas.push(Arc::new(RedisQueue::new(&config)?));
     }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use queue_core::{
-    EnqueueOptions, Enqueued, Entry, EntryMeta, Popped, Priority, QueueBackend, QueueError, Queued,
+    EnqueueOptions, Enqueued, Entry, EntryMeta, Popped, Priority, QueueError, QueueOps, Queued,
     Score,
 };
 use testkit::RedisServer;
@@ -80,11 +80,7 @@ enum Outcome {
     ByPriority(Vec<(Priority, u64)>),
 }
 
-async fn apply(
-    queue: &dyn QueueBackend,
-    op: &Op,
-    entries: &[Entry],
-) -> Result<Outcome, QueueError> {
+async fn apply(queue: &dyn QueueOps, op: &Op, entries: &[Entry]) -> Result<Outcome, QueueError> {
     let pick = |i: usize| entries.get(i % entries.len().max(1));
     let options = EnqueueOptions {
         max_depth: 12,
@@ -136,8 +132,8 @@ async fn apply(
 
 /// Runs `ops` on both backends, comparing every result.
 async fn run_both(
-    redis: &dyn QueueBackend,
-    memory: &dyn QueueBackend,
+    redis: &dyn QueueOps,
+    memory: &dyn QueueOps,
     ops: &[Op],
 ) -> Result<(), TestCaseError> {
     let far_future = 4_102_444_800_000; // 2100-01-01

@@ -1,6 +1,6 @@
 //! Arbitrary UTF-8 group names keep the key layout and the one-slot-per-group property.
 
-use queue_core::{Priority, QueueBackend, Score};
+use queue_core::{Priority, QueueOps, Score};
 use store::{BackendErrorKind, Keyspace};
 use testkit::RedisServer;
 
@@ -22,7 +22,7 @@ const GROUPS: [&str; 12] = [
 ];
 
 /// Every group is its own queue: one entry each, all found again under their own name.
-async fn weird_group_names_are_separate_queues(queue: &dyn QueueBackend) -> anyhow::Result<()> {
+async fn weird_group_names_are_separate_queues(queue: &dyn QueueOps) -> anyhow::Result<()> {
     let mut entries = Vec::new();
     for (i, group) in GROUPS.iter().enumerate() {
         let e = entry("replica-a");

@@ -4,7 +4,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use queue_core::{EnqueueOptions, Priority, QueueBackend};
+use queue_core::{EnqueueOptions, Priority, QueueOps};
 use testkit::RedisServer;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -14,7 +14,7 @@ use crate::common::{entry, memory, redis};
 const GROUP: &str = "leases";
 
 /// Reaps `GROUP` until `n` entries were removed (bounded polling).
-async fn reap_until(queue: &dyn QueueBackend, n: usize) -> anyhow::Result<Vec<queue_core::Queued>> {
+async fn reap_until(queue: &dyn QueueOps, n: usize) -> anyhow::Result<Vec<queue_core::Queued>> {
     let deadline = Instant::now() + Duration::from_secs(5);
     let mut reaped = Vec::new();
     while reaped.len() < n {
@@ -30,7 +30,7 @@ async fn reap_until(queue: &dyn QueueBackend, n: usize) -> anyhow::Result<Vec<qu
 }
 
 async fn abandoned_entries_expire_renewed_ones_stay(
-    queue: Arc<dyn QueueBackend>,
+    queue: Arc<dyn QueueOps>,
 ) -> anyhow::Result<()> {
     let renewed_lease = Duration::from_millis(600);
     let abandoned_lease = Duration::from_millis(200);
@@ -123,7 +123,7 @@ async fn leases_redis() -> anyhow::Result<()> {
 }
 
 /// `expire_owner` ends a lease at once, e.g. on shutdown.
-async fn expire_owner_kills_entries_at_once(queue: Arc<dyn QueueBackend>) -> anyhow::Result<()> {
+async fn expire_owner_kills_entries_at_once(queue: Arc<dyn QueueOps>) -> anyhow::Result<()> {
     let group = "expire";
     let options = EnqueueOptions {
         max_depth: 0,

@@ -1,4 +1,4 @@
-//! Behavioural tests of the queue: each body is written once over `QueueBackend` and run against a real
+//! Behavioural tests of the queue: each body is written once over `QueueOps` and run against a real
 //! redis-server (testkit) and the in-memory backend.
 
 mod common;

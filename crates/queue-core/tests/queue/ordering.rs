@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use queue_core::{EnqueueOptions, EntryMeta, Priority, QueueBackend, QueueError, Score};
+use queue_core::{EnqueueOptions, EntryMeta, Priority, QueueError, QueueOps, Score};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use testkit::RedisServer;
@@ -10,7 +10,7 @@ use testkit::RedisServer;
 use crate::common::{entry, entry_with, memory, redis, roomy};
 
 /// 1,000 entries with random priorities pop in (priority, arrival) order.
-async fn pops_in_priority_then_arrival_order(queue: &dyn QueueBackend) -> anyhow::Result<()> {
+async fn pops_in_priority_then_arrival_order(queue: &dyn QueueOps) -> anyhow::Result<()> {
     let group = "ordering";
     let mut rng = StdRng::seed_from_u64(0x5eed);
     let mut expected = Vec::new();
@@ -56,7 +56,7 @@ async fn pops_in_priority_then_arrival_order(queue: &dyn QueueBackend) -> anyhow
 }
 
 /// enqueue / position / cancel / peek / bounded pop / depth limits / deadlines.
-async fn operations_keep_their_contract(queue: &dyn QueueBackend) -> anyhow::Result<()> {
+async fn operations_keep_their_contract(queue: &dyn QueueOps) -> anyhow::Result<()> {
     let group = "contract";
     let p = |n: u32| Priority::new(n).unwrap();
     let low = entry("replica-a");

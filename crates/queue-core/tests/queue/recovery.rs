@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use queue_core::{Priority, QueueBackend, RedisQueue, Score};
+use queue_core::{Priority, QueueOps, RedisQueue, Score};
 use redis::AsyncConnectionConfig;
 use store::{BackendErrorKind, RedisConfig};
 use testkit::RedisServer;
