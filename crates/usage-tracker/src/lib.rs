@@ -7,7 +7,8 @@
 //! Layout:
 //! - `types`: [`DeploymentRef`], [`Limits`], [`Candidate`], [`ReserveRequest`], [`Reservation`],
 //!   [`ReserveOutcome`], [`Outcome`], [`LatencySample`], [`SettleReport`], [`DeploymentStats`].
-//! - `store`: the [`UsageStore`] trait.
+//! - `store`: [`UsageStore`] (what the request path needs besides the admission step: renew, cooldown,
+//!   stats) and [`UsageOps`] (reserve, settle, cooled_down one call at a time: the test-support surface).
 //! - `redis_store`: [`RedisUsage`], scripts in `src/lua/*.lua`.
 //! - `memory`: [`MemoryUsage`] over `state`'s [`UsageState`], the synchronous mirror of the scripts.
 //! - [`lua`]: [`lua::USAGE_FRAGMENT`], the Lua functions the router composes into its admission scripts.
@@ -18,29 +19,40 @@
 //!
 //! The connection, pool, key names and clock come from the `store` crate, shared with queue-core.
 //!
-//! ```no_run
-//! use std::time::Duration;
-//! use usage_tracker::{
-//!     Candidate, DeploymentRef, Limits, MemoryUsage, Outcome, ReserveOutcome, ReserveRequest,
-//!     UsageSettings, UsageStore,
-//! };
+//! # Scripts and who uses them
+//! The request path reserves and settles capacity only through admission's composite step (`admit_v2.lua`,
+//! which embeds [`lua::USAGE_FRAGMENT`]; [`UsageState`] in the memory twin). This crate's own scripts are
+//! the fragment followed by a short body in `src/lua/`:
 //!
-//! # async fn demo() -> Result<(), usage_tracker::UsageError> {
-//! let store = MemoryUsage::new(&UsageSettings::default())?;
-//! let candidates = [Candidate {
-//!     deployment: DeploymentRef::new("gpt-4o", "a1"),
-//!     limits: Limits { rpm: Some(60), tpm: Some(100_000), ..Limits::default() },
-//! }];
-//! let request = ReserveRequest::new(1_200, 1_000, Duration::from_secs(60));
-//! match store.reserve(&candidates, &request).await? {
-//!     ReserveOutcome::Reserved(reservation) => {
-//!         // ... call the deployment, then settle with the usage it reported.
-//!         let report = store.settle(&reservation, Some(1_150), Outcome::Success, None).await?;
-//!         assert_eq!(report.failures_in_window, 0);
-//!     }
-//!     ReserveOutcome::Unavailable { retry_in } => println!("full; retry in {retry_in:?}"),
-//! }
-//! # Ok(()) }
+//! | script | method | used by |
+//! |---|---|---|
+//! | `renew_v1` | [`UsageStore::renew`] | the router's lease renewer of requests in flight |
+//! | `stats_v1` | [`UsageStore::stats`] | the router (health, latency-based routing) |
+//! | (SET/DEL, no script) | [`UsageStore::cooldown`] | the router, after a failure |
+//! | `reserve_v1` | [`UsageOps::reserve`] | tests |
+//! | `settle_v1` | [`UsageOps::settle`] | tests |
+//! | (PTTL pipeline) | [`UsageOps::cooled_down`] | tests |
+//!
+//! [`UsageOps`] is kept for tests: the shared bodies of `tests/usage.rs` run each call on Redis (the
+//! fragment) and in memory ([`UsageState`]), so the exactness of rpm/tpm/parallel limits is checked on both
+//! twins call by call; `tests/redis.rs` composes the fragment into a foreign script directly.
+//!
+//! # Example
+//! ```
+//! use std::sync::Arc;
+//! use std::time::Duration;
+//! use usage_tracker::{DeploymentRef, MemoryUsage, UsageSettings, UsageStore};
+//!
+//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+//! let store: Arc<dyn UsageStore> = Arc::new(MemoryUsage::new(&UsageSettings::default())?);
+//! let a1 = DeploymentRef::new("gpt-4o", "a1");
+//! // After a failure the router's cooldown policy puts the deployment aside; every replica sees it.
+//! store.cooldown(&a1, Duration::from_secs(5), "RateLimited").await?;
+//! let stats = store.stats("gpt-4o", &[Arc::clone(&a1.id)]).await?;
+//! assert!(stats[0].cooldown_remaining.is_some());
+//! assert_eq!(stats[0].in_flight, 0);
+//! # Ok::<(), usage_tracker::UsageError>(())
+//! # }).unwrap();
 //! ```
 
 mod cooldown;
@@ -63,7 +75,7 @@ pub use memory::MemoryUsage;
 pub use redis_store::RedisUsage;
 pub use settings::UsageSettings;
 pub use state::{UsageSnapshot, UsageState, WindowSnapshot};
-pub use store::UsageStore;
+pub use store::{UsageOps, UsageStore};
 pub use tokens::{
     count_prompt, preload_tokenizers, prompt_tokens, text_len, TokenCounter, TokenEstimate,
     TokenEstimator, CHARS_PER_TOKEN, DEFAULT_COMPLETION_TOKENS, IMAGE_TOKENS, MAX_ESTIMATE,

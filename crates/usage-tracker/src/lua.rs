@@ -11,25 +11,25 @@
 /// `u_extend_ttl`, `u_start_window`, `u_blocked_until`, `u_ewma`).
 pub const USAGE_FRAGMENT: &str = include_str!("lua/fragment.lua");
 
-/// `reserve_v1`: fragment + body calling `u_try_reserve`.
+/// `reserve_v1`: fragment + body calling `u_try_reserve` ([`crate::UsageOps::reserve`], tests only).
 pub(crate) const RESERVE_SCRIPT: &str = concat!(
     include_str!("lua/fragment.lua"),
     include_str!("lua/reserve_v1.lua")
 );
 
-/// `settle_v1`: fragment + body calling `u_settle`.
+/// `settle_v1`: fragment + body calling `u_settle` ([`crate::UsageOps::settle`], tests only).
 pub(crate) const SETTLE_SCRIPT: &str = concat!(
     include_str!("lua/fragment.lua"),
     include_str!("lua/settle_v1.lua")
 );
 
-/// `renew_v1`: fragment + body calling `u_renew` per lease.
+/// `renew_v1`: fragment + body calling `u_renew` per lease ([`crate::UsageStore::renew`]).
 pub(crate) const RENEW_SCRIPT: &str = concat!(
     include_str!("lua/fragment.lua"),
     include_str!("lua/renew_v1.lua")
 );
 
-/// `stats_v1`: fragment + body calling `u_stats` per deployment.
+/// `stats_v1`: fragment + body calling `u_stats` per deployment ([`crate::UsageStore::stats`]).
 pub(crate) const STATS_SCRIPT: &str = concat!(
     include_str!("lua/fragment.lua"),
     include_str!("lua/stats_v1.lua")

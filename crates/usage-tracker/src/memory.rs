@@ -9,20 +9,19 @@ use store::Clock;
 use crate::error::UsageError;
 use crate::settings::UsageSettings;
 use crate::state::UsageState;
-use crate::store::UsageStore;
+use crate::store::{UsageOps, UsageStore};
 use crate::types::{
     check_candidates, check_deployment_id, Candidate, DeploymentRef, DeploymentStats,
     LatencySample, Outcome, Reservation, ReserveOutcome, ReserveRequest, SettleReport,
 };
 
-/// [`UsageStore`] over a [`UsageState`] behind a mutex, timed by a [`Clock`].
+/// [`UsageStore`] and [`UsageOps`] over a [`UsageState`] behind a mutex, timed by a [`Clock`].
 ///
 /// Same semantics as [`crate::RedisUsage`] within one process. Clones share the state.
 #[derive(Debug, Clone)]
 pub struct MemoryUsage {
     state: Arc<Mutex<UsageState>>,
     clock: Clock,
-    window: Duration,
 }
 
 impl MemoryUsage {
@@ -40,7 +39,6 @@ impl MemoryUsage {
                 settings.latency_ewma_alpha,
             ))),
             clock,
-            window: settings.window,
         })
     }
 
@@ -63,34 +61,6 @@ impl MemoryUsage {
 
 #[async_trait]
 impl UsageStore for MemoryUsage {
-    fn window(&self) -> Duration {
-        self.window
-    }
-
-    async fn reserve(
-        &self,
-        candidates: &[Candidate],
-        request: &ReserveRequest,
-    ) -> Result<ReserveOutcome, UsageError> {
-        check_candidates(candidates)?;
-        let now = self.clock.now_ms();
-        Ok(self.lock().try_reserve(now, candidates, request))
-    }
-
-    async fn settle(
-        &self,
-        reservation: &Reservation,
-        actual_tokens: Option<u64>,
-        outcome: Outcome,
-        latency: Option<LatencySample>,
-    ) -> Result<SettleReport, UsageError> {
-        check_deployment_id(&reservation.deployment.id)?;
-        let now = self.clock.now_ms();
-        Ok(self
-            .lock()
-            .settle(now, reservation, actual_tokens, outcome, latency.as_ref()))
-    }
-
     async fn renew(
         &self,
         reservations: &[Reservation],
@@ -119,31 +89,6 @@ impl UsageStore for MemoryUsage {
         Ok(())
     }
 
-    async fn cooled_down(
-        &self,
-        group: &str,
-        deployments: &[Arc<str>],
-    ) -> Result<Vec<(Arc<str>, Duration)>, UsageError> {
-        for id in deployments {
-            check_deployment_id(id)?;
-        }
-        let now = self.clock.now_ms();
-        let state = self.lock();
-        let group: Arc<str> = Arc::from(group);
-        Ok(deployments
-            .iter()
-            .filter_map(|id| {
-                let d = DeploymentRef {
-                    group: Arc::clone(&group),
-                    id: Arc::clone(id),
-                };
-                state
-                    .cooldown_remaining(now, &d)
-                    .map(|left| (Arc::clone(id), left))
-            })
-            .collect())
-    }
-
     async fn stats(
         &self,
         group: &str,
@@ -165,6 +110,58 @@ impl UsageStore for MemoryUsage {
                         id: Arc::clone(id),
                     },
                 )
+            })
+            .collect())
+    }
+}
+
+#[async_trait]
+impl UsageOps for MemoryUsage {
+    async fn reserve(
+        &self,
+        candidates: &[Candidate],
+        request: &ReserveRequest,
+    ) -> Result<ReserveOutcome, UsageError> {
+        check_candidates(candidates)?;
+        let now = self.clock.now_ms();
+        Ok(self.lock().try_reserve(now, candidates, request))
+    }
+
+    async fn settle(
+        &self,
+        reservation: &Reservation,
+        actual_tokens: Option<u64>,
+        outcome: Outcome,
+        latency: Option<LatencySample>,
+    ) -> Result<SettleReport, UsageError> {
+        check_deployment_id(&reservation.deployment.id)?;
+        let now = self.clock.now_ms();
+        Ok(self
+            .lock()
+            .settle(now, reservation, actual_tokens, outcome, latency.as_ref()))
+    }
+
+    async fn cooled_down(
+        &self,
+        group: &str,
+        deployments: &[Arc<str>],
+    ) -> Result<Vec<(Arc<str>, Duration)>, UsageError> {
+        for id in deployments {
+            check_deployment_id(id)?;
+        }
+        let now = self.clock.now_ms();
+        let state = self.lock();
+        let group: Arc<str> = Arc::from(group);
+        Ok(deployments
+            .iter()
+            .filter_map(|id| {
+                let d = DeploymentRef {
+                    group: Arc::clone(&group),
+                    id: Arc::clone(id),
+                };
+                state
+                    .cooldown_remaining(now, &d)
+                    .map(|left| (Arc::clone(id), left))
             })
             .collect())
     }

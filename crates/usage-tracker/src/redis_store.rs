@@ -1,4 +1,5 @@
 //! The Redis usage store: one Lua script per operation, Redis `TIME` as the clock of every replica.
+//! `renew` and `stats` serve the request path; `reserve` and `settle` the tests ([`UsageOps`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,7 +12,7 @@ use store::{BackendError, RedisConnection};
 use crate::error::UsageError;
 use crate::lua;
 use crate::settings::UsageSettings;
-use crate::store::UsageStore;
+use crate::store::{UsageOps, UsageStore};
 use crate::types::{
     check_candidates, check_deployment_id, duration_ms, Candidate, DeploymentRef, DeploymentStats,
     LatencySample, Outcome, Reservation, ReserveOutcome, ReserveRequest, SettleReport,
@@ -20,7 +21,7 @@ use crate::types::{
 /// Largest number passed to the scripts: Lua numbers are doubles, exact up to 2^53.
 const MAX_LUA_INT: u64 = 1 << 53;
 
-/// [`UsageStore`] in Redis, shared by every replica using the same Redis and key prefix.
+/// [`UsageStore`] and [`UsageOps`] in Redis, shared by every replica using the same Redis and key prefix.
 ///
 /// Every operation is one EVALSHA (the script is loaded again after a NOSCRIPT, e.g. after a Redis
 /// restart) under [`UsageSettings::command_timeout`]. Clones share the pool.
@@ -126,10 +127,114 @@ impl RedisUsage {
 
 #[async_trait]
 impl UsageStore for RedisUsage {
-    fn window(&self) -> Duration {
-        self.settings.window
+    async fn renew(
+        &self,
+        reservations: &[Reservation],
+        lease: Duration,
+    ) -> Result<Vec<bool>, UsageError> {
+        for r in reservations {
+            check_deployment_id(&r.deployment.id)?;
+        }
+        // Reservation indices per group, groups in first-seen order.
+        let mut groups: Vec<(&str, Vec<usize>)> = Vec::new();
+        for (i, r) in reservations.iter().enumerate() {
+            match groups.iter_mut().find(|(g, _)| *g == &*r.deployment.group) {
+                Some((_, members)) => members.push(i),
+                None => groups.push((&r.deployment.group, vec![i])),
+            }
+        }
+        let mut renewed = vec![false; reservations.len()];
+        for (group, members) in groups {
+            let keys = self.settings.keyspace.group(group);
+            let mut inv = self.scripts.renew.prepare_invoke();
+            inv.arg(duration_ms(lease));
+            for &i in &members {
+                let r = &reservations[i];
+                inv.key(keys.deployment_inflight(&r.deployment.id))
+                    .arg(&r.id);
+            }
+            let reply: Vec<i64> = self.eval("renew", &inv).await?;
+            if reply.len() != members.len() {
+                return Err(bad_reply("renew"));
+            }
+            for (&i, alive) in members.iter().zip(reply) {
+                renewed[i] = alive == 1;
+            }
+        }
+        Ok(renewed)
     }
 
+    async fn cooldown(
+        &self,
+        deployment: &DeploymentRef,
+        duration: Duration,
+        reason: &str,
+    ) -> Result<(), UsageError> {
+        check_deployment_id(&deployment.id)?;
+        let key = self
+            .settings
+            .keyspace
+            .group(&deployment.group)
+            .deployment_cooldown(&deployment.id);
+        let ms = duration_ms(duration);
+        let mut pipe = redis::pipe();
+        if ms == 0 {
+            pipe.cmd("DEL").arg(key).ignore();
+        } else {
+            pipe.cmd("SET")
+                .arg(key)
+                .arg(reason)
+                .arg("PX")
+                .arg(ms)
+                .ignore();
+        }
+        self.query::<()>("cooldown", &pipe).await
+    }
+
+    async fn stats(
+        &self,
+        group: &str,
+        deployments: &[Arc<str>],
+    ) -> Result<Vec<DeploymentStats>, UsageError> {
+        if deployments.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys = self.settings.keyspace.group(group);
+        let mut inv = self.scripts.stats.prepare_invoke();
+        for id in deployments {
+            check_deployment_id(id)?;
+            inv.key(keys.deployment(id))
+                .key(keys.deployment_inflight(id))
+                .key(keys.deployment_cooldown(id));
+        }
+        inv.arg(self.settings.window_ms());
+        type Row = (u64, u64, u64, Option<String>, Option<String>, i64, u64, u64);
+        let rows: Vec<Row> = self.eval("stats", &inv).await?;
+        if rows.len() != deployments.len() {
+            return Err(bad_reply("stats"));
+        }
+        Ok(deployments
+            .iter()
+            .zip(rows)
+            .map(
+                |(id, (rpm, tpm, in_flight, lat, ttft, cd, ok, fail))| DeploymentStats {
+                    id: Arc::clone(id),
+                    rpm_used: rpm,
+                    tpm_used: tpm,
+                    in_flight,
+                    latency_ms_per_token: lat.and_then(|s| s.parse().ok()),
+                    ttft_ms: ttft.and_then(|s| s.parse().ok()),
+                    cooldown_remaining: cooldown_left(cd),
+                    successes_in_window: ok,
+                    failures_in_window: fail,
+                },
+            )
+            .collect())
+    }
+}
+
+#[async_trait]
+impl UsageOps for RedisUsage {
     async fn reserve(
         &self,
         candidates: &[Candidate],
@@ -229,70 +334,6 @@ impl UsageStore for RedisUsage {
         })
     }
 
-    async fn renew(
-        &self,
-        reservations: &[Reservation],
-        lease: Duration,
-    ) -> Result<Vec<bool>, UsageError> {
-        for r in reservations {
-            check_deployment_id(&r.deployment.id)?;
-        }
-        // Reservation indices per group, groups in first-seen order.
-        let mut groups: Vec<(&str, Vec<usize>)> = Vec::new();
-        for (i, r) in reservations.iter().enumerate() {
-            match groups.iter_mut().find(|(g, _)| *g == &*r.deployment.group) {
-                Some((_, members)) => members.push(i),
-                None => groups.push((&r.deployment.group, vec![i])),
-            }
-        }
-        let mut renewed = vec![false; reservations.len()];
-        for (group, members) in groups {
-            let keys = self.settings.keyspace.group(group);
-            let mut inv = self.scripts.renew.prepare_invoke();
-            inv.arg(duration_ms(lease));
-            for &i in &members {
-                let r = &reservations[i];
-                inv.key(keys.deployment_inflight(&r.deployment.id))
-                    .arg(&r.id);
-            }
-            let reply: Vec<i64> = self.eval("renew", &inv).await?;
-            if reply.len() != members.len() {
-                return Err(bad_reply("renew"));
-            }
-            for (&i, alive) in members.iter().zip(reply) {
-                renewed[i] = alive == 1;
-            }
-        }
-        Ok(renewed)
-    }
-
-    async fn cooldown(
-        &self,
-        deployment: &DeploymentRef,
-        duration: Duration,
-        reason: &str,
-    ) -> Result<(), UsageError> {
-        check_deployment_id(&deployment.id)?;
-        let key = self
-            .settings
-            .keyspace
-            .group(&deployment.group)
-            .deployment_cooldown(&deployment.id);
-        let ms = duration_ms(duration);
-        let mut pipe = redis::pipe();
-        if ms == 0 {
-            pipe.cmd("DEL").arg(key).ignore();
-        } else {
-            pipe.cmd("SET")
-                .arg(key)
-                .arg(reason)
-                .arg("PX")
-                .arg(ms)
-                .ignore();
-        }
-        self.query::<()>("cooldown", &pipe).await
-    }
-
     async fn cooled_down(
         &self,
         group: &str,
@@ -315,47 +356,6 @@ impl UsageStore for RedisUsage {
             .iter()
             .zip(ttls)
             .filter_map(|(id, ttl)| cooldown_left(ttl).map(|left| (Arc::clone(id), left)))
-            .collect())
-    }
-
-    async fn stats(
-        &self,
-        group: &str,
-        deployments: &[Arc<str>],
-    ) -> Result<Vec<DeploymentStats>, UsageError> {
-        if deployments.is_empty() {
-            return Ok(Vec::new());
-        }
-        let keys = self.settings.keyspace.group(group);
-        let mut inv = self.scripts.stats.prepare_invoke();
-        for id in deployments {
-            check_deployment_id(id)?;
-            inv.key(keys.deployment(id))
-                .key(keys.deployment_inflight(id))
-                .key(keys.deployment_cooldown(id));
-        }
-        inv.arg(self.settings.window_ms());
-        type Row = (u64, u64, u64, Option<String>, Option<String>, i64, u64, u64);
-        let rows: Vec<Row> = self.eval("stats", &inv).await?;
-        if rows.len() != deployments.len() {
-            return Err(bad_reply("stats"));
-        }
-        Ok(deployments
-            .iter()
-            .zip(rows)
-            .map(
-                |(id, (rpm, tpm, in_flight, lat, ttft, cd, ok, fail))| DeploymentStats {
-                    id: Arc::clone(id),
-                    rpm_used: rpm,
-                    tpm_used: tpm,
-                    in_flight,
-                    latency_ms_per_token: lat.and_then(|s| s.parse().ok()),
-                    ttft_ms: ttft.and_then(|s| s.parse().ok()),
-                    cooldown_remaining: cooldown_left(cd),
-                    successes_in_window: ok,
-                    failures_in_window: fail,
-                },
-            )
             .collect())
     }
 }

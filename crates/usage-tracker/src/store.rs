@@ -1,4 +1,4 @@
-//! The `UsageStore` trait: what the router needs from a usage backend.
+//! What the router needs from a usage backend ([`UsageStore`]) and the per-call test surface ([`UsageOps`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,16 +11,51 @@ use crate::types::{
     ReserveRequest, SettleReport,
 };
 
-/// Per-deployment usage shared by every replica: window counters, in-flight leases, cooldowns and health.
+/// What the request path needs from a usage backend outside the admission step: lease renewal of
+/// requests in flight, cooldowns after failures, health statistics.
 ///
-/// Implemented by [`crate::RedisUsage`] (one atomic script per call, Redis `TIME` as the clock) and
-/// [`crate::MemoryUsage`] (one process, [`store::Clock`]); both give the same results. Object safe:
-/// the router holds an `Arc<dyn UsageStore>`.
+/// Reserving and settling capacity happen only inside admission's composite step (this crate's fragment in
+/// `admit_v2.lua`, [`crate::UsageState`] in the memory twin). Implemented by [`crate::RedisUsage`] (Redis
+/// `TIME` as the clock: `renew_v1.lua`, `stats_v1.lua`, a SET/DEL for cooldowns) and [`crate::MemoryUsage`]
+/// (one process, [`store::Clock`]); both give the same results. Object safe: the router holds an
+/// `Arc<dyn UsageStore>`. Every other operation on its own is [`UsageOps`].
 #[async_trait]
 pub trait UsageStore: Send + Sync {
-    /// The length of the fixed RPM/TPM window.
-    fn window(&self) -> Duration;
+    /// Extends the in-flight leases of `reservations` to now + `lease` (one call per group). Returns, in
+    /// input order, whether each lease was still alive; an ended or expired lease is not revived.
+    async fn renew(
+        &self,
+        reservations: &[Reservation],
+        lease: Duration,
+    ) -> Result<Vec<bool>, UsageError>;
 
+    /// Puts a deployment in cooldown for `duration` (replacing any current cooldown); a zero duration
+    /// lifts it. `reason` is stored for operators.
+    async fn cooldown(
+        &self,
+        deployment: &DeploymentRef,
+        duration: Duration,
+        reason: &str,
+    ) -> Result<(), UsageError>;
+
+    /// Usage and health of `deployments` of `group`, in input order (one round trip).
+    async fn stats(
+        &self,
+        group: &str,
+        deployments: &[Arc<str>],
+    ) -> Result<Vec<DeploymentStats>, UsageError>;
+}
+
+/// Reserving, settling and reading cooldowns one call at a time: the **test-support surface** of the
+/// usage store.
+///
+/// The request path never calls these (admission reserves and settles inside its composite step). They
+/// exist so the fragment's `u_try_reserve` and `u_settle` are checked call by call against
+/// [`crate::UsageState`]: the shared test bodies of `tests/usage.rs` run on both backends, and
+/// `tests/redis.rs` checks the key layout and script reloads through them. On Redis, `reserve` is
+/// `reserve_v1.lua`, `settle` is `settle_v1.lua` and `cooled_down` a PTTL pipeline.
+#[async_trait]
+pub trait UsageOps: UsageStore {
     /// Walks `candidates` in `request.order` and reserves on the first with headroom: RPM + 1, TPM +
     /// `est_tokens` in the current window and an in-flight lease of `request.lease` (counted against
     /// `max_parallel`). Skips deployments in cooldown and those whose `max_input_tokens` is below
@@ -44,34 +79,10 @@ pub trait UsageStore: Send + Sync {
         latency: Option<LatencySample>,
     ) -> Result<SettleReport, UsageError>;
 
-    /// Extends the in-flight leases of `reservations` to now + `lease` (one call per group). Returns, in
-    /// input order, whether each lease was still alive; an ended or expired lease is not revived.
-    async fn renew(
-        &self,
-        reservations: &[Reservation],
-        lease: Duration,
-    ) -> Result<Vec<bool>, UsageError>;
-
-    /// Puts a deployment in cooldown for `duration` (replacing any current cooldown); a zero duration
-    /// lifts it. `reason` is stored for operators.
-    async fn cooldown(
-        &self,
-        deployment: &DeploymentRef,
-        duration: Duration,
-        reason: &str,
-    ) -> Result<(), UsageError>;
-
     /// The deployments of `group` among `deployments` that are cooling down, with the time left.
     async fn cooled_down(
         &self,
         group: &str,
         deployments: &[Arc<str>],
     ) -> Result<Vec<(Arc<str>, Duration)>, UsageError>;
-
-    /// Usage and health of `deployments` of `group`, in input order (one round trip).
-    async fn stats(
-        &self,
-        group: &str,
-        deployments: &[Arc<str>],
-    ) -> Result<Vec<DeploymentStats>, UsageError>;
 }

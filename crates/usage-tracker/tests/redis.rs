@@ -12,7 +12,8 @@ use redis::AsyncCommands;
 use store::{BackendErrorKind, Keyspace};
 use testkit::RedisServer;
 use usage_tracker::{
-    lua::USAGE_FRAGMENT, Limits, Outcome, RedisUsage, ReserveRequest, UsageSettings, UsageStore,
+    lua::USAGE_FRAGMENT, Limits, Outcome, RedisUsage, ReserveRequest, UsageOps, UsageSettings,
+    UsageStore,
 };
 
 async fn conn(server: &RedisServer) -> anyhow::Result<redis::aio::MultiplexedConnection> {
@@ -36,7 +37,7 @@ async fn keys_follow_the_shared_layout() -> anyhow::Result<()> {
     };
     let req = ReserveRequest::new(120, 100, Duration::from_secs(5));
     let r = reserve_ok(
-        &(Arc::new(store.clone()) as Arc<dyn UsageStore>),
+        &(Arc::new(store.clone()) as Arc<dyn UsageOps>),
         std::slice::from_ref(&d),
         &req,
     )
@@ -215,7 +216,7 @@ async fn redis_restart_gives_typed_errors_then_recovers() -> anyhow::Result<()> 
         // An hour: the counts read after the restart stay in the reservation's window.
         ..UsageSettings::with_window(Duration::from_secs(3600))
     };
-    let store: Arc<dyn UsageStore> = Arc::new(RedisUsage::from_url(&server.url(), settings)?);
+    let store: Arc<dyn UsageOps> = Arc::new(RedisUsage::from_url(&server.url(), settings)?);
     let d = [cand("d1", Limits::default())];
     reserve_ok(&store, &d, &request(1)).await?;
 
@@ -284,7 +285,7 @@ async fn an_unresponsive_redis_times_out_with_a_typed_error() -> anyhow::Result<
         command_timeout: timeout,
         ..UsageSettings::with_window(Duration::from_secs(60))
     };
-    let store: Arc<dyn UsageStore> = Arc::new(RedisUsage::from_url(&server.url(), settings)?);
+    let store: Arc<dyn UsageOps> = Arc::new(RedisUsage::from_url(&server.url(), settings)?);
     let d = [cand("d1", Limits::default())];
     reserve_ok(&store, &d, &request(1)).await?;
 

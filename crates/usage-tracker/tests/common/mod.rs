@@ -11,7 +11,7 @@ use anyhow::{bail, Context};
 use testkit::RedisServer;
 use usage_tracker::{
     Candidate, DeploymentRef, Limits, MemoryUsage, RedisUsage, Reservation, ReserveOutcome,
-    ReserveRequest, UsageSettings, UsageStore,
+    ReserveRequest, UsageOps, UsageSettings,
 };
 
 /// The model group every test uses.
@@ -22,13 +22,13 @@ pub const LEASE: Duration = Duration::from_secs(30);
 
 /// Stores standing in for replicas of the proxy, all sharing one backend.
 pub struct Harness {
-    pub replicas: Vec<Arc<dyn UsageStore>>,
+    pub replicas: Vec<Arc<dyn UsageOps>>,
     pub window: Duration,
     pub redis: Option<RedisServer>,
 }
 
 impl Harness {
-    pub fn store(&self, i: usize) -> &Arc<dyn UsageStore> {
+    pub fn store(&self, i: usize) -> &Arc<dyn UsageOps> {
         &self.replicas[i % self.replicas.len()]
     }
 }
@@ -43,7 +43,7 @@ pub fn settings(window: Duration) -> UsageSettings {
 
 pub async fn redis(replicas: usize, window: Duration) -> anyhow::Result<Harness> {
     let server = RedisServer::start().await?;
-    let mut stores: Vec<Arc<dyn UsageStore>> = Vec::new();
+    let mut stores: Vec<Arc<dyn UsageOps>> = Vec::new();
     for _ in 0..replicas {
         stores.push(Arc::new(RedisUsage::from_url(
             &server.url(),
@@ -61,7 +61,7 @@ pub fn memory(replicas: usize, window: Duration) -> Harness {
     let store = MemoryUsage::new(&settings(window)).expect("valid settings");
     Harness {
         replicas: (0..replicas)
-            .map(|_| Arc::new(store.clone()) as Arc<dyn UsageStore>)
+            .map(|_| Arc::new(store.clone()) as Arc<dyn UsageOps>)
             .collect(),
         window,
         redis: None,
@@ -125,7 +125,7 @@ pub fn request(est: u64) -> ReserveRequest {
 }
 
 pub async fn reserve_ok(
-    store: &Arc<dyn UsageStore>,
+    store: &Arc<dyn UsageOps>,
     candidates: &[Candidate],
     request: &ReserveRequest,
 ) -> anyhow::Result<Reservation> {
@@ -137,7 +137,7 @@ pub async fn reserve_ok(
 
 /// The `retry_in` of an `Unavailable` answer (fails on a reservation).
 pub async fn reserve_none(
-    store: &Arc<dyn UsageStore>,
+    store: &Arc<dyn UsageOps>,
     candidates: &[Candidate],
     request: &ReserveRequest,
 ) -> anyhow::Result<Option<Duration>> {
@@ -150,7 +150,7 @@ pub async fn reserve_none(
 /// Reserves, sleeping for the store's "retry in" hint between attempts; each hint must be at most
 /// `max_hint`, and the hint must be right: at most 3 attempts.
 pub async fn reserve_after_hint(
-    store: &Arc<dyn UsageStore>,
+    store: &Arc<dyn UsageOps>,
     candidates: &[Candidate],
     est: u64,
     max_hint: Duration,
