@@ -284,7 +284,7 @@ pub struct Enqueued {
     pub position: u64,
 }
 
-/// Result of [`crate::QueueBackend::pop_head_if`].
+/// Result of [`crate::QueueOps::pop_head_if`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Popped {
     /// The popped live head entry, if there was one within the bound.

@@ -196,7 +196,7 @@ impl UsageState {
     /// `u_try_reserve`: reserves on the first candidate (in `request.order`) with headroom.
     ///
     /// `Unavailable { retry_in }` is the `next_ms` of the fragment minus `now_ms`. Candidates are not
-    /// validated here (see [`crate::UsageStore::reserve`]).
+    /// validated here (see [`crate::UsageOps::reserve`]).
     pub fn try_reserve(
         &mut self,
         now_ms: u64,

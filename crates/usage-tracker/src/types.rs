@@ -44,7 +44,7 @@ pub struct Limits {
     pub tier: u32,
 }
 
-/// A deployment offered to [`crate::UsageStore::reserve`] with its limits.
+/// A deployment offered to the admission step (or [`crate::UsageOps::reserve`]) with its limits.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Candidate {
     /// The deployment.
