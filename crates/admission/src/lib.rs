@@ -7,7 +7,7 @@
 //! - `submit`: the fast path reserves a deployment at once when nobody of equal or better priority waits and
 //!   a deployment has headroom; otherwise the request is enqueued in the group's sorted set;
 //! - every step but the fast path then takes this replica's grants, gives back grants of replicas whose
-//!   owner lease lapsed, and grants from the *global head* of the queue while some deployment has headroom,
+//!   queue lease lapsed, and grants from the *global head* of the queue while some deployment has headroom,
 //!   recording grants for other replicas and waking them (pub/sub).
 //!
 //! Invariants and the file that enforces each:
@@ -78,7 +78,6 @@
 //!         priority: Priority::new(0)?,
 //!         deadline: tokio::time::Instant::now() + Duration::from_secs(5),
 //!         force_queue: false,
-//!         lease: Duration::from_secs(30),
 //!         retry: false,
 //!     })
 //!     .await?;

@@ -175,7 +175,7 @@ impl AdmissionBackend for MemoryAdmission {
             .head(step.group, now, &mut Vec::new())
             .is_some_and(|head| head.priority <= submit.priority);
         if !submit.force_queue && !blocked {
-            let request = reserve_request(entry, submit.lease, step.order);
+            let request = reserve_request(entry, step.settings.inflight_lease, step.order);
             if let ReserveOutcome::Reserved(r) = usage.try_reserve(now, step.candidates, &request) {
                 return Ok(StepReply::bare(SubmitOutcome::Granted {
                     deployment_id: r.deployment.id.to_string(),

@@ -171,8 +171,7 @@ impl AdmissionBackend for RedisAdmission {
         inv.arg(submit.entry.member())
             .arg(submit.priority.get())
             .arg(step.settings.max_queue_depth)
-            .arg(u8::from(submit.force_queue))
-            .arg(submit.lease.as_millis() as u64);
+            .arg(u8::from(submit.force_queue));
         self.run(inv, |status, fields| match (status, fields) {
             ("granted", [deployment, window]) => Ok(SubmitOutcome::Granted {
                 deployment_id: text(deployment)?,

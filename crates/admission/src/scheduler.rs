@@ -47,8 +47,6 @@ pub struct AdmitRequest {
     pub deadline: Instant,
     /// Always wait in the queue, even when capacity is free (for `/queue/*` endpoints).
     pub force_queue: bool,
-    /// In-flight lease of a fast-path reservation.
-    pub lease: Duration,
     /// A retry after an upstream failure: when cooldowns or full windows block every deployment it is
     /// refused at once (with when to retry) instead of waiting for them.
     pub retry: bool,
@@ -187,7 +185,6 @@ impl Scheduler {
             entry,
             priority: request.priority,
             force_queue: request.force_queue,
-            lease: request.lease,
         };
         let submitted =
             tokio::time::timeout_at(request.deadline, inner.backend.submit(&step, &submit)).await;
@@ -425,7 +422,7 @@ impl Inner {
             Ok(reply) => self.deliver(group, reply.grants),
             Err(e) => {
                 self.stats.backend_errors.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(group = %group, "cancelling a queue entry failed (the owner lease or a later grant cleans it up): {e}");
+                tracing::warn!(group = %group, "cancelling a queue entry failed (the queue lease or a later grant cleans it up): {e}");
             }
         }
     }

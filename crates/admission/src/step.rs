@@ -50,8 +50,6 @@ pub struct Submit<'a> {
     pub priority: Priority,
     /// Always wait in the queue, even when capacity is free.
     pub force_queue: bool,
-    /// In-flight lease of a fast-path reservation.
-    pub lease: Duration,
 }
 
 /// A finished (or abandoned) request's settlement.

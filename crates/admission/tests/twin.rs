@@ -2,7 +2,7 @@
 //! and on a real redis-server, with one pinned clock; every reply and the queue and usage state left after
 //! every step must be the same.
 //!
-//! Time only moves by `Advance` steps, so owner leases (400 ms), in-flight leases (600 ms), deadlines and
+//! Time only moves by `Advance` steps, so queue leases (400 ms), in-flight leases (600 ms), deadlines and
 //! window rolls (1 s windows) all happen, deterministically. The clock starts at a window start and moves at
 //! most 2.9 s, so no usage hash outlives its three windows on one twin and not on the other (Redis expires
 //! keys on its own wall clock, which the pinned clock runs ahead of). Cooldowns are not stepped here: Redis
@@ -387,7 +387,6 @@ async fn run_case(
                     entry,
                     priority: Priority::new(PRIORITIES[*priority]).map_err(|e| fail(&e))?,
                     force_queue: *force,
-                    lease: Duration::from_millis(500),
                 })
             }
             Op::Poll(_) => Action::Poll,

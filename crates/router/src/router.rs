@@ -656,7 +656,6 @@ impl Router {
                     priority: job.priority,
                     deadline: job.deadline,
                     force_queue: job.force_queue,
-                    lease: policy.queue.inflight_lease,
                     retry: job.attempts > 0,
                 })
                 .await?;

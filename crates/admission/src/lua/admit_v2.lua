@@ -6,13 +6,12 @@
 -- KEYS: [1] queue zset, [2] seq, [3] owners zset, [4] grants hash, then 3 keys per candidate deployment
 --       (usage hash, in-flight zset, cooldown key), all under the group's hash tag.
 -- ARGV: [1] mode: "submit" | "poll" | "release" | "cancel"
---       [2] owner (this replica)       [3] owner lease ms       [4] usage window ms
---       [5] reservation lease ms       [6] candidate order mode [7] max grants per call
+--       [2] owner (this replica)       [3] queue_lease ms       [4] usage window ms
+--       [5] inflight_lease ms          [6] candidate order mode [7] max grants per call
 --       [8] wake channel prefix        [9] group name            [10] now ms (-1: Redis TIME; tests pin it)
 --       [11] n candidates  [12 .. 11+6n] candidates (u_parse_candidates layout)
 --       then, with E = 11+6n:
---       submit:  E+1 member, E+2 priority, E+3 max depth (0 = unbounded), E+4 force queue (0/1),
---                E+5 in-flight lease ms of a fast-path reservation
+--       submit:  E+1 member, E+2 priority, E+3 max depth (0 = unbounded), E+4 force queue (0/1)
 --       release: E+1 reservation id, E+2 deployment index (1-based), E+3 window start, E+4 estimate,
 --                E+5 actual tokens (-1 unknown), E+6 outcome (1 success, 2 failure, 3 abandoned after
 --                sending, 0 never sent: the reservation is given back whole), E+7 latency ms per output
@@ -38,9 +37,9 @@ end
 
 local mode = ARGV[1]
 local owner = ARGV[2]
-local owner_lease = tonumber(ARGV[3])
+local queue_lease = tonumber(ARGV[3])
 local window_ms = tonumber(ARGV[4])
-local res_lease = tonumber(ARGV[5])
+local inflight_lease = tonumber(ARGV[5])
 local order_mode = tonumber(ARGV[6])
 local max_grants = tonumber(ARGV[7])
 local wake_prefix = ARGV[8]
@@ -51,11 +50,11 @@ local k_q, k_seq, k_owners, k_grants = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 
 local cands = u_parse_candidates(KEYS, ARGV, 4, 11, n)
 
--- The owner's heartbeat: its waiting entries stay alive while it runs submit and poll steps (a replica with
+-- The owner's heartbeat (queue_lease): its waiting entries stay alive while it runs submit and poll steps (a replica with
 -- waiting entries polls every polling interval). Owners whose lease expired are forgotten on the way (their
 -- entries are dead either way), so the set stays as small as the number of live replicas.
 local function s_heartbeat()
-  q_heartbeat(k_owners, owner, now + owner_lease)
+  q_heartbeat(k_owners, owner, now + queue_lease)
   redis.call('ZREMRANGEBYSCORE', k_owners, '-inf', '(' .. q_num(now))
 end
 
@@ -95,11 +94,11 @@ if mode == 'submit' then
   local force = ARGV[e + 4] == '1'
   local entry = q_decode(member)
   local head, head_score = q_head(k_q, k_owners, now, {})
-  -- Only an entry of equal or better priority blocks the fast path: scores below (priority+1)*2^32.
-  local blocked = head and head_score < (priority + 1) * 4294967296
+  -- Only an entry of equal or better priority blocks the fast path.
+  local blocked = head and head_score < q_score(priority + 1, 0)
   if not force and not blocked then
     local i, w = u_try_reserve(now, window_ms, cands, order_mode, entry.est, entry.prompt, entry.id,
-      tonumber(ARGV[e + 5]))
+      inflight_lease)
     if i then
       return { 'granted', -1, -1, cands[i].id, w }
     end
@@ -146,11 +145,11 @@ elseif mode == 'cancel' then
       what = 'grant'
     else
       -- A submit step that the request gave up on while it was on the way may have reserved on the fast
-      -- path (its in-flight lease carries the entry id, reserved res_lease ago at most): give it back.
+      -- path (its in-flight lease carries the entry id, reserved inflight_lease ago at most): give it back.
       for _, c in ipairs(cands) do
         local expiry = redis.call('ZSCORE', c.inflight, entry.id)
         if expiry then
-          local w = u_window_start(tonumber(expiry) - res_lease, window_ms)
+          local w = u_window_start(tonumber(expiry) - inflight_lease, window_ms)
           if u_give_back(c.dep, c.inflight, entry.id, w, entry.est) == 1 then what = 'fast_path' end
         end
       end
@@ -194,7 +193,7 @@ while granted < max_grants do
   local member = q_head(k_q, k_owners, now, {})
   if not member then break end
   local entry = q_decode(member)
-  local i, w = u_try_reserve(now, window_ms, cands, order_mode, entry.est, entry.prompt, entry.id, res_lease)
+  local i, w = u_try_reserve(now, window_ms, cands, order_mode, entry.est, entry.prompt, entry.id, inflight_lease)
   local payload
   if i then
     payload = s_payload(cands[i].id, w)
