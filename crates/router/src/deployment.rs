@@ -103,8 +103,10 @@ pub(crate) struct Policy {
 #[derive(Debug, Clone)]
 pub(crate) struct QueueSettings {
     pub(crate) polling_interval: Duration,
-    /// How long a replica's queue entries live without its heartbeat.
+    /// How long a replica's waiting requests keep their place after its heartbeat lapsed.
     pub(crate) queue_lease: Duration,
+    /// How often a replica with waiting or in-flight requests runs a step (its liveness: four of them).
+    pub(crate) replica_heartbeat: Duration,
     /// How long an in-flight slot lives without renewal.
     pub(crate) inflight_lease: Duration,
     pub(crate) default_priority: u32,
@@ -367,6 +369,8 @@ fn policy(
         polling_interval: secs(s.polling_interval, &p("polling_interval"))?
             .unwrap_or(Duration::from_millis(30)),
         queue_lease: secs(s.queue_lease, &p("queue_lease"))?.unwrap_or(Duration::from_secs(10)),
+        replica_heartbeat: secs(s.replica_heartbeat, &p("replica_heartbeat"))?
+            .unwrap_or(Duration::from_millis(250)),
         inflight_lease: secs(s.inflight_lease, &p("inflight_lease"))?
             .unwrap_or(Duration::from_secs(30)),
         default_priority,
@@ -380,10 +384,16 @@ fn policy(
             "must be greater than 0",
         ));
     }
-    if queue.queue_lease < queue.polling_interval * 3 {
+    if queue.replica_heartbeat < Duration::from_millis(10) {
+        return Err(RouterError::config(
+            p("replica_heartbeat"),
+            "must be at least 0.01 seconds",
+        ));
+    }
+    if queue.queue_lease < queue.replica_heartbeat * 4 {
         return Err(RouterError::config(
             p("queue_lease"),
-            "must be at least three polling intervals, or waiting requests would expire between heartbeats",
+            "must be at least four replica heartbeats (a replica counts as dead after four missed ones)",
         ));
     }
     if queue.inflight_lease < Duration::from_millis(300) {

@@ -208,6 +208,7 @@ impl Router {
         let settings = AdmissionSettings {
             polling_interval: topology.policy.queue.polling_interval,
             queue_lease: topology.policy.queue.queue_lease,
+            heartbeat: topology.policy.queue.replica_heartbeat,
             inflight_lease: topology.policy.queue.inflight_lease,
             max_queue_depth: topology.policy.queue.max_queue_depth,
             max_grants_per_step: 128,
