@@ -83,6 +83,10 @@ pub struct Config {
     pub max_request_size: usize,
     /// Whether `/metrics` needs the master key (`general_settings.require_auth_for_metrics_endpoint`).
     pub metrics_require_auth: bool,
+    /// Whether callers may override routing from the body: `mock_response`, `mock_delay`, `fallbacks`,
+    /// `num_retries` ([`router::OVERRIDE_FIELDS`]; `general_settings.allow_client_side_overrides`, default
+    /// false: refused with a 403 naming the field).
+    pub allow_client_side_overrides: bool,
     /// `litellm_settings.set_verbose`: debug logging.
     pub verbose: bool,
     /// `litellm_settings.json_logs`: JSON log lines.
@@ -128,6 +132,8 @@ struct GeneralSettings {
     max_request_size_mb: Option<f64>,
     #[serde(default)]
     require_auth_for_metrics_endpoint: Option<bool>,
+    #[serde(default)]
+    allow_client_side_overrides: Option<bool>,
 }
 
 impl Config {
@@ -277,6 +283,7 @@ fn parse_mapping(
         master_key,
         max_request_size,
         metrics_require_auth: general.require_auth_for_metrics_endpoint.unwrap_or(false),
+        allow_client_side_overrides: general.allow_client_side_overrides.unwrap_or(false),
         verbose: litellm.set_verbose.unwrap_or(false),
         json_logs: litellm.json_logs.unwrap_or(false),
         unimplemented_keys: unimplemented,
