@@ -21,9 +21,9 @@ use crate::config::RouterConfig;
 use crate::deployment::{self, Deployment, ModelGroup, Topology};
 use crate::error::{RouterError, UpstreamErrorKind};
 use crate::metrics::RouterMetrics;
-use crate::provider::{Call, Providers, Reply};
+use crate::provider::{self, Call, Providers, Reply};
 use crate::request::{
-    Controls, Endpoint, ResponseBody, ResponseMeta, RouterRequest, RouterResponse,
+    AnswerSource, Controls, Endpoint, ResponseBody, ResponseMeta, RouterRequest, RouterResponse,
 };
 use crate::strategy::{self, Strategy};
 use crate::stream;
@@ -171,6 +171,7 @@ struct Answer {
     group: String,
     deployment_id: String,
     upstream_latency: Duration,
+    source: AnswerSource,
 }
 
 impl Router {
@@ -396,6 +397,7 @@ impl Router {
             timeout,
             force_queue,
             cache,
+            overrides_allowed,
         } = req;
         let topology = &inner.topology;
         let Some(target) = topology.resolve(&model) else {
@@ -405,7 +407,7 @@ impl Router {
             });
         };
         let group = target.group;
-        let controls = Controls::take(&mut body, &group.name)?;
+        let controls = Controls::take(&mut body, &group.name, overrides_allowed)?;
         let cache_control = if cache == Default::default() {
             controls.cache.unwrap_or_default()
         } else {
@@ -421,8 +423,11 @@ impl Router {
             }
         }
 
+        // The key leaves out router-only fields: a request's own mock answer must not be served a cached one.
         let cache_key = match &inner.cache {
-            Some(_) if !stream => Some(ResponseCache::key(&group.name, endpoint, &body)),
+            Some(_) if !stream && controls.mock_response.is_none() => {
+                Some(ResponseCache::key(&group.name, endpoint, &body))
+            }
             _ => None,
         };
         if let (Some(c), Some(key)) = (&inner.cache, &cache_key) {
@@ -436,6 +441,7 @@ impl Router {
                         meta: ResponseMeta {
                             model_group: group.name.clone(),
                             cache_hit: true,
+                            source: AnswerSource::Cache,
                             ..ResponseMeta::default()
                         },
                     });
@@ -521,7 +527,7 @@ impl Router {
                     (&inner.cache, &cache_key, &answer.body)
                 {
                     if !cache_control.no_store {
-                        c.put(key, v, cache_control.ttl).await;
+                        c.put(key, v, answer.source, cache_control.ttl).await;
                     }
                 }
                 Ok(RouterResponse {
@@ -534,6 +540,7 @@ impl Router {
                         cache_hit: false,
                         queue_wait: job.queue_wait,
                         upstream_latency: answer.upstream_latency,
+                        source: answer.source,
                     },
                 })
             }
@@ -709,6 +716,7 @@ impl Router {
                 })
                 .await;
             let latency = sent.elapsed();
+            let source = provider::answer_source(d, job.mock_response.as_deref());
             match reply {
                 Ok(Reply::Json(v)) => {
                     inner
@@ -734,6 +742,7 @@ impl Router {
                         group: group.name.clone(),
                         deployment_id: d.id.clone(),
                         upstream_latency: latency,
+                        source,
                     });
                 }
                 Ok(Reply::Stream { first, rest }) => {
@@ -758,6 +767,7 @@ impl Router {
                         group: group.name.clone(),
                         deployment_id: d.id.clone(),
                         upstream_latency: latency,
+                        source,
                     });
                 }
                 Err(e) => {
