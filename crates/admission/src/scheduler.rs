@@ -113,6 +113,8 @@ struct Inner {
     groups: Mutex<HashMap<Arc<str>, GroupState>>,
     /// This replica's in-flight reservations by id (re-registered when the store loses them).
     in_flight: Mutex<HashMap<String, Reservation>>,
+    /// Whether the last step reached the store (state changes are logged once).
+    store_up: std::sync::atomic::AtomicBool,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     shutdown: CancellationToken,
     stats: Arc<SchedulerStats>,
@@ -133,6 +135,7 @@ impl Scheduler {
             candidates,
             groups: Mutex::new(HashMap::new()),
             in_flight: Mutex::new(HashMap::new()),
+            store_up: std::sync::atomic::AtomicBool::new(true),
             tasks: Mutex::new(Vec::new()),
             shutdown: CancellationToken::new(),
             stats: Arc::new(SchedulerStats::default()),
@@ -394,6 +397,18 @@ impl Inner {
         }
     }
 
+    /// Counts a failed step of a background task; logs once per outage, not once per step.
+    fn step_failed(&self, group: &str, e: &BackendError) {
+        self.stats.backend_errors.fetch_add(1, Ordering::Relaxed);
+        if e.is_unavailable() {
+            if self.store_up.swap(false, Ordering::Relaxed) {
+                tracing::warn!(group = %group, "the admission store does not answer (waiting requests keep their place and are put back when it answers): {e}");
+            }
+        } else {
+            tracing::warn!(group = %group, "admission step failed: {e}");
+        }
+    }
+
     /// The store generation this replica last saw for `group`.
     fn generation(&self, group: &str) -> Option<String> {
         lock(&self.groups)
@@ -419,6 +434,9 @@ impl Inner {
     /// What every step's reply says besides its outcome: hands the grants to local waiters, and when the
     /// store lost its state (a new generation) or this replica's heartbeat had lapsed, starts a restore.
     fn observe<T>(self: &Arc<Self>, group: &Arc<str>, reply: &mut StepReply<T>) {
+        if !self.store_up.swap(true, Ordering::Relaxed) {
+            tracing::warn!("the admission store answers again");
+        }
         let grants = std::mem::take(&mut reply.grants);
         let restore = {
             let mut groups = lock(&self.groups);
@@ -663,10 +681,7 @@ impl Inner {
                         }
                         self.observe(&group, &mut reply);
                     }
-                    Err(e) => {
-                        self.stats.backend_errors.fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!(group = %group, "admission step failed: {e}");
-                    }
+                    Err(e) => self.step_failed(&group, &e),
                 }
             }
             {
@@ -771,10 +786,7 @@ async fn heartbeats(inner: std::sync::Weak<Inner>, shutdown: CancellationToken) 
             let step = inner.step(&group, &candidates, order, generation.as_deref());
             match inner.backend.poll(&step).await {
                 Ok(mut reply) => inner.observe(&group, &mut reply),
-                Err(e) => {
-                    inner.stats.backend_errors.fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!(group = %group, "heartbeat step failed: {e}");
-                }
+                Err(e) => inner.step_failed(&group, &e),
             }
         }
     }

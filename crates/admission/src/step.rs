@@ -19,7 +19,7 @@ pub struct AdmissionSettings {
     /// `queue_lease`: how long after its heartbeat lapsed a replica's waiting requests keep their place
     /// (a replica that comes back within it puts them back where they were; later, at the back).
     pub queue_lease: Duration,
-    /// `replica_heartbeat`: how often a replica with waiting or in-flight requests runs a step. Its
+    /// `replica_heartbeat`: how often (at least) a replica with waiting or in-flight requests runs a step. Its
     /// liveness lapses after [`AdmissionSettings::liveness`]; after the store lost its state, admission
     /// pauses for [`AdmissionSettings::restore_pause`] while replicas restore.
     pub heartbeat: Duration,
@@ -32,10 +32,11 @@ pub struct AdmissionSettings {
 }
 
 impl AdmissionSettings {
-    /// How long a replica is alive after its last step: four heartbeats. Its waiting entries stop being
-    /// granted after that, and its uncollected grants are given back.
+    /// How long a replica is alive after its last step: three heartbeats. Its waiting entries stop being
+    /// granted after that, and its uncollected grants are given back, so a crashed replica holds its group
+    /// for less than a second with the default heartbeat.
     pub fn liveness(&self) -> Duration {
-        self.heartbeat * 4
+        self.heartbeat * 3
     }
 
     /// How long nothing is granted after the store lost its state: two heartbeats, time for every live

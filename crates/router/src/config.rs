@@ -197,7 +197,7 @@ pub struct RouterSettings {
     #[serde(default, deserialize_with = "lenient::opt_f64")]
     pub queue_lease: Option<f64>,
     /// Seconds between a replica's heartbeats while it has waiting or in-flight requests; it counts as
-    /// dead after four missed ones (its waiting requests stop being granted, its grants come back).
+    /// dead after three missed ones (its waiting requests stop being granted, its grants come back).
     /// Default 0.25.
     #[serde(default, deserialize_with = "lenient::opt_f64")]
     pub replica_heartbeat: Option<f64>,

@@ -105,7 +105,7 @@ pub(crate) struct QueueSettings {
     pub(crate) polling_interval: Duration,
     /// How long a replica's waiting requests keep their place after its heartbeat lapsed.
     pub(crate) queue_lease: Duration,
-    /// How often a replica with waiting or in-flight requests runs a step (its liveness: four of them).
+    /// How often a replica with waiting or in-flight requests runs a step (its liveness: three of them).
     pub(crate) replica_heartbeat: Duration,
     /// How long an in-flight slot lives without renewal.
     pub(crate) inflight_lease: Duration,
@@ -390,10 +390,10 @@ fn policy(
             "must be at least 0.01 seconds",
         ));
     }
-    if queue.queue_lease < queue.replica_heartbeat * 4 {
+    if queue.queue_lease < queue.replica_heartbeat * 3 {
         return Err(RouterError::config(
             p("queue_lease"),
-            "must be at least four replica heartbeats (a replica counts as dead after four missed ones)",
+            "must be at least three replica heartbeats (a replica counts as dead after three missed ones)",
         ));
     }
     if queue.inflight_lease < Duration::from_millis(300) {
