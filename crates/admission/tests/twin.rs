@@ -15,8 +15,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use admission::{
     AdmissionBackend, AdmissionSettings, BackendError, CancelOutcome, Grant, GrantPayload,
-    MemoryAdmission, Place, RedisAdmission, Release, Restore, Restored, Step, StepReply, Submit,
-    SubmitOutcome,
+    MemoryAdmission, Place, Polled, RedisAdmission, Release, Restore, Restored, Step, StepReply,
+    Submit, SubmitOutcome,
 };
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
@@ -154,7 +154,7 @@ struct Twins {
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Outcome2 {
     Submit(SubmitOutcome),
-    Poll,
+    Poll(Polled),
     Release(SettleReport),
     Cancel(CancelOutcome),
     Restore(Restored),
@@ -185,7 +185,7 @@ async fn step_on(
 ) -> Result<StepReply<Outcome2>, String> {
     match action {
         Action::Submit(submit) => normalized(backend.submit(step, submit).await, Outcome2::Submit),
-        Action::Poll => normalized(backend.poll(step).await, |()| Outcome2::Poll),
+        Action::Poll => normalized(backend.poll(step).await, Outcome2::Poll),
         Action::Release(reservation, release) => normalized(
             backend.release(step, reservation, release).await,
             Outcome2::Release,
@@ -551,7 +551,7 @@ fn tally(seen: &Mutex<BTreeMap<&'static str, u64>>, reply: &StepReply<Outcome2>)
         Outcome2::Submit(SubmitOutcome::Granted { .. }) => "submit granted (fast path)",
         Outcome2::Submit(SubmitOutcome::Queued { .. }) => "submit queued",
         Outcome2::Submit(SubmitOutcome::Full) => "submit full",
-        Outcome2::Poll => "poll",
+        Outcome2::Poll(_) => "poll",
         Outcome2::Release(_) => "release",
         Outcome2::Cancel(CancelOutcome::Waiting) => "cancel waiting",
         Outcome2::Cancel(CancelOutcome::Grant) => "cancel grant",

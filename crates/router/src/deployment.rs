@@ -112,6 +112,8 @@ pub(crate) struct QueueSettings {
     pub(crate) default_priority: u32,
     pub(crate) max_queue_depth: u64,
     pub(crate) usage_window: Duration,
+    /// What admission does while Redis does not answer.
+    pub(crate) failure_mode: crate::backend::RedisFailureMode,
     pub(crate) default_max_tokens: Option<u64>,
 }
 
@@ -376,6 +378,16 @@ fn policy(
         default_priority,
         max_queue_depth: s.max_queue_depth.unwrap_or(10_000),
         usage_window: secs(s.usage_window, &p("usage_window"))?.unwrap_or(Duration::from_secs(60)),
+        failure_mode: match s.redis_failure_mode.as_deref().map(str::trim) {
+            None | Some("closed") => crate::backend::RedisFailureMode::Closed,
+            Some("open") => crate::backend::RedisFailureMode::Open,
+            Some(other) => {
+                return Err(RouterError::config(
+                    p("redis_failure_mode"),
+                    format!("expected `closed` or `open`, got `{other}`"),
+                ))
+            }
+        },
         default_max_tokens: s.default_max_tokens,
     };
     if queue.polling_interval.is_zero() {

@@ -69,7 +69,7 @@ mod strategy;
 mod stream;
 
 pub use admission::SchedulerStats;
-pub use backend::{Backend, RedisBackendConfig};
+pub use backend::{Backend, RedisBackendConfig, RedisFailureMode};
 pub use cache::CacheControl;
 pub use config::{
     AliasTarget, CacheSettings, FallbackTargets, LitellmParams, ModelInfo, ModelListEntry,

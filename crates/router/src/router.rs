@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use usage_tracker::{Candidate, LatencySample, Limits, Reservation, TokenEstimate, TokenEstimator};
 
-use crate::backend::{Backend, BackendHandle};
+use crate::backend::{Backend, BackendHandle, RedisFailureMode};
 use crate::cache::ResponseCache;
 use crate::capacity::Settlement;
 use crate::config::RouterConfig;
@@ -178,7 +178,12 @@ impl Router {
     /// Validates `config` and builds the router on `backend`. Errors name the key path of the problem.
     pub async fn new(config: RouterConfig, backend: Backend) -> Result<Router, RouterError> {
         let topology = deployment::build(&config)?;
-        let backend = BackendHandle::build(&backend, topology.policy.queue.usage_window)?;
+        let backend = BackendHandle::build(
+            &backend,
+            topology.policy.queue.usage_window,
+            topology.policy.queue.failure_mode,
+            topology.policy.queue.replica_heartbeat,
+        )?;
         let cache = match &topology.policy.cache {
             None => None,
             Some(c) => match (c.redis, &backend.redis) {
@@ -320,6 +325,15 @@ impl Router {
     /// Readiness: the backend answers (always Ok in memory).
     pub async fn ping_backend(&self) -> Result<(), RouterError> {
         self.inner.backend.ping().await
+    }
+
+    /// `router_settings.redis_failure_mode` in force, and whether admission serves from memory now (Redis
+    /// does not answer and the mode is `open`).
+    pub fn redis_failure_mode(&self) -> (RedisFailureMode, bool) {
+        (
+            self.inner.topology.policy.queue.failure_mode,
+            self.inner.backend.serving_from_memory(),
+        )
     }
 
     /// Stops taking requests (new and retrying requests fail with [`RouterError::ShuttingDown`]), stops
