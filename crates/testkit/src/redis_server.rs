@@ -34,8 +34,10 @@ const MIN_VERSION: (u32, u32) = (6, 2);
 ///
 /// [`RedisServer::start`] spawns a `redis-server` for the test, or, when `TEST_REDIS_URL` is set, hands out
 /// that Redis. Either way the test must keep its keys (and Pub/Sub channels) under [`RedisServer::prefix`],
-/// a prefix no other test, in this process or another, gets: on a shared Redis, dropping the fixture deletes
-/// every key under the prefix.
+/// a prefix no other test, in this process or another, gets:
+/// - on a shared Redis, dropping the fixture deletes every key under the prefix;
+/// - on a spawned server, dropping the fixture fails the test if any key lies outside the prefix, so a test
+///   that forgets the prefix fails locally, not only when it shares a Redis.
 ///
 /// Tests that stop, kill, restart or pause the server, flush it or read server-wide state (`INFO`,
 /// `MONITOR`, `DBSIZE`) need a server of their own: [`RedisServer::start_own`] gives one, or skips the test
@@ -216,7 +218,7 @@ impl RedisServer {
     /// Whether the process is running (not stopped or killed).
     ///
     /// # Panics
-    /// On a shared Redis: a test that stops, kills or restarts it takes it from [`RedisServer::start_own`].
+    /// Unless the server came from [`RedisServer::start_own`].
     pub fn is_running(&mut self) -> bool {
         self.own_process("is_running").is_running()
     }
@@ -224,7 +226,7 @@ impl RedisServer {
     /// Stops the server (SIGKILL and reap). Clients see connection errors until [`RedisServer::restart`].
     ///
     /// # Panics
-    /// On a shared Redis: a test that stops, kills or restarts it takes it from [`RedisServer::start_own`].
+    /// Unless the server came from [`RedisServer::start_own`].
     pub async fn stop(&mut self) {
         self.own_process("stop").stop().await;
     }
@@ -232,7 +234,7 @@ impl RedisServer {
     /// Kills the server with SIGKILL without waiting, as a crash would.
     ///
     /// # Panics
-    /// On a shared Redis: a test that stops, kills or restarts it takes it from [`RedisServer::start_own`].
+    /// Unless the server came from [`RedisServer::start_own`].
     pub fn kill(&mut self) {
         self.own_process("kill").kill();
     }
@@ -240,15 +242,15 @@ impl RedisServer {
     /// Stops the server if it runs and starts a new one on the same port with empty data.
     ///
     /// # Panics
-    /// On a shared Redis: a test that stops, kills or restarts it takes it from [`RedisServer::start_own`].
+    /// Unless the server came from [`RedisServer::start_own`].
     pub async fn restart(&mut self) -> anyhow::Result<()> {
         self.own_process("restart").restart().await
     }
 
     fn own_process(&mut self, what: &str) -> &mut RedisProcess {
         match &mut self.target {
-            Target::Spawned { process, .. } => process,
-            Target::External { .. } => panic!(
+            Target::Spawned { process, own: true } => process,
+            _ => panic!(
                 "RedisServer::{what} needs a server of the test's own: start it with \
                  RedisServer::start_own, which skips the test when {TEST_REDIS_URL} is set"
             ),
@@ -267,6 +269,36 @@ impl RedisServer {
         }
         Ok(keys.len())
     }
+
+    /// Panics when keys of the test's spawned server lie outside its prefix.
+    fn fail_on_stray_keys(&self, url: &str) {
+        match self.keys_outside_prefix(url) {
+            Ok(stray) if !stray.is_empty() => {
+                let shown: Vec<&String> = stray.iter().take(10).collect();
+                panic!(
+                    "{} key(s) outside the test's prefix {:?}, e.g. {shown:?}: build key prefixes \
+                     from RedisServer::prefix() so the test can share a Redis ({TEST_REDIS_URL})",
+                    stray.len(),
+                    self.prefix
+                );
+            }
+            Ok(_) => {}
+            Err(e) => notice(&format!(
+                "testkit: could not check the keys of the test's redis-server: {e:#}"
+            )),
+        }
+    }
+
+    /// The keys of a spawned server that lie outside this test's prefix.
+    fn keys_outside_prefix(&self, url: &str) -> anyhow::Result<Vec<String>> {
+        let mut conn = blocking_connection(url)?;
+        let keys = scan_blocking(&mut conn, "*")?;
+        Ok(keys
+            .into_iter()
+            .filter(|k| !k.starts_with(self.prefix.as_bytes()))
+            .map(|k| String::from_utf8_lossy(&k).into_owned())
+            .collect())
+    }
 }
 
 impl Drop for RedisServer {
@@ -281,6 +313,12 @@ impl Drop for RedisServer {
                     ));
                 }
             }
+            // A test that fails already must not be hidden behind this one's message (nor abort the run
+            // with a second panic).
+            Target::Spawned {
+                process,
+                own: false,
+            } if !std::thread::panicking() => self.fail_on_stray_keys(&process.url()),
             Target::Spawned { .. } => {}
         }
     }

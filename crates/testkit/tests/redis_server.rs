@@ -220,3 +220,47 @@ async fn a_shared_redis_that_does_not_answer_is_an_error() {
         .unwrap_err();
     assert!(format!("{err:#}").contains("does not answer"), "{err:#}");
 }
+
+/// A key outside the prefix on a spawned server fails the test when the fixture drops, so a test that
+/// forgets the prefix fails where it has a server to itself, not only on a shared Redis.
+#[test]
+fn a_key_outside_the_prefix_fails_the_test() {
+    if testkit::skip_on_external_redis("checks a spawned server's stray keys") {
+        return;
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let server = rt.block_on(RedisServer::start()).unwrap();
+    rt.block_on(async {
+        let mut conn = redis::Client::open(server.url())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        let () = conn
+            .set(format!("{}mine", server.prefix()), "v")
+            .await
+            .unwrap();
+        let () = conn.set("llms:{g}:q", "v").await.unwrap();
+    });
+    let dropped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(server)));
+    let message = dropped.expect_err("the stray key went unnoticed");
+    let message = message
+        .downcast_ref::<String>()
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        message.contains("llms:{g}:q") && message.contains("RedisServer::prefix()"),
+        "{message}"
+    );
+}
+
+/// Stopping, killing or restarting needs a server from `start_own`, also where `start` spawned one.
+#[tokio::test]
+#[should_panic(expected = "RedisServer::start_own")]
+async fn faults_need_a_server_of_the_tests_own() {
+    let mut server = RedisServer::start().await.unwrap();
+    server.kill();
+}
