@@ -209,6 +209,7 @@ impl Twins {
     async fn new(
         pool: &deadpool_redis::Pool,
         url: &str,
+        prefix: &str,
         case: u64,
         limits: &[Limits],
         order: CandidateOrder,
@@ -216,7 +217,7 @@ impl Twins {
         let wall = SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis() as u64;
         let start_ms = wall - wall % WINDOW_MS + WINDOW_MS;
         let now = Arc::new(AtomicU64::new(start_ms));
-        let keyspace = Keyspace::new(format!("twin{case}:"))?;
+        let keyspace = Keyspace::new(format!("{prefix}twin{case}:"))?;
         let connection = RedisConnection::new(pool.clone(), Duration::from_secs(2));
         let window = Duration::from_millis(WINDOW_MS);
         let redis = RedisAdmission::new(
@@ -588,6 +589,7 @@ fn memory_and_redis_twins_agree_step_by_step() -> anyhow::Result<()> {
         .build()?;
     let server = rt.block_on(RedisServer::start())?;
     let url = server.url();
+    let prefix = server.prefix().to_owned();
     let pool = queue_core::create_pool(&url, 2, Duration::from_secs(2))?;
     let cases = AtomicU64::new(0);
     let seen = Mutex::new(BTreeMap::new());
@@ -600,7 +602,7 @@ fn memory_and_redis_twins_agree_step_by_step() -> anyhow::Result<()> {
         rt.block_on(async {
             // Fresh keys and a fresh memory twin per case, so cases (and shrink steps) are independent.
             let case = cases.fetch_add(1, Ordering::Relaxed);
-            let twins = Twins::new(&pool, &url, case, &limits, order)
+            let twins = Twins::new(&pool, &url, &prefix, case, &limits, order)
                 .await
                 .map_err(|e| TestCaseError::fail(e.to_string()))?;
             run_case(&twins, &ops, &seen).await
