@@ -36,7 +36,7 @@ mod state;
 
 pub use auth::MasterKey;
 pub use check::check_config;
-pub use config::{BackendChoice, Config, ConfigError};
+pub use config::{BackendChoice, Config, ConfigError, ConnectionSettings};
 pub use error::ApiError;
 pub use routes::{
     app, HEADER_ATTEMPTS, HEADER_CACHE_HIT, HEADER_DEPLOYMENT_ID, HEADER_FALLBACKS,
