@@ -20,6 +20,8 @@ pub struct ApiError {
     param: Option<String>,
     code: Option<String>,
     retry_after: Option<Duration>,
+    /// Answer with `Connection: close` (the rest of the request cannot be trusted to follow).
+    close: bool,
 }
 
 impl ApiError {
@@ -31,6 +33,7 @@ impl ApiError {
             param: None,
             code: None,
             retry_after: None,
+            close: false,
         }
     }
 
@@ -96,6 +99,14 @@ impl ApiError {
     /// 503 with a message (e.g. the backend is unreachable).
     pub fn unavailable(message: impl Into<String>) -> Self {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, "server_error", message)
+    }
+
+    /// 408: the request body did not arrive in time; the connection is closed after the answer.
+    pub(crate) fn body_timeout(message: impl Into<String>) -> Self {
+        let mut err = Self::new(StatusCode::REQUEST_TIMEOUT, "timeout_error", message)
+            .with_code("request_timeout");
+        err.close = true;
+        err
     }
 
     /// 500: something this server got wrong.
@@ -178,6 +189,7 @@ impl From<RouterError> for ApiError {
                 // A 429 without a hint still tells clients to back off a little rather than hammer.
                 (status == StatusCode::TOO_MANY_REQUESTS).then(|| Duration::from_secs(1))
             }),
+            close: false,
         }
     }
 }
@@ -200,6 +212,11 @@ impl IntoResponse for ApiError {
                 response.headers_mut().insert(header::RETRY_AFTER, value);
             }
         }
+        if self.close {
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         response
     }
 }
@@ -218,6 +235,13 @@ mod tests {
         assert_eq!(err.error_type(), "rate_limit_error");
         let response = err.into_response();
         assert_eq!(response.headers()[header::RETRY_AFTER], "2");
+    }
+
+    #[test]
+    fn a_body_timeout_closes_the_connection() {
+        let response = ApiError::body_timeout("too slow").into_response();
+        assert_eq!(response.status(), StatusCode::REQUEST_TIMEOUT);
+        assert_eq!(response.headers()[header::CONNECTION], "close");
     }
 
     #[test]
