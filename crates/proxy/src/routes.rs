@@ -445,7 +445,7 @@ async fn readiness(State(state): State<AppState>) -> Result<Json<Value>, ApiErro
     }
     state.router().ping_backend().await.map_err(|e| {
         state.metrics().backend_errors().inc();
-        ApiError::unavailable(format!("backend not reachable: {e}"))
+        ApiError::store_unavailable(format!("backend not reachable: {e}"))
     })?;
     let (mode, from_memory) = state.router().redis_failure_mode();
     Ok(Json(json!({

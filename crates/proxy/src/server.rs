@@ -6,7 +6,7 @@ use std::io;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use router::RouterError;
+use router::{RedisFailureMode, RouterError};
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
@@ -32,9 +32,10 @@ pub enum RunError {
 
 /// Serves `config` on `listener` until `shutdown` completes.
 ///
-/// Logs `listening on http://ADDR` once the router is ready. On shutdown it stops accepting connections,
-/// marks readiness as failing, shuts the router down (cancelling this replica's queued requests), and gives
-/// in-flight requests `config.grace_period` to finish before returning.
+/// Logs `listening on http://ADDR` once the router is ready (with a warning first when the configured Redis
+/// does not answer: the replica starts anyway and reports not ready until it does). On shutdown it stops
+/// accepting connections, marks readiness as failing, shuts the router down (cancelling this replica's queued
+/// requests), and gives in-flight requests `config.grace_period` to finish before returning.
 pub async fn run(
     listener: TcpListener,
     config: Config,
@@ -43,6 +44,22 @@ pub async fn run(
     let addr = listener.local_addr()?;
     log_config(&config);
     let router = config.build_router().await?;
+    if config.backend.is_redis() {
+        if let Err(error) = router.ping_backend().await {
+            let meanwhile = match router.redis_failure_mode().0 {
+                RedisFailureMode::Open => {
+                    "requests are admitted with this replica's share of every limit (redis_failure_mode: open)"
+                }
+                _ => "requests get 503 with Retry-After",
+            };
+            tracing::warn!(
+                backend = %config.backend.describe(),
+                %error,
+                "Redis does not answer: starting anyway; until it does, /health/readiness reports not ready and \
+                 {meanwhile}"
+            );
+        }
+    }
     let state = AppState::new(router.clone(), &config);
     let connections = state.metrics().connections().clone();
     tracing::info!("listening on http://{addr}");
