@@ -7,7 +7,7 @@
 //! - `submit`: the fast path reserves a deployment at once when nobody of equal or better priority waits and
 //!   a deployment has headroom; otherwise the request is enqueued in the group's sorted set;
 //! - every step but the fast path then takes this replica's grants, gives back grants of replicas whose
-//!   owner lease lapsed, and grants from the *global head* of the queue while some deployment has headroom,
+//!   queue lease lapsed, and grants from the *global head* of the queue while some deployment has headroom,
 //!   recording grants for other replicas and waking them (pub/sub).
 //!
 //! Invariants and the file that enforces each:
@@ -32,6 +32,8 @@
 //!   [`Grant`] and [`GrantPayload`] (the one grant encoding), [`AdmissionSettings`].
 //! - `redis`: [`RedisAdmission`], the script and its reply decoder.
 //! - `memory`: [`MemoryAdmission`], the twin.
+//! - `failover`: [`FailoverAdmission`], Redis with this replica's share of every limit in memory while Redis
+//!   does not answer (`redis_failure_mode: open`).
 //! - `scheduler`: [`Scheduler`], the replica's side: waiters, pollers, wake-ups, delivery of grants, give-back
 //!   of grants nobody waits for; [`AdmitRequest`], [`SchedulerStats`].
 //! - `error`: [`AdmissionError`]. A failed step is a `store::BackendError` (the store's one
@@ -59,6 +61,7 @@
 //! let settings = AdmissionSettings {
 //!     polling_interval: Duration::from_millis(30),
 //!     queue_lease: Duration::from_secs(10),
+//!     heartbeat: Duration::from_millis(250),
 //!     inflight_lease: Duration::from_secs(30),
 //!     max_queue_depth: 1000,
 //!     max_grants_per_step: 64,
@@ -80,7 +83,6 @@
 //!         priority: Priority::new(0)?,
 //!         deadline: tokio::time::Instant::now() + Duration::from_secs(5),
 //!         force_queue: false,
-//!         lease: Duration::from_secs(30),
 //!         retry: false,
 //!     })
 //!     .await?;
@@ -92,18 +94,20 @@
 //! ```
 
 mod error;
+mod failover;
 mod memory;
 mod redis;
 mod scheduler;
 mod step;
 
 pub use error::AdmissionError;
+pub use failover::FailoverAdmission;
 pub use memory::MemoryAdmission;
 pub use redis::RedisAdmission;
 pub use scheduler::{AdmitRequest, GroupCandidates, GroupOrder, Scheduler, SchedulerStats};
 pub use step::{
-    AdmissionBackend, AdmissionSettings, CancelOutcome, Grant, GrantPayload, Release, Step,
-    StepReply, Submit, SubmitOutcome,
+    AdmissionBackend, AdmissionSettings, CancelOutcome, Grant, GrantPayload, Place, Polled,
+    Release, Restore, Restored, Step, StepReply, Submit, SubmitOutcome,
 };
 
 /// Locks a mutex, ignoring poisoning (critical sections never leave state half-changed across a panic).

@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use futures::StreamExt;
-use queue_core::Entry;
+use queue_core::{Entry, Score};
 use store::{BackendError, GroupKeys, Keyspace, RedisConnection};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -15,8 +15,8 @@ use usage_tracker::{Candidate, Outcome, Reservation, SettleReport};
 
 use crate::lock;
 use crate::step::{
-    AdmissionBackend, CancelOutcome, Grant, GrantPayload, Release, Step, StepReply, Submit,
-    SubmitOutcome,
+    AdmissionBackend, CancelOutcome, Grant, GrantPayload, Place, Polled, Release, Restore,
+    Restored, Step, StepReply, Submit, SubmitOutcome,
 };
 
 /// queue-core's and usage-tracker's fragments followed by admission's body: one atomic step.
@@ -46,11 +46,15 @@ pub struct RedisAdmission {
     keys: Mutex<HashMap<String, CachedKeys>>,
     /// Tests pin the script's clock (ARGV `now`); `None` uses Redis `TIME`, the one clock all replicas share.
     pinned_now: Option<Arc<AtomicU64>>,
+    /// Replicas alive in the group the last poll step saw.
+    live_replicas: Arc<AtomicU64>,
 }
 
 /// One group's keys and its deployments' (usage hash, in-flight, cooldown).
 struct CachedKeys {
     group: GroupKeys,
+    /// `<base>:gen`: the store's generation for the group.
+    generation: String,
     deployments: HashMap<String, [String; 3]>,
 }
 
@@ -71,7 +75,13 @@ impl RedisAdmission {
             wake_prefix,
             keys: Mutex::new(HashMap::new()),
             pinned_now: None,
+            live_replicas: Arc::new(AtomicU64::new(1)),
         }
+    }
+
+    /// Replicas alive in the group the last poll step saw (1 before the first).
+    pub fn live_replicas(&self) -> Arc<AtomicU64> {
+        self.live_replicas.clone()
     }
 
     /// Tests: the script reads the time from `now_ms` instead of Redis `TIME` (so a memory twin pinned to
@@ -90,6 +100,7 @@ impl RedisAdmission {
                 cache.insert(
                     step.group.to_owned(),
                     CachedKeys {
+                        generation: format!("{}:gen", self.keyspace.group(step.group).base),
                         group: self.keyspace.group(step.group),
                         deployments: HashMap::new(),
                     },
@@ -100,7 +111,8 @@ impl RedisAdmission {
                 inv.key(&keys.queue)
                     .key(&keys.seq)
                     .key(&keys.owners)
-                    .key(&keys.grants);
+                    .key(&keys.grants)
+                    .key(&cached.generation);
                 for candidate in step.candidates {
                     let id = &*candidate.deployment.id;
                     if !cached.deployments.contains_key(id) {
@@ -119,7 +131,7 @@ impl RedisAdmission {
         }
         inv.arg(mode)
             .arg(step.owner)
-            .arg(step.settings.queue_lease.as_millis() as u64)
+            .arg(step.settings.liveness().as_millis() as u64)
             .arg(self.window.as_millis() as u64)
             .arg(step.settings.inflight_lease.as_millis() as u64)
             .arg(step.order.mode())
@@ -131,6 +143,8 @@ impl RedisAdmission {
                     .as_ref()
                     .map_or(-1, |now| now.load(Ordering::SeqCst) as i64),
             )
+            .arg(step.generation.unwrap_or(""))
+            .arg(step.settings.restore_pause().as_millis() as u64)
             .arg(step.candidates.len());
         for candidate in step.candidates {
             push_candidate_args(&mut inv, candidate);
@@ -171,16 +185,16 @@ impl AdmissionBackend for RedisAdmission {
         inv.arg(submit.entry.member())
             .arg(submit.priority.get())
             .arg(step.settings.max_queue_depth)
-            .arg(u8::from(submit.force_queue))
-            .arg(submit.lease.as_millis() as u64);
+            .arg(u8::from(submit.force_queue));
         self.run(inv, |status, fields| match (status, fields) {
             ("granted", [deployment, window]) => Ok(SubmitOutcome::Granted {
                 deployment_id: text(deployment)?,
                 window_start_ms: positive(int(window)?).ok_or_else(|| bad("window"))?,
             }),
-            ("queued", [position, not_before]) => Ok(SubmitOutcome::Queued {
+            ("queued", [position, not_before, score]) => Ok(SubmitOutcome::Queued {
                 position: positive(int(position)?),
                 not_before_ms: positive(int(not_before)?),
+                score: Score::from_raw(positive(int(score)?).ok_or_else(|| bad("score"))?),
             }),
             ("full", []) => Ok(SubmitOutcome::Full),
             _ => Err(bad(&format!(
@@ -191,12 +205,51 @@ impl AdmissionBackend for RedisAdmission {
         .await
     }
 
-    async fn poll(&self, step: &Step<'_>) -> Result<StepReply<()>, BackendError> {
+    async fn poll(&self, step: &Step<'_>) -> Result<StepReply<Polled>, BackendError> {
         self.run(self.invocation(step, "poll"), |status, fields| {
             match (status, fields) {
-                ("polled", []) => Ok(()),
+                ("polled", [live]) => {
+                    let replicas = positive(int(live)?).unwrap_or(1);
+                    self.live_replicas.store(replicas, Ordering::Relaxed);
+                    Ok(Polled { replicas })
+                }
                 _ => Err(bad(&format!("poll answered {status}"))),
             }
+        })
+        .await
+    }
+
+    async fn restore(
+        &self,
+        step: &Step<'_>,
+        restore: &Restore<'_>,
+    ) -> Result<StepReply<Restored>, BackendError> {
+        let mut inv = self.invocation(step, "restore");
+        inv.arg(restore.waiters.len());
+        for (entry, place) in &restore.waiters {
+            let score = match place {
+                Place::At(score) => score.get() as i64,
+                Place::Back(priority) => -(i64::from(priority.get()) + 1),
+            };
+            inv.arg(entry.member()).arg(score);
+        }
+        let reservations: Vec<(&Reservation, usize)> = restore
+            .reservations
+            .iter()
+            .filter_map(|r| Some((*r, candidate_index(step, r)?)))
+            .collect();
+        inv.arg(reservations.len());
+        for (reservation, index) in reservations {
+            inv.arg(&reservation.id)
+                .arg(index + 1)
+                .arg(reservation.est_tokens);
+        }
+        self.run(inv, |status, fields| match (status, fields) {
+            ("restored", [waiters, reservations]) => Ok(Restored {
+                waiters: positive(int(waiters)?).unwrap_or(0),
+                reservations: positive(int(reservations)?).unwrap_or(0),
+            }),
+            _ => Err(bad(&format!("restore answered {status}"))),
         })
         .await
     }
@@ -207,16 +260,12 @@ impl AdmissionBackend for RedisAdmission {
         reservation: &Reservation,
         release: &Release,
     ) -> Result<StepReply<SettleReport>, BackendError> {
-        let index = step
-            .candidates
-            .iter()
-            .position(|c| c.deployment.id == reservation.deployment.id)
-            .ok_or_else(|| {
-                BackendError::reply(format!(
-                    "deployment {} is not a candidate of its group",
-                    reservation.deployment.id
-                ))
-            })?;
+        let index = candidate_index(step, reservation).ok_or_else(|| {
+            BackendError::reply(format!(
+                "deployment {} is not a candidate of its group",
+                reservation.deployment.id
+            ))
+        })?;
         let actual = release.actual_tokens.map_or(-1, |t| t as i64);
         let (outcome, actual) = match (release.sent, release.outcome) {
             (false, _) => (0, -1),
@@ -322,12 +371,20 @@ impl AdmissionBackend for RedisAdmission {
     }
 }
 
+/// The 0-based index of the reservation's deployment among the step's candidates.
+fn candidate_index(step: &Step<'_>, reservation: &Reservation) -> Option<usize> {
+    step.candidates
+        .iter()
+        .position(|c| c.deployment.id == reservation.deployment.id)
+}
+
 /// The number of status fields each status carries (see the header of `admit_v2.lua`).
 fn status_fields(status: &str) -> Option<usize> {
     Some(match status {
-        "granted" | "queued" | "released" => 2,
-        "cancelled" => 1,
-        "full" | "polled" => 0,
+        "queued" => 3,
+        "granted" | "released" | "restored" => 2,
+        "cancelled" | "polled" => 1,
+        "full" => 0,
         _ => return None,
     })
 }
@@ -357,7 +414,7 @@ fn decode_reply<T>(
     let redis::Value::Array(items) = value else {
         return Err(bad("not an array"));
     };
-    let [status, next_ms, depth, rest @ ..] = items.as_slice() else {
+    let [status, next_ms, depth, generation, lapsed, rest @ ..] = items.as_slice() else {
         return Err(bad("too short"));
     };
     let status = text(status)?;
@@ -382,5 +439,7 @@ fn decode_reply<T>(
         next_capacity_ms: positive(int(next_ms)?),
         depth: positive(int(depth)?),
         grants,
+        generation: text(generation)?,
+        lapsed: int(lapsed)? == 1,
     })
 }

@@ -11,7 +11,9 @@
 //! - `error`: [`ApiError`], the OpenAI-shaped error every handler answers with.
 //! - `metrics`: Prometheus metrics of the edge and the router.
 //! - `state`: [`AppState`], shared by handlers.
-//! - `server`: [`run`], serving until shutdown with a grace period.
+//! - `server`: [`run`], serving until shutdown with a grace period; accepting under `max_connections`.
+//! - `connection`: one client connection (HTTP/1.1) with its header, keep-alive and body timeouts
+//!   ([`ConnectionSettings`]).
 //! - `check`: [`check_config`], the `check-config` subcommand.
 //!
 //! ```no_run
@@ -28,6 +30,7 @@
 mod auth;
 mod check;
 mod config;
+mod connection;
 mod error;
 mod metrics;
 mod request;
@@ -37,7 +40,7 @@ mod state;
 
 pub use auth::MasterKey;
 pub use check::check_config;
-pub use config::{Config, ConfigError};
+pub use config::{Config, ConfigError, ConnectionSettings};
 pub use error::ApiError;
 pub use routes::{
     app, HEADER_ATTEMPTS, HEADER_CACHE_HIT, HEADER_DEPLOYMENT_ID, HEADER_FALLBACKS,

@@ -7,6 +7,7 @@
 //! | function | contract |
 //! |---|---|
 //! | `q_num(x)` | formats an integral number exactly (no exponent), for passing scores to Redis |
+//! | `q_score(priority, seq)` | `priority * 2^32 + seq`, the twin of [`crate::Score::new`] |
 //! | `q_decode(member)` | `{id=, owner=, est=, prompt=, deadline=}` (numbers as numbers), or nil if malformed |
 //! | `q_owner_alive(k_owners, owner, now, cache)` | true while the owner's lease expiry >= now (`cache` optional) |
 //! | `q_live(k_owners, e, now, cache)` | decoded entry well formed, deadline not passed, owner alive |

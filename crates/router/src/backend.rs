@@ -10,7 +10,7 @@ use usage_tracker::{MemoryUsage, RedisUsage, UsageSettings, UsageStore};
 
 use crate::config::RouterSettings;
 use crate::error::RouterError;
-use admission::{AdmissionBackend, MemoryAdmission, RedisAdmission};
+use admission::{AdmissionBackend, FailoverAdmission, MemoryAdmission, RedisAdmission};
 
 /// The state backend. `Memory` (the default) serves one instance; `Redis` shares limits, cooldowns and the
 /// queue between replicas.
@@ -160,12 +160,35 @@ fn percent_encode(text: &str) -> String {
     out
 }
 
+/// What admission does while Redis does not answer (`router_settings.redis_failure_mode`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum RedisFailureMode {
+    /// Requests get 503 with Retry-After (the default).
+    #[default]
+    Closed,
+    /// Each replica admits with its share of every limit (limit / live replicas) in memory, and goes back
+    /// to Redis as soon as it answers.
+    Open,
+}
+
+impl RedisFailureMode {
+    /// The config spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RedisFailureMode::Closed => "closed",
+            RedisFailureMode::Open => "open",
+        }
+    }
+}
+
 /// The built backend: the usage store, the admission steps and, on Redis, the shared pool.
 pub(crate) struct BackendHandle {
     pub(crate) usage: Arc<dyn UsageStore>,
     /// The queues, for reads (depths); admission changes them through `admission` only.
     pub(crate) queue: Arc<dyn QueueBackend>,
     pub(crate) admission: Arc<dyn AdmissionBackend>,
+    /// `redis_failure_mode: open`: the admission backend, to ask whether it serves from memory.
+    pub(crate) failover: Option<Arc<FailoverAdmission>>,
     pub(crate) keyspace: Keyspace,
     /// `Some` on Redis.
     pub(crate) redis: Option<RedisHandle>,
@@ -181,7 +204,12 @@ pub(crate) struct RedisHandle {
 }
 
 impl BackendHandle {
-    pub(crate) fn build(backend: &Backend, window: Duration) -> Result<Self, RouterError> {
+    pub(crate) fn build(
+        backend: &Backend,
+        window: Duration,
+        failure_mode: RedisFailureMode,
+        probe_every: Duration,
+    ) -> Result<Self, RouterError> {
         // The usage store counts in whole milliseconds.
         let window =
             Duration::from_millis(u64::try_from(window.as_millis()).unwrap_or(u64::MAX).max(1));
@@ -204,6 +232,7 @@ impl BackendHandle {
                     usage: Arc::new(usage),
                     queue: Arc::new(queue),
                     admission: Arc::new(admission),
+                    failover: None,
                     keyspace,
                     redis: None,
                 })
@@ -226,8 +255,24 @@ impl BackendHandle {
                     .map_err(|e| RouterError::config("router_settings", e.to_string()))?;
                 let client = redis::Client::open(cfg.url.as_str())
                     .map_err(|e| RouterError::config("router_settings.redis_url", e.to_string()))?;
-                let admission =
+                let redis_admission =
                     RedisAdmission::new(connection.clone(), client, keyspace.clone(), window);
+                let (admission, failover): (Arc<dyn AdmissionBackend>, _) = match failure_mode {
+                    RedisFailureMode::Closed => (Arc::new(redis_admission), None),
+                    RedisFailureMode::Open => {
+                        let local = MemoryAdmission::new(
+                            Arc::new(Mutex::new(QueueState::new())),
+                            Arc::new(Mutex::new(usage_tracker::UsageState::new(
+                                window,
+                                UsageSettings::default().latency_ewma_alpha,
+                            ))),
+                            Clock::new(),
+                        );
+                        let failover =
+                            Arc::new(FailoverAdmission::new(redis_admission, local, probe_every));
+                        (failover.clone(), Some(failover))
+                    }
+                };
                 let queue = RedisQueue::from_connection(
                     connection.clone(),
                     RedisQueueSettings {
@@ -238,7 +283,8 @@ impl BackendHandle {
                 Ok(Self {
                     usage: Arc::new(usage),
                     queue: Arc::new(queue),
-                    admission: Arc::new(admission),
+                    admission,
+                    failover,
                     keyspace,
                     redis: Some(RedisHandle {
                         pool,
@@ -250,11 +296,19 @@ impl BackendHandle {
         }
     }
 
-    /// Readiness: Redis answers PING (always Ok in memory).
+    /// True while `redis_failure_mode: open` admits from memory because Redis does not answer.
+    pub(crate) fn serving_from_memory(&self) -> bool {
+        self.failover.as_ref().is_some_and(|f| f.is_down())
+    }
+
+    /// Readiness: Redis answers PING (always Ok in memory, and while fail-open admission serves).
     pub(crate) async fn ping(&self) -> Result<(), RouterError> {
         let Some(r) = &self.redis else {
             return Ok(());
         };
+        if self.serving_from_memory() {
+            return Ok(());
+        }
         r.connection
             .query::<String>(&redis::cmd("PING"))
             .await

@@ -103,13 +103,17 @@ pub(crate) struct Policy {
 #[derive(Debug, Clone)]
 pub(crate) struct QueueSettings {
     pub(crate) polling_interval: Duration,
-    /// How long a replica's queue entries live without its heartbeat.
+    /// How long a replica's waiting requests keep their place after its heartbeat lapsed.
     pub(crate) queue_lease: Duration,
+    /// How often a replica with waiting or in-flight requests runs a step (its liveness: three of them).
+    pub(crate) replica_heartbeat: Duration,
     /// How long an in-flight slot lives without renewal.
     pub(crate) inflight_lease: Duration,
     pub(crate) default_priority: u32,
     pub(crate) max_queue_depth: u64,
     pub(crate) usage_window: Duration,
+    /// What admission does while Redis does not answer.
+    pub(crate) failure_mode: crate::backend::RedisFailureMode,
     pub(crate) default_max_tokens: Option<u64>,
 }
 
@@ -367,11 +371,23 @@ fn policy(
         polling_interval: secs(s.polling_interval, &p("polling_interval"))?
             .unwrap_or(Duration::from_millis(30)),
         queue_lease: secs(s.queue_lease, &p("queue_lease"))?.unwrap_or(Duration::from_secs(10)),
+        replica_heartbeat: secs(s.replica_heartbeat, &p("replica_heartbeat"))?
+            .unwrap_or(Duration::from_millis(250)),
         inflight_lease: secs(s.inflight_lease, &p("inflight_lease"))?
             .unwrap_or(Duration::from_secs(30)),
         default_priority,
         max_queue_depth: s.max_queue_depth.unwrap_or(10_000),
         usage_window: secs(s.usage_window, &p("usage_window"))?.unwrap_or(Duration::from_secs(60)),
+        failure_mode: match s.redis_failure_mode.as_deref().map(str::trim) {
+            None | Some("closed") => crate::backend::RedisFailureMode::Closed,
+            Some("open") => crate::backend::RedisFailureMode::Open,
+            Some(other) => {
+                return Err(RouterError::config(
+                    p("redis_failure_mode"),
+                    format!("expected `closed` or `open`, got `{other}`"),
+                ))
+            }
+        },
         default_max_tokens: s.default_max_tokens,
     };
     if queue.polling_interval.is_zero() {
@@ -380,10 +396,16 @@ fn policy(
             "must be greater than 0",
         ));
     }
-    if queue.queue_lease < queue.polling_interval * 3 {
+    if queue.replica_heartbeat < Duration::from_millis(10) {
+        return Err(RouterError::config(
+            p("replica_heartbeat"),
+            "must be at least 0.01 seconds",
+        ));
+    }
+    if queue.queue_lease < queue.replica_heartbeat * 3 {
         return Err(RouterError::config(
             p("queue_lease"),
-            "must be at least three polling intervals, or waiting requests would expire between heartbeats",
+            "must be at least three replica heartbeats (a replica counts as dead after three missed ones)",
         ));
     }
     if queue.inflight_lease < Duration::from_millis(300) {

@@ -26,9 +26,10 @@
 //! - `provider`: HTTP clients for upstreams, SSE parsing, mock responses, upstream error mapping.
 //! - `stream`: relaying streams chunk by chunk and settling when they end.
 //! - `cache`: the response cache and [`CacheControl`].
-//! - `request`: [`RouterRequest`], [`RouterResponse`], [`ResponseMeta`], [`Endpoint`].
+//! - `request`: [`RouterRequest`] (with the caller's permission to override routing, [`OVERRIDE_FIELDS`]),
+//!   [`RouterResponse`], [`ResponseMeta`] (with its [`AnswerSource`]), [`Endpoint`].
 //! - `backend`: [`Backend`] (memory or Redis), [`BackendChoice`] (which one `router_settings` or `REDIS_URL`
-//!   names) and the shared Redis pool.
+//!   names), [`RedisFailureMode`] and the shared Redis pool.
 //! - `metrics`: [`RouterMetrics`] counters and latency histograms.
 //! - `error`: [`RouterError`].
 //!
@@ -69,7 +70,7 @@ mod strategy;
 mod stream;
 
 pub use admission::SchedulerStats;
-pub use backend::{Backend, BackendChoice};
+pub use backend::{Backend, BackendChoice, RedisFailureMode};
 pub use cache::CacheControl;
 pub use config::{
     AliasTarget, CacheSettings, FallbackTargets, LitellmParams, ModelInfo, ModelListEntry,
@@ -79,7 +80,8 @@ pub use deployment::implements_litellm_param;
 pub use error::{RouterError, UpstreamError, UpstreamErrorKind};
 pub use metrics::{Histogram, MetricsSnapshot, RouterMetrics, LATENCY_BUCKETS};
 pub use request::{
-    Endpoint, ResponseBody, ResponseMeta, RouterRequest, RouterResponse, ROUTER_ONLY_FIELDS,
+    AnswerSource, Endpoint, ResponseBody, ResponseMeta, RouterRequest, RouterResponse,
+    CLIENT_CREDENTIAL_FIELDS, OVERRIDE_FIELDS, ROUTER_ONLY_FIELDS,
 };
 pub use router::{DeploymentHealth, DeploymentInfo, QueueDepth, Router};
 pub use strategy::RoutingStrategy;

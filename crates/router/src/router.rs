@@ -14,16 +14,16 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use usage_tracker::{Candidate, LatencySample, Limits, Reservation, TokenEstimate, TokenEstimator};
 
-use crate::backend::{Backend, BackendHandle};
+use crate::backend::{Backend, BackendHandle, RedisFailureMode};
 use crate::cache::ResponseCache;
 use crate::capacity::Settlement;
 use crate::config::RouterConfig;
 use crate::deployment::{self, Deployment, ModelGroup, Topology};
 use crate::error::{RouterError, UpstreamErrorKind};
 use crate::metrics::RouterMetrics;
-use crate::provider::{Call, Providers, Reply};
+use crate::provider::{self, Call, Providers, Reply};
 use crate::request::{
-    Controls, Endpoint, ResponseBody, ResponseMeta, RouterRequest, RouterResponse,
+    AnswerSource, Controls, Endpoint, ResponseBody, ResponseMeta, RouterRequest, RouterResponse,
 };
 use crate::strategy::{self, Strategy};
 use crate::stream;
@@ -171,13 +171,19 @@ struct Answer {
     group: String,
     deployment_id: String,
     upstream_latency: Duration,
+    source: AnswerSource,
 }
 
 impl Router {
     /// Validates `config` and builds the router on `backend`. Errors name the key path of the problem.
     pub async fn new(config: RouterConfig, backend: Backend) -> Result<Router, RouterError> {
         let topology = deployment::build(&config)?;
-        let backend = BackendHandle::build(&backend, topology.policy.queue.usage_window)?;
+        let backend = BackendHandle::build(
+            &backend,
+            topology.policy.queue.usage_window,
+            topology.policy.queue.failure_mode,
+            topology.policy.queue.replica_heartbeat,
+        )?;
         let cache = match &topology.policy.cache {
             None => None,
             Some(c) => match (c.redis, &backend.redis) {
@@ -208,6 +214,7 @@ impl Router {
         let settings = AdmissionSettings {
             polling_interval: topology.policy.queue.polling_interval,
             queue_lease: topology.policy.queue.queue_lease,
+            heartbeat: topology.policy.queue.replica_heartbeat,
             inflight_lease: topology.policy.queue.inflight_lease,
             max_queue_depth: topology.policy.queue.max_queue_depth,
             max_grants_per_step: 128,
@@ -320,6 +327,15 @@ impl Router {
         self.inner.backend.ping().await
     }
 
+    /// `router_settings.redis_failure_mode` in force, and whether admission serves from memory now (Redis
+    /// does not answer and the mode is `open`).
+    pub fn redis_failure_mode(&self) -> (RedisFailureMode, bool) {
+        (
+            self.inner.topology.policy.queue.failure_mode,
+            self.inner.backend.serving_from_memory(),
+        )
+    }
+
     /// Stops taking requests (new and retrying requests fail with [`RouterError::ShuttingDown`]), stops
     /// the queue pollers and cancels this replica's queued requests so other replicas proceed.
     pub async fn shutdown(&self) {
@@ -395,6 +411,7 @@ impl Router {
             timeout,
             force_queue,
             cache,
+            overrides_allowed,
         } = req;
         let topology = &inner.topology;
         let Some(target) = topology.resolve(&model) else {
@@ -404,7 +421,7 @@ impl Router {
             });
         };
         let group = target.group;
-        let controls = Controls::take(&mut body, &group.name)?;
+        let controls = Controls::take(&mut body, &group.name, overrides_allowed)?;
         let cache_control = if cache == Default::default() {
             controls.cache.unwrap_or_default()
         } else {
@@ -420,8 +437,11 @@ impl Router {
             }
         }
 
+        // The key leaves out router-only fields: a request's own mock answer must not be served a cached one.
         let cache_key = match &inner.cache {
-            Some(_) if !stream => Some(ResponseCache::key(&group.name, endpoint, &body)),
+            Some(_) if !stream && controls.mock_response.is_none() => {
+                Some(ResponseCache::key(&group.name, endpoint, &body))
+            }
             _ => None,
         };
         if let (Some(c), Some(key)) = (&inner.cache, &cache_key) {
@@ -435,6 +455,7 @@ impl Router {
                         meta: ResponseMeta {
                             model_group: group.name.clone(),
                             cache_hit: true,
+                            source: AnswerSource::Cache,
                             ..ResponseMeta::default()
                         },
                     });
@@ -520,7 +541,7 @@ impl Router {
                     (&inner.cache, &cache_key, &answer.body)
                 {
                     if !cache_control.no_store {
-                        c.put(key, v, cache_control.ttl).await;
+                        c.put(key, v, answer.source, cache_control.ttl).await;
                     }
                 }
                 Ok(RouterResponse {
@@ -533,6 +554,7 @@ impl Router {
                         cache_hit: false,
                         queue_wait: job.queue_wait,
                         upstream_latency: answer.upstream_latency,
+                        source: answer.source,
                     },
                 })
             }
@@ -656,7 +678,6 @@ impl Router {
                     priority: job.priority,
                     deadline: job.deadline,
                     force_queue: job.force_queue,
-                    lease: policy.queue.inflight_lease,
                     retry: job.attempts > 0,
                 })
                 .await?;
@@ -709,6 +730,7 @@ impl Router {
                 })
                 .await;
             let latency = sent.elapsed();
+            let source = provider::answer_source(d, job.mock_response.as_deref());
             match reply {
                 Ok(Reply::Json(v)) => {
                     inner
@@ -734,6 +756,7 @@ impl Router {
                         group: group.name.clone(),
                         deployment_id: d.id.clone(),
                         upstream_latency: latency,
+                        source,
                     });
                 }
                 Ok(Reply::Stream { first, rest }) => {
@@ -758,6 +781,7 @@ impl Router {
                         group: group.name.clone(),
                         deployment_id: d.id.clone(),
                         upstream_latency: latency,
+                        source,
                     });
                 }
                 Err(e) => {

@@ -16,6 +16,12 @@ local function q_num(x)
   return string.format('%.0f', x)
 end
 
+-- The score of sequence number `seq` at `priority`: priority * 2^32 + seq (twin: queue_core::Score::new).
+-- q_score(p + 1, 0) bounds the scores of priority p and better from above.
+local function q_score(priority, seq)
+  return tonumber(priority) * 4294967296 + seq
+end
+
 -- Decodes a member into {id=, owner=, est=, prompt=, deadline=} (numbers as numbers); nil if malformed.
 local function q_decode(member)
   local id, owner, est, prompt, deadline =
@@ -65,8 +71,7 @@ local function q_enqueue(k_q, k_seq, member, priority, max_depth)
       return false, depth
     end
   end
-  local seq = redis.call('INCR', k_seq) % 4294967296
-  local score = tonumber(priority) * 4294967296 + seq
+  local score = q_score(priority, redis.call('INCR', k_seq) % 4294967296)
   redis.call('ZADD', k_q, q_num(score), member)
   return score, redis.call('ZRANK', k_q, member)
 end
@@ -78,7 +83,7 @@ local function q_better_waiting(k_q, priority)
   if #head == 0 then
     return false
   end
-  return tonumber(head[2]) < (tonumber(priority) + 1) * 4294967296
+  return tonumber(head[2]) < q_score(tonumber(priority) + 1, 0)
 end
 
 -- Returns `member, score` of the first live entry, or nil when none is left. Dead head entries (owner

@@ -8,8 +8,8 @@ use serde_json::{json, Value};
 use store::RedisConfig;
 use testkit::{MockUpstream, RedisServer};
 
-/// Runs each named `async fn(Backend) -> anyhow::Result<()>` against the memory backend and against a fresh
-/// redis-server.
+/// Runs each named `async fn(Backend) -> anyhow::Result<()>` against the memory backend and against Redis (a
+/// fresh redis-server, or a prefix of its own on `TEST_REDIS_URL`).
 #[macro_export]
 macro_rules! on_both_backends {
     ($($name:ident),* $(,)?) => {
@@ -33,13 +33,13 @@ macro_rules! on_both_backends {
     };
 }
 
-/// The Redis backend on `server` (short timeouts, default prefix: each test has its own server).
+/// The Redis backend on `server` (short timeouts, the test's own prefix).
 pub fn redis_backend(server: &RedisServer) -> Backend {
     Backend::Redis(RedisConfig {
         url: server.url(),
         pool_size: 8,
         command_timeout: Duration::from_secs(2),
-        ..RedisConfig::default()
+        key_prefix: server.prefix().to_owned(),
     })
 }
 
@@ -72,6 +72,13 @@ pub fn chat_with(model: &str, extra: Value) -> RouterRequest {
         Ok(r) => r,
         Err(e) => panic!("bad test request: {e}"),
     }
+}
+
+/// [`chat_with`] from a caller allowed to override routing (`mock_response`, `fallbacks`, ...).
+pub fn chat_overriding(model: &str, extra: Value) -> RouterRequest {
+    let mut request = chat_with(model, extra);
+    request.overrides_allowed = true;
+    request
 }
 
 /// The JSON body of a response (panics on a stream).
