@@ -16,7 +16,7 @@ use serde::Deserialize;
 use serde_yaml::Value;
 
 pub use self::redis::BackendChoice;
-use crate::auth::MasterKey;
+use crate::master_key::MasterKey;
 use environ::Environment;
 use keypath::KeyPath;
 
