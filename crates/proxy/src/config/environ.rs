@@ -4,8 +4,8 @@ use std::collections::BTreeMap;
 
 use serde_yaml::Value;
 
+use super::error::ConfigError;
 use super::keypath::KeyPath;
-use super::ConfigError;
 
 /// The prefix that marks a string value as a reference to an environment variable.
 pub(crate) const ENV_PREFIX: &str = "os.environ/";
