@@ -12,6 +12,7 @@ use crate::config::{
     AliasTarget, FallbackTargets, LitellmParams, ModelListEntry, RetryPolicy, RouterConfig,
     RouterSettings, Secret,
 };
+use crate::environ::{self, EnvValue};
 use crate::error::RouterError;
 use crate::strategy::Strategy;
 
@@ -184,14 +185,22 @@ impl Topology {
     }
 }
 
-/// Validates `config` into a [`Topology`].
+/// Where validation reads environment variables (`os.environ/` references, providers' default keys).
+pub(crate) type Env<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+/// Validates `config` into a [`Topology`], reading variables from the process environment.
 pub(crate) fn build(config: &RouterConfig) -> Result<Topology, RouterError> {
+    build_with_env(config, &environ::process_env)
+}
+
+/// Validates `config` into a [`Topology`], reading variables through `env`.
+pub(crate) fn build_with_env(config: &RouterConfig, env: Env<'_>) -> Result<Topology, RouterError> {
     let defaults = default_params(&config.settings)?;
     let mut groups: BTreeMap<String, Vec<Arc<Deployment>>> = BTreeMap::new();
     let mut ids: HashMap<String, usize> = HashMap::new();
     for (i, entry) in config.model_list.iter().enumerate() {
         let path = format!("model_list[{i}]");
-        let d = deployment(entry, defaults.as_ref(), &path)?;
+        let d = deployment(entry, defaults.as_ref(), &path, env)?;
         if let Some(prev) = ids.insert(d.id.clone(), i) {
             return Err(RouterError::config(
                 format!("{path}.model_info.id"),
@@ -638,6 +647,7 @@ fn deployment(
     entry: &ModelListEntry,
     defaults: Option<&LitellmParams>,
     path: &str,
+    env: Env<'_>,
 ) -> Result<Deployment, RouterError> {
     let lp = format!("{path}.litellm_params");
     let group = entry.model_name.trim().to_owned();
@@ -693,18 +703,16 @@ fn deployment(
     };
 
     let env_str = |v: Option<String>, key: &str| -> Result<Option<String>, RouterError> {
-        v.map(|v| resolve_env(&v, &format!("{lp}.{key}")))
+        v.map(|v| resolve_env(&v, &format!("{lp}.{key}"), env))
             .transpose()
     };
     let mut api_key = match &params.api_key {
         Some(s) => Some(Secret::new(resolve_env(
             s.expose(),
             &format!("{lp}.api_key"),
+            env,
         )?)),
-        None => spec
-            .key_env
-            .and_then(|k| std::env::var(k).ok())
-            .map(Secret::new),
+        None => spec.key_env.and_then(env).map(Secret::new),
     };
     if api_key.as_ref().is_some_and(|k| k.expose().is_empty()) {
         api_key = None;
@@ -712,9 +720,9 @@ fn deployment(
     let mut api_base = env_str(params.api_base.clone(), "api_base")?;
     let mut api_version = env_str(params.api_version.clone(), "api_version")?;
     if spec.kind == ProviderKind::Azure {
-        api_base = api_base.or_else(|| std::env::var("AZURE_API_BASE").ok());
+        api_base = api_base.or_else(|| env("AZURE_API_BASE"));
         api_version = api_version
-            .or_else(|| std::env::var("AZURE_API_VERSION").ok())
+            .or_else(|| env("AZURE_API_VERSION"))
             .or_else(|| Some(AZURE_DEFAULT_API_VERSION.to_owned()));
     }
     let api_base = match api_base.or_else(|| spec.default_base.map(str::to_owned)) {
@@ -781,7 +789,7 @@ fn deployment(
                 };
                 for (name, value) in h {
                     let value = match value {
-                        Value::String(s) => resolve_env(s, &format!("{lp}.{k}.{name}"))?,
+                        Value::String(s) => resolve_env(s, &format!("{lp}.{k}.{name}"), env)?,
                         other => other.to_string(),
                     };
                     check_header(name, &value, &format!("{lp}.{k}.{name}"))?;
@@ -790,7 +798,7 @@ fn deployment(
             }
             "organization" => {
                 if let Value::String(s) = v {
-                    let s = resolve_env(s, &format!("{lp}.organization"))?;
+                    let s = resolve_env(s, &format!("{lp}.organization"), env)?;
                     check_header("OpenAI-Organization", &s, &format!("{lp}.organization"))?;
                     headers.push(("OpenAI-Organization".to_owned(), s));
                 }
@@ -853,13 +861,15 @@ fn check_header(name: &str, value: &str, path: &str) -> Result<(), RouterError> 
     Ok(())
 }
 
-/// `os.environ/NAME` -> the value of environment variable NAME.
-fn resolve_env(value: &str, path: &str) -> Result<String, RouterError> {
-    match value.strip_prefix("os.environ/") {
-        None => Ok(value.to_owned()),
-        Some(name) => std::env::var(name).map_err(|_| {
-            RouterError::config(path, format!("environment variable `{name}` is not set"))
-        }),
+/// `os.environ/NAME` -> the value of environment variable NAME; an unset variable is an error at `path`.
+fn resolve_env(value: &str, path: &str, env: Env<'_>) -> Result<String, RouterError> {
+    match environ::resolve_env_reference(value, env) {
+        EnvValue::Literal => Ok(value.to_owned()),
+        EnvValue::Resolved(v) => Ok(v),
+        EnvValue::Unset(name) => Err(RouterError::config(
+            path,
+            format!("environment variable `{name}` is not set"),
+        )),
     }
 }
 
@@ -960,6 +970,43 @@ mod tests {
         assert_eq!(t.groups["g"].shuffle_weights, vec![0.0, 3.0]);
         // The entry's top-level rpm counts.
         assert_eq!(t.groups["h"].shuffle_weights, vec![5.0, 15.0]);
+    }
+
+    #[test]
+    fn environment_variables_come_from_the_lookup() {
+        let config = RouterConfig::from_json(json!({"model_list": [
+            {"model_name": "g", "litellm_params": {
+                "model": "azure/dep", "api_key": "os.environ/ AZ_KEY",
+                "extra_headers": {"x-team": "os.environ/TEAM"},
+            }},
+            {"model_name": "h", "litellm_params": {"model": "openai/gpt-4o"}},
+        ]}))
+        .unwrap();
+        let vars = [
+            ("AZ_KEY", "az-secret"),
+            ("TEAM", "blue"),
+            ("AZURE_API_BASE", "https://r.openai.azure.com"),
+            ("OPENAI_API_KEY", "sk-openai"),
+        ];
+        let env = |name: &str| {
+            vars.iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| (*v).to_owned())
+        };
+        let t = build_with_env(&config, &env).unwrap();
+        let g = &t.groups["g"].deployments[0];
+        assert_eq!(g.api_key.as_ref().map(Secret::expose), Some("az-secret"));
+        assert_eq!(g.api_base, "https://r.openai.azure.com");
+        assert_eq!(g.headers, vec![("x-team".to_owned(), "blue".to_owned())]);
+        let h = &t.groups["h"].deployments[0];
+        assert_eq!(h.api_key.as_ref().map(Secret::expose), Some("sk-openai"));
+
+        let err = build_with_env(&config, &|_: &str| None).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("model_list[0].litellm_params.api_key") && text.contains("AZ_KEY"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -19,6 +19,8 @@
 //! - `config`: [`RouterConfig`], [`ModelListEntry`], [`LitellmParams`], [`RouterSettings`]: LiteLLM's config
 //!   shapes (serde; numeric strings accepted; secrets masked in `Debug`).
 //! - `deployment`: validation into the runtime model (deployments with stable ids, model groups, policy).
+//! - `environ`: [`resolve_env_reference`]: LiteLLM's `os.environ/NAME` references, the one resolver (the proxy's
+//!   config loader uses it too).
 //! - `strategy`: [`RoutingStrategy`] and the orders it produces (weighted shuffle, latency, tiers).
 //! - `capacity`: where the request walk takes capacity from the admission crate's [`admission::Scheduler`]
 //!   and gives it back ([`SchedulerStats`]); cooldowns are applied there.
@@ -59,6 +61,7 @@ mod cache;
 mod capacity;
 mod config;
 mod deployment;
+mod environ;
 mod error;
 mod metrics;
 mod provider;
@@ -75,6 +78,7 @@ pub use config::{
     RetryPolicy, RouterConfig, RouterSettings, RoutingStrategyArgs, Secret,
 };
 pub use deployment::implements_litellm_param;
+pub use environ::{resolve_env_reference, EnvValue};
 pub use error::{RouterError, UpstreamError, UpstreamErrorKind};
 pub use metrics::{Histogram, MetricsSnapshot, RouterMetrics, LATENCY_BUCKETS};
 pub use request::{
