@@ -27,8 +27,8 @@
 //! - `router`: [`Router`]: the request path with retries, fallbacks and timeouts.
 //! - `provider`: HTTP clients for upstreams, SSE parsing, mock responses, upstream error mapping.
 //! - `stream`: relaying streams chunk by chunk and settling when they end.
-//! - `cache`: the response cache and [`CacheControl`].
-//! - `request`: [`RouterRequest`], [`RouterResponse`], [`ResponseMeta`], [`Endpoint`].
+//! - `cache`: the response cache (memory or Redis), keyed by a hash of the normalised request.
+//! - `request`: [`RouterRequest`], [`RouterResponse`], [`ResponseMeta`], [`Endpoint`], [`CacheControl`].
 //! - `backend`: [`Backend`] (memory or Redis) and the shared Redis pool.
 //! - `metrics`: [`RouterMetrics`] counters and latency histograms.
 //! - `error`: [`RouterError`].
@@ -72,7 +72,6 @@ mod stream;
 
 pub use admission::SchedulerStats;
 pub use backend::{Backend, RedisBackendConfig};
-pub use cache::CacheControl;
 pub use config::{
     AliasTarget, CacheSettings, FallbackTargets, LitellmParams, ModelInfo, ModelListEntry,
     RetryPolicy, RouterConfig, RouterSettings, RoutingStrategyArgs, Secret,
@@ -82,7 +81,8 @@ pub use environ::{resolve_env_reference, EnvValue};
 pub use error::{RouterError, UpstreamError, UpstreamErrorKind};
 pub use metrics::{Histogram, MetricsSnapshot, RouterMetrics, LATENCY_BUCKETS};
 pub use request::{
-    Endpoint, ResponseBody, ResponseMeta, RouterRequest, RouterResponse, ROUTER_ONLY_FIELDS,
+    CacheControl, Endpoint, ResponseBody, ResponseMeta, RouterRequest, RouterResponse,
+    ROUTER_ONLY_FIELDS,
 };
 pub use router::{DeploymentHealth, DeploymentInfo, QueueDepth, Router};
 pub use strategy::RoutingStrategy;
