@@ -82,7 +82,7 @@ impl RouterInner {
         let (reservation, waited) = self.scheduler.acquire(request).await.map_err(|e| match e {
             AdmissionError::QueueFull { group, depth } => RouterError::QueueFull {
                 group: format!("{group} ({depth} waiting)"),
-                retry_after: Some(self.topology.policy.queue.polling_interval.max(Duration::from_secs(1))),
+                retry_after: Some(self.topology.policy().queue.polling_interval.max(Duration::from_secs(1))),
             },
             AdmissionError::QueueTimeout { group, waited } => RouterError::QueueTimeout {
                 group: group.to_string(),
@@ -142,7 +142,7 @@ impl RouterInner {
         };
         let group = self.topology.group(&reservation.deployment.group);
         let group_size = group.map_or(1, |g| g.deployments.len());
-        let mut policy = self.topology.policy.cooldown;
+        let mut policy = self.topology.policy().cooldown;
         if let Some(t) = group
             .and_then(|g| {
                 g.deployments

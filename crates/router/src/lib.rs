@@ -18,7 +18,8 @@
 //! Layout:
 //! - `config`: [`RouterConfig`], [`ModelListEntry`], [`LitellmParams`], [`RouterSettings`]: LiteLLM's config
 //!   shapes (serde; numeric strings accepted; secrets masked in `Debug`).
-//! - `deployment`: validation into the runtime model (deployments with stable ids, model groups, policy).
+//! - `topology`: the validated runtime model: `config` validated (key paths in errors) into deployments with
+//!   stable ids, model groups and the policy; the provider table (prefix -> how the upstream is spoken to).
 //! - `environ`: [`resolve_env_reference`]: LiteLLM's `os.environ/NAME` references, the one resolver (the proxy's
 //!   config loader uses it too).
 //! - `strategy`: [`RoutingStrategy`] and the orders it produces (weighted shuffle, latency, tiers).
@@ -60,7 +61,6 @@ mod backend;
 mod cache;
 mod capacity;
 mod config;
-mod deployment;
 mod environ;
 mod error;
 mod metrics;
@@ -69,6 +69,7 @@ mod request;
 mod router;
 mod strategy;
 mod stream;
+mod topology;
 
 pub use admission::SchedulerStats;
 pub use backend::{Backend, RedisBackendConfig};
@@ -76,7 +77,6 @@ pub use config::{
     AliasTarget, CacheSettings, FallbackTargets, LitellmParams, ModelInfo, ModelListEntry,
     RetryPolicy, RouterConfig, RouterSettings, RoutingStrategyArgs, Secret,
 };
-pub use deployment::implements_litellm_param;
 pub use environ::{resolve_env_reference, EnvValue};
 pub use error::{RouterError, UpstreamError, UpstreamErrorKind};
 pub use metrics::{Histogram, MetricsSnapshot, RouterMetrics, LATENCY_BUCKETS};
@@ -86,3 +86,4 @@ pub use request::{
 };
 pub use router::{DeploymentHealth, DeploymentInfo, QueueDepth, Router};
 pub use strategy::RoutingStrategy;
+pub use topology::implements_litellm_param;

@@ -18,7 +18,6 @@ use crate::backend::{Backend, BackendHandle};
 use crate::cache::ResponseCache;
 use crate::capacity::Settlement;
 use crate::config::RouterConfig;
-use crate::deployment::{self, Deployment, ModelGroup, Topology};
 use crate::error::{RouterError, UpstreamErrorKind};
 use crate::metrics::RouterMetrics;
 use crate::provider::{Call, Providers, Reply};
@@ -27,6 +26,7 @@ use crate::request::{
 };
 use crate::strategy::{self, Strategy};
 use crate::stream;
+use crate::topology::{self, Deployment, ModelGroup, Topology};
 use admission::{
     AdmissionSettings, AdmitRequest, GroupCandidates, GroupOrder, Scheduler, SchedulerStats,
 };
@@ -43,10 +43,7 @@ pub struct Router {
 impl std::fmt::Debug for Router {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Router")
-            .field(
-                "model_groups",
-                &self.inner.topology.groups.keys().collect::<Vec<_>>(),
-            )
+            .field("model_groups", &self.inner.topology.model_names())
             .finish_non_exhaustive()
     }
 }
@@ -176,9 +173,9 @@ struct Answer {
 impl Router {
     /// Validates `config` and builds the router on `backend`. Errors name the key path of the problem.
     pub async fn new(config: RouterConfig, backend: Backend) -> Result<Router, RouterError> {
-        let topology = deployment::build(&config)?;
-        let backend = BackendHandle::build(&backend, topology.policy.queue.usage_window)?;
-        let cache = match &topology.policy.cache {
+        let topology = topology::build(&config)?;
+        let backend = BackendHandle::build(&backend, topology.policy().queue.usage_window)?;
+        let cache = match &topology.policy().cache {
             None => None,
             Some(c) => match (c.redis, &backend.redis) {
                 (Some(true), None) => {
@@ -198,7 +195,7 @@ impl Router {
                 )),
             },
         };
-        let estimator = match topology.policy.queue.default_max_tokens {
+        let estimator = match topology.policy().queue.default_max_tokens {
             Some(n) => TokenEstimator::new(n),
             None => TokenEstimator::default(),
         };
@@ -206,10 +203,10 @@ impl Router {
         // Loading the BPE tables takes a fraction of a second: do it now, not on the first request.
         let _ = tokio::task::spawn_blocking(usage_tracker::preload_tokenizers).await;
         let settings = AdmissionSettings {
-            polling_interval: topology.policy.queue.polling_interval,
-            queue_lease: topology.policy.queue.queue_lease,
-            inflight_lease: topology.policy.queue.inflight_lease,
-            max_queue_depth: topology.policy.queue.max_queue_depth,
+            polling_interval: topology.policy().queue.polling_interval,
+            queue_lease: topology.policy().queue.queue_lease,
+            inflight_lease: topology.policy().queue.inflight_lease,
+            max_queue_depth: topology.policy().queue.max_queue_depth,
             max_grants_per_step: 128,
         };
         let owner: Arc<str> = Arc::from(uuid::Uuid::new_v4().simple().to_string());
@@ -237,7 +234,7 @@ impl Router {
         });
         let renewer = tokio::spawn(renew_leases(
             Arc::downgrade(&inner),
-            inner.topology.policy.queue.inflight_lease,
+            inner.topology.policy().queue.inflight_lease,
             inner.shutdown.clone(),
         ));
         *inner.renewer.lock().unwrap_or_else(PoisonError::into_inner) = Some(renewer);
@@ -246,24 +243,14 @@ impl Router {
 
     /// The model groups served, with visible aliases, sorted.
     pub fn model_groups(&self) -> Vec<String> {
-        let t = &self.inner.topology;
-        let mut names: Vec<String> = t.groups.keys().cloned().collect();
-        names.extend(
-            t.aliases
-                .iter()
-                .filter(|(_, (_, hidden))| !hidden)
-                .map(|(a, _)| a.clone()),
-        );
-        names.sort();
-        names
+        self.inner.topology.model_names()
     }
 
     /// The deployments, without secrets.
     pub fn deployments(&self) -> Vec<DeploymentInfo> {
         self.inner
             .topology
-            .groups
-            .values()
+            .groups()
             .flat_map(|g| g.deployments.iter())
             .map(|d| DeploymentInfo {
                 id: d.id.clone(),
@@ -286,7 +273,7 @@ impl Router {
     /// Usage and health of every deployment (one backend call per group).
     pub async fn health(&self) -> Result<Vec<DeploymentHealth>, RouterError> {
         let mut out = Vec::new();
-        for g in self.inner.topology.groups.values() {
+        for g in self.inner.topology.groups() {
             let ids: Vec<Arc<str>> = g.deployments.iter().map(|d| d.dref.id.clone()).collect();
             let stats = self
                 .inner
@@ -342,7 +329,7 @@ impl Router {
     /// group). Entries of a crashed replica count until they are reaped at the head of the queue.
     pub async fn queue_depths(&self) -> Result<Vec<QueueDepth>, RouterError> {
         let mut out = Vec::new();
-        for group in self.inner.topology.groups.keys() {
+        for group in self.inner.topology.groups().map(|g| &g.name) {
             let depths = self
                 .inner
                 .backend
@@ -454,7 +441,7 @@ impl Router {
             estimate.est_tokens
         };
         let timeout = timeout.or(controls.timeout);
-        let policy = &topology.policy;
+        let policy = &topology.policy();
         let mut job = Job {
             endpoint,
             body,
@@ -551,7 +538,7 @@ impl Router {
         group: &str,
         request: Option<Vec<String>>,
     ) -> Vec<String> {
-        let policy = &self.inner.topology.policy;
+        let policy = &self.inner.topology.policy();
         if err.is_context_window() {
             let list = policy.context_window_fallbacks.for_group(group);
             if !list.is_empty() {
@@ -592,7 +579,7 @@ impl Router {
         only: Option<&[String]>,
     ) -> Result<Answer, RouterError> {
         let inner = &self.inner;
-        let policy = &inner.topology.policy;
+        let policy = &inner.topology.policy();
         let eligible: Vec<usize> = (0..group.deployments.len())
             .filter(|&i| only.is_none_or(|ids| ids.contains(&group.deployments[i].id)))
             .collect();
@@ -805,7 +792,7 @@ impl Router {
 
     /// The strategy's order of `pool` (indices into the group's deployments), lower tiers first.
     async fn order(&self, group: &ModelGroup, pool: &[usize]) -> Vec<usize> {
-        let policy = &self.inner.topology.policy;
+        let policy = &self.inner.topology.policy();
         let tiers: Vec<u32> = group.deployments.iter().map(|d| d.tier).collect();
         match policy.strategy {
             Strategy::SimpleShuffle => {
@@ -835,7 +822,7 @@ impl Router {
     /// Latency per output token of each deployment of `group`, read at most once per `ttl`.
     async fn latencies(&self, group: &ModelGroup) -> Latencies {
         let inner = &self.inner;
-        let ttl = inner.topology.policy.latency_ttl;
+        let ttl = inner.topology.policy().latency_ttl;
         {
             let cache = inner.latency.lock().unwrap_or_else(PoisonError::into_inner);
             if let Some((at, v)) = cache.get(&group.name) {
@@ -965,7 +952,7 @@ impl RouterInner {
     /// not tied to one request (polls, releases) grant with this order.
     fn group_order(&self, group: &str) -> Option<GroupOrder> {
         let group = self.topology.group(group)?;
-        let policy = &self.topology.policy;
+        let policy = &self.topology.policy();
         let tiers: Vec<u32> = group.deployments.iter().map(|d| d.tier).collect();
         let all: Vec<usize> = (0..group.deployments.len()).collect();
         let order = match policy.strategy {

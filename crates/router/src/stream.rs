@@ -11,10 +11,10 @@ use tokio::time::Instant;
 use usage_tracker::{LatencySample, Reservation};
 
 use crate::capacity::Settlement;
-use crate::deployment::Deployment;
 use crate::error::{RouterError, UpstreamErrorKind};
 use crate::provider::{stream_error, SseEvent};
 use crate::router::{usage_of, RouterInner};
+use crate::topology::Deployment;
 
 /// The state of one relayed stream; settles its reservation exactly once (on drop at the latest).
 pub(crate) struct Relay {

@@ -6,9 +6,9 @@ use futures::StreamExt;
 use serde_json::{json, Map, Value};
 
 use super::{Reply, SseEvent};
-use crate::deployment::Deployment;
 use crate::error::{RouterError, UpstreamErrorKind};
 use crate::request::Endpoint;
+use crate::topology::Deployment;
 
 /// The reply (or error) a mock deployment gives.
 pub(super) fn reply(
