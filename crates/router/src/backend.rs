@@ -10,8 +10,10 @@ use queue_core::{
 };
 use usage_tracker::{MemoryUsage, RedisUsage, UsageSettings, UsageStore};
 
+use crate::cache::ResponseCache;
 use crate::config::RouterSettings;
 use crate::error::RouterError;
+use crate::topology::CachePolicy;
 use admission::{AdmissionBackend, MemoryAdmission, RedisAdmission};
 
 /// How to reach Redis: URL (masked in `Debug`), pool size, per-call timeout, key prefix. Shared with
@@ -150,6 +152,31 @@ impl BackendHandle {
                 })
             }
         }
+    }
+
+    /// The response cache `policy` asks for: in memory, or in Redis on this backend's pool.
+    pub(crate) fn response_cache(
+        &self,
+        policy: Option<&CachePolicy>,
+    ) -> Result<Option<ResponseCache>, RouterError> {
+        let Some(c) = policy else {
+            return Ok(None);
+        };
+        Ok(match (c.redis, &self.redis) {
+            (Some(true), None) => {
+                return Err(RouterError::config(
+                    "router_settings.cache_kwargs.type",
+                    "a redis cache needs the Redis backend (redis_host or redis_url)",
+                ))
+            }
+            (Some(false), _) | (None, None) => Some(ResponseCache::memory(c.ttl, c.max_size_bytes)),
+            (_, Some(r)) => Some(ResponseCache::redis(
+                c.ttl,
+                r.pool.clone(),
+                self.keyspace.clone(),
+                r.command_timeout,
+            )),
+        })
     }
 
     /// Readiness: Redis answers PING (always Ok in memory).

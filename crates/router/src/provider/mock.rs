@@ -5,7 +5,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use futures::StreamExt;
 use serde_json::{json, Map, Value};
 
-use super::{Reply, SseEvent};
+use super::reply::Reply;
+use super::sse::SseEvent;
 use crate::error::{RouterError, UpstreamErrorKind};
 use crate::request::Endpoint;
 use crate::topology::Deployment;

@@ -2,11 +2,11 @@
 //! mapped to [`RouterError`].
 
 mod mock;
+mod reply;
 pub(crate) mod sse;
 
 use std::time::Duration;
 
-use futures::stream::BoxStream;
 use futures::StreamExt;
 use reqwest::header::HeaderMap;
 use serde_json::{Map, Value};
@@ -14,6 +14,7 @@ use serde_json::{Map, Value};
 use crate::error::{RouterError, UpstreamError, UpstreamErrorKind};
 use crate::request::Endpoint;
 use crate::topology::Deployment;
+pub(crate) use reply::Reply;
 pub(crate) use sse::SseEvent;
 
 /// One upstream call.
@@ -31,16 +32,6 @@ pub(crate) struct Call<'a> {
     pub(crate) mock_delay: Option<Duration>,
     /// Prompt tokens (for mock usage).
     pub(crate) prompt_tokens: u64,
-}
-
-/// A successful upstream answer.
-pub(crate) enum Reply {
-    Json(Value),
-    /// The first event has arrived; the rest follow as the upstream sends them.
-    Stream {
-        first: SseEvent,
-        rest: BoxStream<'static, Result<SseEvent, RouterError>>,
-    },
 }
 
 /// The HTTP client shared by every deployment (one connection pool).
@@ -296,6 +287,18 @@ pub(crate) fn error_from_response(
     err
 }
 
+/// (total tokens, completion tokens) of a response's `usage`.
+pub(crate) fn usage_of(v: &Value) -> (Option<u64>, Option<u64>) {
+    let Some(u) = v.get("usage").filter(|u| u.is_object()) else {
+        return (None, None);
+    };
+    let get = |k: &str| u.get(k).and_then(Value::as_u64);
+    let completion = get("completion_tokens");
+    let total =
+        get("total_tokens").or_else(|| Some(get("prompt_tokens")? + completion.unwrap_or(0)));
+    (total, completion)
+}
+
 /// `retry-after-ms` (milliseconds) or `retry-after` (seconds).
 fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     let num = |name: &str| -> Option<f64> {
@@ -340,6 +343,13 @@ mod tests {
         };
         let t = crate::topology::build(&cfg).unwrap();
         t.group("g").unwrap().deployments[0].clone()
+    }
+
+    #[test]
+    fn usage_is_read() {
+        let v = serde_json::json!({"usage": {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}});
+        assert_eq!(usage_of(&v), (Some(7), Some(4)));
+        assert_eq!(usage_of(&serde_json::json!({"usage": null})), (None, None));
     }
 
     #[test]

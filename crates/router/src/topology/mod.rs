@@ -17,3 +17,4 @@ pub(crate) use build::build;
 pub(crate) use deployment::Deployment;
 pub use entry::implements_litellm_param;
 pub(crate) use groups::{ModelGroup, Topology};
+pub(crate) use policy::CachePolicy;
