@@ -67,22 +67,22 @@ impl Backend {
 
 /// The built backend: the usage store, the admission steps and, on Redis, the shared pool.
 pub(crate) struct BackendHandle {
-    pub(crate) usage: Arc<dyn UsageStore>,
+    usage: Arc<dyn UsageStore>,
     /// The queues, for reads (depths); admission changes them through `admission` only.
-    pub(crate) queue: Arc<dyn QueueBackend>,
-    pub(crate) admission: Arc<dyn AdmissionBackend>,
-    pub(crate) keyspace: Keyspace,
+    queue: Arc<dyn QueueBackend>,
+    admission: Arc<dyn AdmissionBackend>,
+    keyspace: Keyspace,
     /// `Some` on Redis.
-    pub(crate) redis: Option<RedisHandle>,
+    redis: Option<RedisHandle>,
 }
 
 /// The Redis pool, the kept connection every script of this replica multiplexes over, and the call
 /// timeout.
 #[derive(Clone)]
-pub(crate) struct RedisHandle {
-    pub(crate) pool: deadpool_redis::Pool,
-    pub(crate) connection: RedisConnection,
-    pub(crate) command_timeout: Duration,
+struct RedisHandle {
+    pool: deadpool_redis::Pool,
+    connection: RedisConnection,
+    command_timeout: Duration,
 }
 
 impl BackendHandle {
@@ -152,6 +152,21 @@ impl BackendHandle {
                 })
             }
         }
+    }
+
+    /// The usage store: limits, leases, cooldowns, statistics.
+    pub(crate) fn usage(&self) -> &Arc<dyn UsageStore> {
+        &self.usage
+    }
+
+    /// The queues, for reads (depths).
+    pub(crate) fn queue(&self) -> &dyn QueueBackend {
+        self.queue.as_ref()
+    }
+
+    /// The admission steps.
+    pub(crate) fn admission(&self) -> &Arc<dyn AdmissionBackend> {
+        &self.admission
     }
 
     /// The response cache `policy` asks for: in memory, or in Redis on this backend's pool.

@@ -85,16 +85,16 @@ impl Router {
         let inflight_lease = policy.queue.inflight_lease;
         let owner: Arc<str> = Arc::from(uuid::Uuid::new_v4().simple().to_string());
 
-        let orders = Arc::new(GroupOrders::new(topology.clone(), backend.usage.clone()));
+        let orders = Arc::new(GroupOrders::new(topology.clone(), backend.usage().clone()));
         let admission_orders = orders.clone();
         let candidates: GroupCandidates =
             Arc::new(move |group: &str| admission_orders.for_admission(group));
-        let scheduler = Scheduler::new(owner, backend.admission.clone(), settings, candidates);
+        let scheduler = Scheduler::new(owner, backend.admission().clone(), settings, candidates);
         let leases = Arc::new(Leases::default());
         let capacity = Arc::new(Capacity::new(
             scheduler,
             leases.clone(),
-            backend.usage.clone(),
+            backend.usage().clone(),
             topology.clone(),
         ));
         let metrics = Arc::new(RouterMetrics::default());
@@ -119,7 +119,7 @@ impl Router {
         );
         let renewer = tokio::spawn(renew_leases(
             Arc::downgrade(&leases),
-            backend.usage.clone(),
+            backend.usage().clone(),
             inflight_lease,
             shutdown.clone(),
         ));
@@ -149,7 +149,7 @@ impl Router {
 
     /// Usage and health of every deployment (one backend call per group).
     pub async fn health(&self) -> Result<Vec<DeploymentHealth>, RouterError> {
-        info::health(&self.inner.topology, self.inner.backend.usage.as_ref()).await
+        info::health(&self.inner.topology, self.inner.backend.usage().as_ref()).await
     }
 
     /// Readiness: the backend answers (always Ok in memory).
@@ -178,7 +178,7 @@ impl Router {
     /// Requests waiting in each model group's queue, by priority (all replicas; one backend call per
     /// group). Entries of a crashed replica count until they are reaped at the head of the queue.
     pub async fn queue_depths(&self) -> Result<Vec<QueueDepth>, RouterError> {
-        info::queue_depths(&self.inner.topology, self.inner.backend.queue.as_ref()).await
+        info::queue_depths(&self.inner.topology, self.inner.backend.queue()).await
     }
 
     /// Releases of answered requests still running in the background (each a moment after its answer).

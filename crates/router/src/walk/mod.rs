@@ -131,7 +131,7 @@ impl Walk {
             estimate.est_tokens
         };
         let timeout = timeout.or(controls.timeout);
-        let policy = &topology.policy();
+        let policy = topology.policy();
         let mut job = Job {
             endpoint,
             body,
