@@ -57,6 +57,7 @@
 //! let settings = AdmissionSettings {
 //!     polling_interval: Duration::from_millis(30),
 //!     queue_lease: Duration::from_secs(10),
+//!     heartbeat: Duration::from_millis(250),
 //!     inflight_lease: Duration::from_secs(30),
 //!     max_queue_depth: 1000,
 //!     max_grants_per_step: 64,
@@ -99,8 +100,8 @@ pub use memory::MemoryAdmission;
 pub use redis::RedisAdmission;
 pub use scheduler::{AdmitRequest, GroupCandidates, GroupOrder, Scheduler, SchedulerStats};
 pub use step::{
-    AdmissionBackend, AdmissionSettings, CancelOutcome, Grant, GrantPayload, Release, Step,
-    StepReply, Submit, SubmitOutcome,
+    AdmissionBackend, AdmissionSettings, CancelOutcome, Grant, GrantPayload, Place, Release,
+    Restore, Restored, Step, StepReply, Submit, SubmitOutcome,
 };
 
 /// Locks a mutex, ignoring poisoning (critical sections never leave state half-changed across a panic).

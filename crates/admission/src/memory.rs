@@ -1,11 +1,12 @@
 //! Admission in memory for a single instance: the twin of `admit_v2.lua`, line for line, under two locks.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use queue_core::{Clock, Entry, QueueState};
+use queue_core::{Clock, Entry, QueueState, Score};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use usage_tracker::{
@@ -15,8 +16,8 @@ use usage_tracker::{
 use crate::error::BackendError;
 use crate::lock;
 use crate::step::{
-    reservation_on, AdmissionBackend, CancelOutcome, Grant, GrantPayload, Release, Step, StepReply,
-    Submit, SubmitOutcome,
+    reservation_on, AdmissionBackend, CancelOutcome, Grant, GrantPayload, Place, Release, Restore,
+    Restored, Step, StepReply, Submit, SubmitOutcome,
 };
 
 /// Queue and usage state of one process. Locks are taken queue first, then usage, and never held across
@@ -25,6 +26,16 @@ pub struct MemoryAdmission {
     queue: Arc<Mutex<QueueState>>,
     usage: Arc<Mutex<UsageState>>,
     clock: Time,
+    /// The `:gen` key of each group (taken after the usage lock).
+    generations: Mutex<HashMap<String, String>>,
+}
+
+/// What every step reads first: the time, the store's generation and whether admission is paused.
+struct Context {
+    now: u64,
+    generation: String,
+    paused_until: Option<u64>,
+    lapsed: bool,
 }
 
 /// Where the twin reads the time.
@@ -45,7 +56,15 @@ impl MemoryAdmission {
             queue,
             usage,
             clock: Time::Clock(clock),
+            generations: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Tests: forget everything, as a Redis that restarted empty.
+    pub fn lose_state(&self) {
+        lock(&self.queue).clear();
+        lock(&self.usage).clear();
+        lock(&self.generations).clear();
     }
 
     /// Tests: read the time from `now_ms` instead of the clock.
@@ -64,14 +83,48 @@ impl MemoryAdmission {
         &self.usage
     }
 
+    /// The generation check at the top of every step of `admit_v2.lua`.
+    fn context(&self, step: &Step<'_>) -> Context {
+        let now = self.now_ms();
+        let mut generations = lock(&self.generations);
+        let (generation, paused_until) = match generations.get(step.group) {
+            Some(generation) => {
+                let until = generation
+                    .split_once(':')
+                    .and_then(|(_, until)| until.parse::<u64>().ok())
+                    .filter(|until| *until > now);
+                (generation.clone(), until)
+            }
+            None => {
+                let (generation, until) = if step.generation.is_some() {
+                    let until = now + step.settings.restore_pause().as_millis() as u64;
+                    (format!("{now}:{until}"), Some(until))
+                } else {
+                    (now.to_string(), None)
+                };
+                generations.insert(step.group.to_owned(), generation.clone());
+                (generation, until)
+            }
+        };
+        Context {
+            now,
+            generation,
+            paused_until,
+            lapsed: false,
+        }
+    }
+
     /// `s_heartbeat`.
-    fn heartbeat(step: &Step<'_>, queue: &mut QueueState, now: u64) {
+    fn heartbeat(step: &Step<'_>, queue: &mut QueueState, cx: &mut Context) {
+        if !queue.owner_alive(step.group, step.owner, cx.now) {
+            cx.lapsed = true;
+        }
         queue.heartbeat(
             step.group,
             step.owner,
-            now + step.settings.queue_lease.as_millis() as u64,
+            cx.now + step.settings.liveness().as_millis() as u64,
         );
-        queue.forget_expired_owners(step.group, now);
+        queue.forget_expired_owners(step.group, cx.now);
     }
 
     /// The common tail of every step: take this replica's grants, give back those of dead owners, then
@@ -80,10 +133,11 @@ impl MemoryAdmission {
         step: &Step<'_>,
         queue: &mut QueueState,
         usage: &mut UsageState,
-        now: u64,
+        cx: Context,
         outcome: T,
         read_depth: bool,
     ) -> Result<StepReply<T>, BackendError> {
+        let now = cx.now;
         let mut mine = Vec::new();
         for grant in queue.grants(step.group) {
             let entry = &grant.entry;
@@ -111,9 +165,9 @@ impl MemoryAdmission {
                 }
             }
         }
-        let mut next_capacity_ms = None;
+        let mut next_capacity_ms = cx.paused_until;
         let mut granted = 0;
-        while granted < step.settings.max_grants_per_step {
+        while granted < step.settings.max_grants_per_step && cx.paused_until.is_none() {
             let Some(head) = queue.head(step.group, now, &mut Vec::new()) else {
                 break;
             };
@@ -145,6 +199,8 @@ impl MemoryAdmission {
             next_capacity_ms,
             depth: read_depth.then(|| queue.depth(step.group)),
             grants: mine,
+            generation: cx.generation,
+            lapsed: cx.lapsed,
         })
     }
 }
@@ -168,22 +224,24 @@ impl AdmissionBackend for MemoryAdmission {
         submit: &Submit<'_>,
     ) -> Result<StepReply<SubmitOutcome>, BackendError> {
         let entry = submit.entry;
-        let now = self.now_ms();
         let mut queue = lock(&self.queue);
         let mut usage = lock(&self.usage);
+        let mut cx = self.context(step);
+        let now = cx.now;
         let blocked = queue
             .head(step.group, now, &mut Vec::new())
             .is_some_and(|head| head.priority <= submit.priority);
-        if !submit.force_queue && !blocked {
+        if !submit.force_queue && !blocked && cx.paused_until.is_none() {
             let request = reserve_request(entry, step.settings.inflight_lease, step.order);
             if let ReserveOutcome::Reserved(r) = usage.try_reserve(now, step.candidates, &request) {
-                return Ok(StepReply::bare(SubmitOutcome::Granted {
+                let granted = SubmitOutcome::Granted {
                     deployment_id: r.deployment.id.to_string(),
                     window_start_ms: r.window_start_ms,
-                }));
+                };
+                return Ok(StepReply::bare(granted, cx.generation));
             }
         }
-        Self::heartbeat(step, &mut queue, now);
+        Self::heartbeat(step, &mut queue, &mut cx);
         let max_depth = step.settings.max_queue_depth;
         let enqueued = match queue.enqueue(step.group, submit.priority, entry, max_depth) {
             Err(e) if e.is_queue_full() => {
@@ -193,15 +251,16 @@ impl AdmissionBackend for MemoryAdmission {
             other => other,
         };
         match enqueued {
-            Ok(_) => {
+            Ok(enqueued) => {
                 let meta = entry.meta();
                 let not_before_ms =
                     usage.not_before(now, step.candidates, meta.est_tokens, meta.prompt_tokens);
                 let queued = SubmitOutcome::Queued {
                     position: None,
                     not_before_ms,
+                    score: enqueued.score,
                 };
-                let mut reply = Self::admit(step, &mut queue, &mut usage, now, queued, true)?;
+                let mut reply = Self::admit(step, &mut queue, &mut usage, cx, queued, true)?;
                 if let SubmitOutcome::Queued { position, .. } = &mut reply.outcome {
                     *position = queue.position(step.group, entry);
                 }
@@ -209,18 +268,90 @@ impl AdmissionBackend for MemoryAdmission {
             }
             Err(e) if e.is_queue_full() => Ok(StepReply {
                 depth: Some(queue.depth(step.group)),
-                ..StepReply::bare(SubmitOutcome::Full)
+                lapsed: cx.lapsed,
+                ..StepReply::bare(SubmitOutcome::Full, cx.generation)
             }),
             Err(e) => Err(e.into()),
         }
     }
 
     async fn poll(&self, step: &Step<'_>) -> Result<StepReply<()>, BackendError> {
-        let now = self.now_ms();
         let mut queue = lock(&self.queue);
         let mut usage = lock(&self.usage);
-        Self::heartbeat(step, &mut queue, now);
-        Self::admit(step, &mut queue, &mut usage, now, (), true)
+        let mut cx = self.context(step);
+        Self::heartbeat(step, &mut queue, &mut cx);
+        Self::admit(step, &mut queue, &mut usage, cx, (), true)
+    }
+
+    async fn restore(
+        &self,
+        step: &Step<'_>,
+        restore: &Restore<'_>,
+    ) -> Result<StepReply<Restored>, BackendError> {
+        let mut queue = lock(&self.queue);
+        let mut usage = lock(&self.usage);
+        let mut cx = self.context(step);
+        let now = cx.now;
+        Self::heartbeat(step, &mut queue, &mut cx);
+        let start_seq = queue.seq(step.group);
+        let mut seq = start_seq;
+        let mut waiters = 0;
+        // Entries with their place first, so the sequence resumes above every one of them.
+        for placed in [true, false] {
+            for (entry, place) in &restore.waiters {
+                if placed != matches!(place, Place::At(_)) {
+                    continue;
+                }
+                let wanted = !entry.deadline_passed(now)
+                    && queue.owner_alive(step.group, entry.owner(), now)
+                    && !queue.is_queued(step.group, entry)
+                    && !queue.has_grant(step.group, entry);
+                if !wanted {
+                    continue;
+                }
+                let score = match *place {
+                    Place::At(score) => {
+                        seq = seq.max(u64::from(score.seq()));
+                        score
+                    }
+                    Place::Back(priority) => {
+                        seq += 1;
+                        Score::new(priority, (seq % (1 << 32)) as u32)
+                    }
+                };
+                queue.put_back(step.group, entry, score);
+                waiters += 1;
+            }
+        }
+        if seq > start_seq {
+            queue.set_seq(step.group, seq);
+        }
+        let mut reservations = 0;
+        for reservation in &restore.reservations {
+            let known = step
+                .candidates
+                .iter()
+                .any(|c| c.deployment.id == reservation.deployment.id);
+            if known
+                && usage
+                    .lease_expiry(&reservation.deployment, &reservation.id)
+                    .is_none()
+            {
+                usage.charge(
+                    now,
+                    &reservation.deployment,
+                    reservation.est_tokens,
+                    &reservation.id,
+                    step.settings.inflight_lease,
+                );
+                reservations += 1;
+            }
+        }
+        let restored = Restored {
+            waiters,
+            reservations,
+        };
+        Self::admit(step, &mut queue, &mut usage, cx, restored, true)
     }
 
     async fn release(
@@ -229,9 +360,10 @@ impl AdmissionBackend for MemoryAdmission {
         reservation: &Reservation,
         release: &Release,
     ) -> Result<StepReply<SettleReport>, BackendError> {
-        let now = self.now_ms();
         let mut queue = lock(&self.queue);
         let mut usage = lock(&self.usage);
+        let cx = self.context(step);
+        let now = cx.now;
         if !release.sent {
             usage.give_back(now, reservation);
         }
@@ -241,7 +373,7 @@ impl AdmissionBackend for MemoryAdmission {
             (Outcome::Cancelled, None)
         };
         let report = usage.settle(now, reservation, actual, outcome, release.latency.as_ref());
-        Self::admit(step, &mut queue, &mut usage, now, report, false)
+        Self::admit(step, &mut queue, &mut usage, cx, report, false)
     }
 
     async fn cancel(
@@ -249,9 +381,10 @@ impl AdmissionBackend for MemoryAdmission {
         step: &Step<'_>,
         entry: &Entry,
     ) -> Result<StepReply<CancelOutcome>, BackendError> {
-        let now = self.now_ms();
         let mut queue = lock(&self.queue);
         let mut usage = lock(&self.usage);
+        let cx = self.context(step);
+        let now = cx.now;
         let outcome = if queue.remove(step.group, entry) {
             CancelOutcome::Waiting
         } else if let Some(payload) = queue.take_grant(step.group, entry) {
@@ -283,7 +416,7 @@ impl AdmissionBackend for MemoryAdmission {
             }
             outcome
         };
-        Self::admit(step, &mut queue, &mut usage, now, outcome, false)
+        Self::admit(step, &mut queue, &mut usage, cx, outcome, false)
     }
 
     fn start_wakeups(

@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use futures::StreamExt;
-use queue_core::{Entry, GroupKeys, Keyspace, RedisConnection};
+use queue_core::{Entry, GroupKeys, Keyspace, RedisConnection, Score};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use usage_tracker::{Candidate, Outcome, Reservation, SettleReport};
@@ -15,8 +15,8 @@ use usage_tracker::{Candidate, Outcome, Reservation, SettleReport};
 use crate::error::BackendError;
 use crate::lock;
 use crate::step::{
-    AdmissionBackend, CancelOutcome, Grant, GrantPayload, Release, Step, StepReply, Submit,
-    SubmitOutcome,
+    AdmissionBackend, CancelOutcome, Grant, GrantPayload, Place, Release, Restore, Restored, Step,
+    StepReply, Submit, SubmitOutcome,
 };
 
 /// queue-core's and usage-tracker's fragments followed by admission's body: one atomic step.
@@ -51,6 +51,8 @@ pub struct RedisAdmission {
 /// One group's keys and its deployments' (usage hash, in-flight, cooldown).
 struct CachedKeys {
     group: GroupKeys,
+    /// `<base>:gen`: the store's generation for the group.
+    generation: String,
     deployments: HashMap<String, [String; 3]>,
 }
 
@@ -90,6 +92,7 @@ impl RedisAdmission {
                 cache.insert(
                     step.group.to_owned(),
                     CachedKeys {
+                        generation: format!("{}:gen", self.keyspace.group(step.group).base),
                         group: self.keyspace.group(step.group),
                         deployments: HashMap::new(),
                     },
@@ -100,7 +103,8 @@ impl RedisAdmission {
                 inv.key(&keys.queue)
                     .key(&keys.seq)
                     .key(&keys.owners)
-                    .key(&keys.grants);
+                    .key(&keys.grants)
+                    .key(&cached.generation);
                 for candidate in step.candidates {
                     let id = &*candidate.deployment.id;
                     if !cached.deployments.contains_key(id) {
@@ -119,7 +123,7 @@ impl RedisAdmission {
         }
         inv.arg(mode)
             .arg(step.owner)
-            .arg(step.settings.queue_lease.as_millis() as u64)
+            .arg(step.settings.liveness().as_millis() as u64)
             .arg(self.window.as_millis() as u64)
             .arg(step.settings.inflight_lease.as_millis() as u64)
             .arg(step.order.mode())
@@ -131,6 +135,8 @@ impl RedisAdmission {
                     .as_ref()
                     .map_or(-1, |now| now.load(Ordering::SeqCst) as i64),
             )
+            .arg(step.generation.unwrap_or(""))
+            .arg(step.settings.restore_pause().as_millis() as u64)
             .arg(step.candidates.len());
         for candidate in step.candidates {
             push_candidate_args(&mut inv, candidate);
@@ -177,9 +183,10 @@ impl AdmissionBackend for RedisAdmission {
                 deployment_id: text(deployment)?,
                 window_start_ms: positive(int(window)?).ok_or_else(|| bad("window"))?,
             }),
-            ("queued", [position, not_before]) => Ok(SubmitOutcome::Queued {
+            ("queued", [position, not_before, score]) => Ok(SubmitOutcome::Queued {
                 position: positive(int(position)?),
                 not_before_ms: positive(int(not_before)?),
+                score: Score::from_raw(positive(int(score)?).ok_or_else(|| bad("score"))?),
             }),
             ("full", []) => Ok(SubmitOutcome::Full),
             _ => Err(bad(&format!(
@@ -200,22 +207,53 @@ impl AdmissionBackend for RedisAdmission {
         .await
     }
 
+    async fn restore(
+        &self,
+        step: &Step<'_>,
+        restore: &Restore<'_>,
+    ) -> Result<StepReply<Restored>, BackendError> {
+        let mut inv = self.invocation(step, "restore");
+        inv.arg(restore.waiters.len());
+        for (entry, place) in &restore.waiters {
+            let score = match place {
+                Place::At(score) => score.get() as i64,
+                Place::Back(priority) => -(i64::from(priority.get()) + 1),
+            };
+            inv.arg(entry.member()).arg(score);
+        }
+        let reservations: Vec<(&Reservation, usize)> = restore
+            .reservations
+            .iter()
+            .filter_map(|r| Some((*r, candidate_index(step, r)?)))
+            .collect();
+        inv.arg(reservations.len());
+        for (reservation, index) in reservations {
+            inv.arg(&reservation.id)
+                .arg(index + 1)
+                .arg(reservation.est_tokens);
+        }
+        self.run(inv, |status, fields| match (status, fields) {
+            ("restored", [waiters, reservations]) => Ok(Restored {
+                waiters: positive(int(waiters)?).unwrap_or(0),
+                reservations: positive(int(reservations)?).unwrap_or(0),
+            }),
+            _ => Err(bad(&format!("restore answered {status}"))),
+        })
+        .await
+    }
+
     async fn release(
         &self,
         step: &Step<'_>,
         reservation: &Reservation,
         release: &Release,
     ) -> Result<StepReply<SettleReport>, BackendError> {
-        let index = step
-            .candidates
-            .iter()
-            .position(|c| c.deployment.id == reservation.deployment.id)
-            .ok_or_else(|| {
-                BackendError::reply(format!(
-                    "deployment {} is not a candidate of its group",
-                    reservation.deployment.id
-                ))
-            })?;
+        let index = candidate_index(step, reservation).ok_or_else(|| {
+            BackendError::reply(format!(
+                "deployment {} is not a candidate of its group",
+                reservation.deployment.id
+            ))
+        })?;
         let actual = release.actual_tokens.map_or(-1, |t| t as i64);
         let (outcome, actual) = match (release.sent, release.outcome) {
             (false, _) => (0, -1),
@@ -321,10 +359,18 @@ impl AdmissionBackend for RedisAdmission {
     }
 }
 
+/// The 0-based index of the reservation's deployment among the step's candidates.
+fn candidate_index(step: &Step<'_>, reservation: &Reservation) -> Option<usize> {
+    step.candidates
+        .iter()
+        .position(|c| c.deployment.id == reservation.deployment.id)
+}
+
 /// The number of status fields each status carries (see the header of `admit_v2.lua`).
 fn status_fields(status: &str) -> Option<usize> {
     Some(match status {
-        "granted" | "queued" | "released" => 2,
+        "queued" => 3,
+        "granted" | "released" | "restored" => 2,
         "cancelled" => 1,
         "full" | "polled" => 0,
         _ => return None,
@@ -356,7 +402,7 @@ fn decode_reply<T>(
     let redis::Value::Array(items) = value else {
         return Err(bad("not an array"));
     };
-    let [status, next_ms, depth, rest @ ..] = items.as_slice() else {
+    let [status, next_ms, depth, generation, lapsed, rest @ ..] = items.as_slice() else {
         return Err(bad("too short"));
     };
     let status = text(status)?;
@@ -381,5 +427,7 @@ fn decode_reply<T>(
         next_capacity_ms: positive(int(next_ms)?),
         depth: positive(int(depth)?),
         grants,
+        generation: text(generation)?,
+        lapsed: int(lapsed)? == 1,
     })
 }

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use queue_core::{Entry, EntryMeta, Priority};
+use queue_core::{Entry, EntryMeta, Priority, Score};
 use tokio::sync::{oneshot, Notify};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -24,8 +24,8 @@ use usage_tracker::{Candidate, CandidateOrder, Outcome, Reservation, SettleRepor
 use crate::error::{AdmissionError, BackendError};
 use crate::lock;
 use crate::step::{
-    reservation_on, AdmissionBackend, AdmissionSettings, Grant, GrantPayload, Release, Step,
-    Submit, SubmitOutcome,
+    reservation_on, AdmissionBackend, AdmissionSettings, Grant, GrantPayload, Place, Release,
+    Restore, Step, StepReply, Submit, SubmitOutcome,
 };
 
 /// What one request needs from admission.
@@ -64,8 +64,23 @@ type Waiter = oneshot::Sender<Result<Reservation, AdmissionError>>;
 #[derive(Default)]
 struct GroupState {
     /// Waiters by queue member.
-    waiters: HashMap<String, Waiter>,
+    waiters: HashMap<String, Waiting>,
     poller: Option<Arc<Notify>>,
+    /// The store generation the last step answered with.
+    generation: Option<String>,
+    /// When a step last renewed this replica's heartbeat in the group.
+    last_heartbeat: Option<Instant>,
+    /// A restore step is on its way.
+    restoring: bool,
+}
+
+/// A local waiter and what it takes to put its entry back.
+struct Waiting {
+    tx: Waiter,
+    entry: Entry,
+    priority: Priority,
+    /// Its place, once its submit step answered.
+    score: Option<Score>,
 }
 
 /// Observability counters of the scheduler.
@@ -96,6 +111,10 @@ struct Inner {
     settings: AdmissionSettings,
     candidates: GroupCandidates,
     groups: Mutex<HashMap<Arc<str>, GroupState>>,
+    /// This replica's in-flight reservations by id (re-registered when the store loses them).
+    in_flight: Mutex<HashMap<String, Reservation>>,
+    /// Whether the last step reached the store (state changes are logged once).
+    store_up: std::sync::atomic::AtomicBool,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     shutdown: CancellationToken,
     stats: Arc<SchedulerStats>,
@@ -115,6 +134,8 @@ impl Scheduler {
             settings,
             candidates,
             groups: Mutex::new(HashMap::new()),
+            in_flight: Mutex::new(HashMap::new()),
+            store_up: std::sync::atomic::AtomicBool::new(true),
             tasks: Mutex::new(Vec::new()),
             shutdown: CancellationToken::new(),
             stats: Arc::new(SchedulerStats::default()),
@@ -128,12 +149,22 @@ impl Scheduler {
         if let Some(task) = backend.start_wakeups(owner, wake, inner.shutdown.clone()) {
             lock(&inner.tasks).push(task);
         }
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let heartbeat =
+                runtime.spawn(heartbeats(Arc::downgrade(&inner), inner.shutdown.clone()));
+            lock(&inner.tasks).push(heartbeat);
+        }
         Scheduler { inner }
     }
 
     /// The replica id this scheduler owns queue entries as.
     pub fn owner(&self) -> &str {
         &self.inner.owner
+    }
+
+    /// This replica's in-flight reservations (for lease renewal).
+    pub fn held(&self) -> Vec<Reservation> {
+        lock(&self.inner.in_flight).values().cloned().collect()
     }
 
     /// Counters for metrics.
@@ -165,11 +196,20 @@ impl Scheduler {
         let entry = Entry::new(uuid::Uuid::new_v4(), &*inner.owner, meta)
             .map_err(|e| AdmissionError::Backend(e.into()))?;
         let (tx, rx) = oneshot::channel();
-        lock(&inner.groups)
-            .entry(request.group.clone())
-            .or_default()
-            .waiters
-            .insert(entry.member().to_owned(), tx);
+        let generation = {
+            let mut groups = lock(&inner.groups);
+            let state = groups.entry(request.group.clone()).or_default();
+            state.waiters.insert(
+                entry.member().to_owned(),
+                Waiting {
+                    tx,
+                    entry: entry.clone(),
+                    priority: request.priority,
+                    score: None,
+                },
+            );
+            state.generation.clone()
+        };
         let mut guard = WaiterGuard {
             inner: inner.clone(),
             group: request.group.clone(),
@@ -177,7 +217,12 @@ impl Scheduler {
             rx,
             armed: true,
         };
-        let step = inner.step(&request.group, &request.candidates, request.order);
+        let step = inner.step(
+            &request.group,
+            &request.candidates,
+            request.order,
+            generation.as_deref(),
+        );
         let Some(entry) = guard.entry.as_ref() else {
             return Err(AdmissionError::ShuttingDown);
         };
@@ -201,7 +246,8 @@ impl Scheduler {
             }
             Ok(Ok(reply)) => reply,
         };
-        inner.deliver(&request.group, reply.grants);
+        let mut reply = reply;
+        inner.observe(&request.group, &mut reply);
         match reply.outcome {
             SubmitOutcome::Granted {
                 deployment_id,
@@ -215,6 +261,7 @@ impl Scheduler {
                 let reservation = reservation.ok_or_else(|| {
                     BackendError::reply(format!("grant names unknown deployment {deployment_id}"))
                 })?;
+                inner.hold(&reservation);
                 Ok((reservation, Duration::ZERO))
             }
             SubmitOutcome::Full => {
@@ -225,7 +272,14 @@ impl Scheduler {
                     depth: reply.depth.unwrap_or(0),
                 })
             }
-            SubmitOutcome::Queued { not_before_ms, .. } => {
+            SubmitOutcome::Queued {
+                not_before_ms,
+                score,
+                ..
+            } => {
+                if let Some(entry) = &guard.entry {
+                    inner.placed(&request.group, entry, score);
+                }
                 // Capacity cannot return before the deadline (or, for a retry, is blocked by cooldowns or
                 // full windows): refuse now rather than wait only to time out (the guard cancels the entry).
                 let now_ms = inner.backend.now_ms();
@@ -243,6 +297,7 @@ impl Scheduler {
                 match granted {
                     Ok(Ok(Ok(reservation))) => {
                         guard.disarm();
+                        inner.hold(&reservation);
                         let waited = started.elapsed();
                         inner.stats.queued_grants.fetch_add(1, Ordering::Relaxed);
                         inner
@@ -286,15 +341,17 @@ impl Scheduler {
                 BackendError::reply(format!("release for unknown model group {group}")).into(),
             );
         };
-        let step = inner.step(&group, &candidates, order);
-        let reply = match inner.backend.release(&step, reservation, release).await {
+        lock(&inner.in_flight).remove(&reservation.id);
+        let generation = inner.generation(&group);
+        let step = inner.step(&group, &candidates, order, generation.as_deref());
+        let mut reply = match inner.backend.release(&step, reservation, release).await {
             Ok(reply) => reply,
             Err(e) => {
                 inner.stats.backend_errors.fetch_add(1, Ordering::Relaxed);
                 return Err(e.into());
             }
         };
-        inner.deliver(&group, reply.grants);
+        inner.observe(&group, &mut reply);
         Ok(reply.outcome)
     }
 
@@ -306,20 +363,18 @@ impl Scheduler {
         for task in tasks {
             let _ = task.await;
         }
-        let waiting: Vec<(Arc<str>, String, Waiter)> = lock(&inner.groups)
+        let waiting: Vec<(Arc<str>, Waiting)> = lock(&inner.groups)
             .iter_mut()
             .flat_map(|(group, state)| {
                 state
                     .waiters
                     .drain()
-                    .map(|(member, waiter)| (group.clone(), member, waiter))
+                    .map(|(_, waiting)| (group.clone(), waiting))
             })
             .collect();
-        for (group, member, waiter) in waiting {
-            if let Ok(entry) = Entry::from_member(&member) {
-                inner.cancel_entry(&group, &entry).await;
-            }
-            let _ = waiter.send(Err(AdmissionError::ShuttingDown));
+        for (group, waiting) in waiting {
+            inner.cancel_entry(&group, &waiting.entry).await;
+            let _ = waiting.tx.send(Err(AdmissionError::ShuttingDown));
         }
     }
 }
@@ -330,6 +385,7 @@ impl Inner {
         group: &'a str,
         candidates: &'a [Candidate],
         order: CandidateOrder,
+        generation: Option<&'a str>,
     ) -> Step<'a> {
         Step {
             owner: &self.owner,
@@ -337,6 +393,155 @@ impl Inner {
             candidates,
             order,
             settings: &self.settings,
+            generation,
+        }
+    }
+
+    /// Counts a failed step of a background task; logs once per outage, not once per step.
+    fn step_failed(&self, group: &str, e: &BackendError) {
+        self.stats.backend_errors.fetch_add(1, Ordering::Relaxed);
+        if e.is_unavailable() {
+            if self.store_up.swap(false, Ordering::Relaxed) {
+                tracing::warn!(group = %group, "the admission store does not answer (waiting requests keep their place and are put back when it answers): {e}");
+            }
+        } else {
+            tracing::warn!(group = %group, "admission step failed: {e}");
+        }
+    }
+
+    /// The store generation this replica last saw for `group`.
+    fn generation(&self, group: &str) -> Option<String> {
+        lock(&self.groups)
+            .get(group)
+            .and_then(|state| state.generation.clone())
+    }
+
+    /// Records a reservation this replica holds until its release.
+    fn hold(&self, reservation: &Reservation) {
+        lock(&self.in_flight).insert(reservation.id.clone(), reservation.clone());
+    }
+
+    /// Records a waiter's place (its submit step answered).
+    fn placed(&self, group: &str, entry: &Entry, score: Score) {
+        if let Some(waiting) = lock(&self.groups)
+            .get_mut(group)
+            .and_then(|state| state.waiters.get_mut(entry.member()))
+        {
+            waiting.score = Some(score);
+        }
+    }
+
+    /// What every step's reply says besides its outcome: hands the grants to local waiters, and when the
+    /// store lost its state (a new generation) or this replica's heartbeat had lapsed, starts a restore.
+    fn observe<T>(self: &Arc<Self>, group: &Arc<str>, reply: &mut StepReply<T>) {
+        if !self.store_up.swap(true, Ordering::Relaxed) {
+            tracing::warn!("the admission store answers again");
+        }
+        let grants = std::mem::take(&mut reply.grants);
+        let restore = {
+            let mut groups = lock(&self.groups);
+            let state = groups.entry(group.clone()).or_default();
+            let store_lost = state
+                .generation
+                .as_deref()
+                .is_some_and(|known| known != reply.generation);
+            if state.generation.as_deref() != Some(reply.generation.as_str()) {
+                state.generation = Some(reply.generation.clone());
+            }
+            // A lapse matters only to waiters whose entries were in the queue already.
+            let lapsed = reply.lapsed && state.waiters.values().any(|w| w.score.is_some());
+            let previous = state.last_heartbeat.replace(Instant::now());
+            let start = (store_lost || lapsed) && !state.restoring;
+            if start {
+                state.restoring = true;
+            }
+            start.then_some((store_lost, previous))
+        };
+        self.deliver(group, grants);
+        if let Some((store_lost, last_heartbeat)) = restore {
+            tracing::warn!(
+                group = %group,
+                store_lost,
+                "admission state lost (store restarted or flushed, or this replica's heartbeat lapsed): restoring waiters and in-flight reservations"
+            );
+            let inner = self.clone();
+            let group = group.clone();
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime
+                    .spawn(async move { inner.restore(&group, store_lost, last_heartbeat).await });
+            }
+        }
+    }
+
+    /// Puts back this replica's waiters (at their place while `queue_lease` since the last heartbeat has
+    /// not passed) and, when the store lost its state, its in-flight reservations.
+    async fn restore(self: &Arc<Self>, group: &Arc<str>, store_lost: bool, last: Option<Instant>) {
+        let keep_place = last.is_none_or(|t| t.elapsed() <= self.settings.queue_lease);
+        let waiters: Vec<(Entry, Place)> = lock(&self.groups)
+            .get(group)
+            .map(|state| {
+                state
+                    .waiters
+                    .values()
+                    .filter(|w| !w.tx.is_closed())
+                    .filter_map(|w| {
+                        let score = w.score?;
+                        let place = if keep_place {
+                            Place::At(score)
+                        } else {
+                            Place::Back(w.priority)
+                        };
+                        Some((w.entry.clone(), place))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let reservations: Vec<Reservation> = if store_lost {
+            lock(&self.in_flight)
+                .values()
+                .filter(|r| r.deployment.group == *group)
+                .cloned()
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let result = match (self.candidates)(group) {
+            Some((candidates, order)) => {
+                let generation = self.generation(group);
+                let step = self.step(group, &candidates, order, generation.as_deref());
+                let restore = Restore {
+                    waiters: waiters.iter().map(|(e, p)| (e, *p)).collect(),
+                    reservations: reservations.iter().collect(),
+                };
+                Some(self.backend.restore(&step, &restore).await)
+            }
+            None => None,
+        };
+        if let Some(state) = lock(&self.groups).get_mut(group) {
+            state.restoring = false;
+        }
+        match result {
+            Some(Ok(mut reply)) => {
+                tracing::info!(
+                    group = %group,
+                    waiters = reply.outcome.waiters,
+                    reservations = reply.outcome.reservations,
+                    "restored admission state"
+                );
+                reply.lapsed = false;
+                self.observe(group, &mut reply);
+            }
+            Some(Err(e)) => {
+                self.stats.backend_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(group = %group, "restoring admission state failed (retried at the next step): {e}");
+                if let Some(state) = lock(&self.groups).get_mut(group) {
+                    // The next step that sees the new generation tries again.
+                    if store_lost {
+                        state.generation = None;
+                    }
+                }
+            }
+            None => {}
         }
     }
 
@@ -351,7 +556,7 @@ impl Inner {
             let mut groups = lock(&self.groups);
             let state = groups.entry(group.clone()).or_default();
             for Grant { entry, payload } in grants {
-                let waiter = state.waiters.remove(entry.member());
+                let waiter = state.waiters.remove(entry.member()).map(|w| w.tx);
                 let reservation = candidates
                     .as_ref()
                     .and_then(|(candidates, _)| payload.reservation(candidates, &entry));
@@ -401,9 +606,10 @@ impl Inner {
                 actual_tokens: None,
                 latency: None,
             };
-            let step = inner.step(&group, &candidates, order);
+            let generation = inner.generation(&group);
+            let step = inner.step(&group, &candidates, order, generation.as_deref());
             match inner.backend.release(&step, &reservation, &release).await {
-                Ok(reply) => inner.deliver(&group, reply.grants),
+                Ok(mut reply) => inner.observe(&group, &mut reply),
                 Err(e) => {
                     inner.stats.backend_errors.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(group = %group, "giving back an unused grant failed (its lease expires): {e}");
@@ -417,9 +623,10 @@ impl Inner {
         let Some((candidates, order)) = (self.candidates)(group) else {
             return;
         };
-        let step = self.step(group, &candidates, order);
+        let generation = self.generation(group);
+        let step = self.step(group, &candidates, order, generation.as_deref());
         match self.backend.cancel(&step, entry).await {
-            Ok(reply) => self.deliver(group, reply.grants),
+            Ok(mut reply) => self.observe(group, &mut reply),
             Err(e) => {
                 self.stats.backend_errors.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(group = %group, "cancelling a queue entry failed (the queue lease or a later grant cleans it up): {e}");
@@ -461,27 +668,26 @@ impl Inner {
     /// load is one step per polling interval or event, whatever the number of waiters.
     async fn run_poller(self: Arc<Self>, group: Arc<str>, notify: Arc<Notify>) {
         loop {
-            let mut sleep_for = self.settings.polling_interval;
+            // The poll is also this replica's heartbeat in the group.
+            let mut sleep_for = self.settings.polling_interval.min(self.settings.heartbeat);
             if let Some((candidates, order)) = (self.candidates)(&group) {
-                let step = self.step(&group, &candidates, order);
+                let generation = self.generation(&group);
+                let step = self.step(&group, &candidates, order, generation.as_deref());
                 match self.backend.poll(&step).await {
-                    Ok(reply) => {
+                    Ok(mut reply) => {
                         if let Some(next) = reply.next_capacity_ms {
                             let until = next.saturating_sub(self.backend.now_ms()).max(1);
                             sleep_for = sleep_for.min(Duration::from_millis(until));
                         }
-                        self.deliver(&group, reply.grants);
+                        self.observe(&group, &mut reply);
                     }
-                    Err(e) => {
-                        self.stats.backend_errors.fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!(group = %group, "admission step failed: {e}");
-                    }
+                    Err(e) => self.step_failed(&group, &e),
                 }
             }
             {
                 let mut groups = lock(&self.groups);
                 let state = groups.entry(group.clone()).or_default();
-                state.waiters.retain(|_, waiter| !waiter.is_closed());
+                state.waiters.retain(|_, waiting| !waiting.tx.is_closed());
                 if state.waiters.is_empty() {
                     state.poller = None;
                     return;
@@ -542,5 +748,46 @@ impl Drop for WaiterGuard {
         let inner = self.inner.clone();
         let group = self.group.clone();
         runtime.spawn(async move { inner.cancel_entry(&group, &entry).await });
+    }
+}
+
+/// This replica's heartbeat where it has requests in flight but no poller (a poller's steps are the
+/// heartbeat where it has waiters): a poll step per group every `heartbeat`. It keeps the replica alive in
+/// the group and notices at once when the store lost its state, so the in-flight reservations are
+/// re-registered within the restore pause.
+async fn heartbeats(inner: std::sync::Weak<Inner>, shutdown: CancellationToken) {
+    loop {
+        let Some(period) = inner.upgrade().map(|i| i.settings.heartbeat) else {
+            return;
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(period) => {}
+            _ = shutdown.cancelled() => return,
+        }
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        let mut groups: Vec<Arc<str>> = lock(&inner.in_flight)
+            .values()
+            .map(|r| r.deployment.group.clone())
+            .collect();
+        groups.sort_unstable();
+        groups.dedup();
+        groups.retain(|g| {
+            lock(&inner.groups)
+                .get(g)
+                .is_none_or(|state| state.poller.is_none())
+        });
+        for group in groups {
+            let Some((candidates, order)) = (inner.candidates)(&group) else {
+                continue;
+            };
+            let generation = inner.generation(&group);
+            let step = inner.step(&group, &candidates, order, generation.as_deref());
+            match inner.backend.poll(&step).await {
+                Ok(mut reply) => inner.observe(&group, &mut reply),
+                Err(e) => inner.step_failed(&group, &e),
+            }
+        }
     }
 }

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use queue_core::{Entry, Priority};
+use queue_core::{Entry, Priority, Score};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use usage_tracker::{Candidate, CandidateOrder, LatencySample, Outcome, Reservation, SettleReport};
@@ -16,14 +16,34 @@ use crate::error::BackendError;
 pub struct AdmissionSettings {
     /// Longest a poller sleeps between admission steps while it has waiters.
     pub polling_interval: Duration,
-    /// `queue_lease`: how long this replica's queue entries live without a heartbeat.
+    /// `queue_lease`: how long after its heartbeat lapsed a replica's waiting requests keep their place
+    /// (a replica that comes back within it puts them back where they were; later, at the back).
     pub queue_lease: Duration,
+    /// `replica_heartbeat`: how often (at least) a replica with waiting or in-flight requests runs a step. Its
+    /// liveness lapses after [`AdmissionSettings::liveness`]; after the store lost its state, admission
+    /// pauses for [`AdmissionSettings::restore_pause`] while replicas restore.
+    pub heartbeat: Duration,
     /// `inflight_lease`: the in-flight lease of a reservation granted from the queue.
     pub inflight_lease: Duration,
     /// Most entries waiting per group (0 = unbounded).
     pub max_queue_depth: u64,
     /// Most grants one admission step hands out.
     pub max_grants_per_step: u32,
+}
+
+impl AdmissionSettings {
+    /// How long a replica is alive after its last step: three heartbeats. Its waiting entries stop being
+    /// granted after that, and its uncollected grants are given back, so a crashed replica holds its group
+    /// for less than a second with the default heartbeat.
+    pub fn liveness(&self) -> Duration {
+        self.heartbeat * 3
+    }
+
+    /// How long nothing is granted after the store lost its state: two heartbeats, time for every live
+    /// replica to re-register its in-flight reservations and put its waiters back.
+    pub fn restore_pause(&self) -> Duration {
+        self.heartbeat * 2
+    }
 }
 
 /// The group-wide arguments of every step.
@@ -39,6 +59,8 @@ pub struct Step<'a> {
     pub order: CandidateOrder,
     /// Leases and bounds.
     pub settings: &'a AdmissionSettings,
+    /// The store generation this replica last saw for the group (`None`: it saw none yet).
+    pub generation: Option<&'a str>,
 }
 
 /// A request asking for capacity: reserved at once (the fast path) or queued.
@@ -50,6 +72,33 @@ pub struct Submit<'a> {
     pub priority: Priority,
     /// Always wait in the queue, even when capacity is free.
     pub force_queue: bool,
+}
+
+/// What a replica puts back after the store lost it (a new generation) or after its own heartbeat lapsed.
+#[derive(Debug, Default)]
+pub struct Restore<'a> {
+    /// Its waiting entries and their places.
+    pub waiters: Vec<(&'a Entry, Place)>,
+    /// Its in-flight reservations, re-registered in the current window.
+    pub reservations: Vec<&'a Reservation>,
+}
+
+/// Where a waiting entry goes back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Place {
+    /// Its original score.
+    At(Score),
+    /// The back of its priority (its place was held longer than `queue_lease`).
+    Back(Priority),
+}
+
+/// What a restore step put back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Restored {
+    /// Waiting entries put back into the queue (those still queued or granted are left alone).
+    pub waiters: u64,
+    /// In-flight reservations re-registered.
+    pub reservations: u64,
 }
 
 /// A finished (or abandoned) request's settlement.
@@ -167,6 +216,8 @@ pub enum SubmitOutcome {
         position: Option<u64>,
         /// Epoch ms before which no deployment can take it (cooldowns, full windows); `None` if none ever can.
         not_before_ms: Option<u64>,
+        /// Its place: put back there if the store loses it.
+        score: Score,
     },
     /// The queue is full.
     Full,
@@ -220,16 +271,22 @@ pub struct StepReply<T> {
     pub depth: Option<u64>,
     /// This replica's grants.
     pub grants: Vec<Grant>,
+    /// The store's generation (a replica that knew another one restores).
+    pub generation: String,
+    /// This replica's heartbeat had lapsed before the step renewed it: its waiting entries may be gone.
+    pub lapsed: bool,
 }
 
 impl<T> StepReply<T> {
     /// A reply with no grants, depth or hint.
-    pub(crate) fn bare(outcome: T) -> StepReply<T> {
+    pub(crate) fn bare(outcome: T, generation: String) -> StepReply<T> {
         StepReply {
             outcome,
             next_capacity_ms: None,
             depth: None,
             grants: Vec::new(),
+            generation,
+            lapsed: false,
         }
     }
 }
@@ -253,6 +310,13 @@ pub trait AdmissionBackend: Send + Sync + 'static {
         reservation: &Reservation,
         release: &Release,
     ) -> Result<StepReply<SettleReport>, BackendError>;
+    /// Puts back what the store lost of this replica (waiting entries at their place, in-flight
+    /// reservations), then admits.
+    async fn restore(
+        &self,
+        step: &Step<'_>,
+        restore: &Restore<'_>,
+    ) -> Result<StepReply<Restored>, BackendError>;
     /// Removes an entry (or takes back its grant, or gives back a racing fast-path reservation), then
     /// admits.
     async fn cancel(

@@ -2,7 +2,7 @@
 //! and on a real redis-server, with one pinned clock; every reply and the queue and usage state left after
 //! every step must be the same.
 //!
-//! Time only moves by `Advance` steps, so queue leases (400 ms), in-flight leases (600 ms), deadlines and
+//! Time only moves by `Advance` steps, so replica liveness (400 ms), in-flight leases (600 ms), deadlines and
 //! window rolls (1 s windows) all happen, deterministically. The clock starts at a window start and moves at
 //! most 2.9 s, so no usage hash outlives its three windows on one twin and not on the other (Redis expires
 //! keys on its own wall clock, which the pinned clock runs ahead of). Cooldowns are not stepped here: Redis
@@ -15,12 +15,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use admission::{
     AdmissionBackend, AdmissionSettings, BackendError, CancelOutcome, Grant, GrantPayload,
-    MemoryAdmission, RedisAdmission, Release, Step, StepReply, Submit, SubmitOutcome,
+    MemoryAdmission, Place, RedisAdmission, Release, Restore, Restored, Step, StepReply, Submit,
+    SubmitOutcome,
 };
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use queue_core::{
-    Clock, Entry, EntryMeta, Keyspace, Priority, QueueSnapshot, QueueState, RedisConnection,
+    Clock, Entry, EntryMeta, Keyspace, Priority, QueueSnapshot, QueueState, RedisConnection, Score,
 };
 use testkit::RedisServer;
 use usage_tracker::{
@@ -38,7 +39,8 @@ const LATENCY_ALPHA: f64 = 0.2;
 fn settings() -> AdmissionSettings {
     AdmissionSettings {
         polling_interval: Duration::from_millis(30),
-        queue_lease: Duration::from_millis(400),
+        queue_lease: Duration::from_millis(1000),
+        heartbeat: Duration::from_millis(100),
         inflight_lease: Duration::from_millis(600),
         max_queue_depth: 6,
         max_grants_per_step: 3,
@@ -102,6 +104,13 @@ enum Op {
         owner: usize,
         pick: usize,
     },
+    /// The owner puts back its queued entries (at their place, or at the back) and its reservations.
+    Restore {
+        owner: usize,
+        back: bool,
+    },
+    /// The store loses everything (Redis restarted empty).
+    Flush,
     Advance(u64),
 }
 
@@ -123,6 +132,8 @@ fn op() -> impl Strategy<Value = Op> {
                 owner, pick, sent, outcome, actual, latency_ms
             }),
         3 => (0..OWNERS.len(), any::<usize>()).prop_map(|(owner, pick)| Op::Cancel { owner, pick }),
+        2 => (0..OWNERS.len(), proptest::bool::weighted(0.3)).prop_map(|(owner, back)| Op::Restore { owner, back }),
+        1 => Just(Op::Flush),
         3 => (1..350_u64).prop_map(Op::Advance),
     ]
 }
@@ -146,6 +157,7 @@ enum Outcome2 {
     Poll,
     Release(SettleReport),
     Cancel(CancelOutcome),
+    Restore(Restored),
 }
 
 /// A reply with grants in a stable order.
@@ -161,6 +173,8 @@ fn normalized<T>(
         next_capacity_ms: reply.next_capacity_ms,
         depth: reply.depth,
         grants,
+        generation: reply.generation,
+        lapsed: reply.lapsed,
     })
 }
 
@@ -177,6 +191,9 @@ async fn step_on(
             Outcome2::Release,
         ),
         Action::Cancel(entry) => normalized(backend.cancel(step, entry).await, Outcome2::Cancel),
+        Action::Restore(restore) => {
+            normalized(backend.restore(step, restore).await, Outcome2::Restore)
+        }
     }
 }
 
@@ -185,6 +202,7 @@ enum Action<'a> {
     Poll,
     Release(&'a Reservation, Release),
     Cancel(&'a Entry),
+    Restore(Restore<'a>),
 }
 
 impl Twins {
@@ -310,6 +328,25 @@ impl Twins {
         Ok((queue, usage))
     }
 
+    /// Deletes every key of the case: Redis restarted empty.
+    async fn flush_redis(&self) -> anyhow::Result<()> {
+        let keys = self.keyspace.group(GROUP);
+        let mut del = redis::cmd("DEL");
+        del.arg(&keys.queue)
+            .arg(&keys.seq)
+            .arg(&keys.owners)
+            .arg(&keys.grants)
+            .arg(format!("{}:gen", keys.base));
+        for c in &self.candidates {
+            let id = &*c.deployment.id;
+            del.arg(keys.deployment(id))
+                .arg(keys.deployment_inflight(id))
+                .arg(keys.deployment_cooldown(id));
+        }
+        self.connection.query::<u64>(&del).await?;
+        Ok(())
+    }
+
     fn memory_state(&self) -> (QueueSnapshot, Vec<UsageSnapshot>) {
         let now = self.now();
         let queue = lock(self.memory.queue_state()).snapshot(GROUP, now);
@@ -336,6 +373,9 @@ async fn run_case(
     let settings = settings();
     let mut entries: Vec<Entry> = Vec::new();
     let mut reservations: Vec<Reservation> = Vec::new();
+    // What each owner learned: the store generation, and its entries' places and priorities.
+    let mut generations: Vec<Option<String>> = vec![None; OWNERS.len()];
+    let mut places: BTreeMap<String, (Score, Priority)> = BTreeMap::new();
     let fail = |e: &dyn std::fmt::Display| TestCaseError::fail(e.to_string());
     for (i, op) in ops.iter().enumerate() {
         let now = twins.now();
@@ -343,7 +383,13 @@ async fn run_case(
             Op::Submit { owner, .. }
             | Op::Poll(owner)
             | Op::Release { owner, .. }
-            | Op::Cancel { owner, .. } => OWNERS[*owner],
+            | Op::Cancel { owner, .. }
+            | Op::Restore { owner, .. } => OWNERS[*owner],
+            Op::Flush => {
+                twins.flush_redis().await.map_err(|e| fail(&e))?;
+                twins.memory.lose_state();
+                continue;
+            }
             Op::Advance(ms) => {
                 let next = (now + ms).min(twins.start_ms + MAX_ADVANCE_MS);
                 twins.now.store(next, Ordering::SeqCst);
@@ -356,6 +402,8 @@ async fn run_case(
             candidates: &twins.candidates,
             order: twins.order,
             settings: &settings,
+            generation: generations[OWNERS.iter().position(|o| *o == owner).unwrap_or(0)]
+                .as_deref(),
         };
         if let Op::Submit {
             est,
@@ -428,7 +476,30 @@ async fn run_case(
                 }
                 Action::Cancel(&entries[pick % entries.len()])
             }
-            Op::Advance(_) => continue,
+            Op::Restore { back, .. } => Action::Restore(Restore {
+                waiters: entries
+                    .iter()
+                    .filter(|e| e.owner() == owner)
+                    .filter_map(|e| {
+                        let (score, priority) = places.get(e.member())?;
+                        let place = if *back {
+                            Place::Back(*priority)
+                        } else {
+                            Place::At(*score)
+                        };
+                        Some((e, place))
+                    })
+                    .collect(),
+                reservations: reservations
+                    .iter()
+                    .filter(|r| {
+                        entries
+                            .iter()
+                            .any(|e| e.owner() == owner && e.id().simple().to_string() == r.id)
+                    })
+                    .collect(),
+            }),
+            Op::Advance(_) | Op::Flush => continue,
         };
         let from_redis = step_on(&twins.redis, &step, &action).await;
         let from_memory = step_on(&twins.memory, &step, &action).await;
@@ -444,6 +515,14 @@ async fn run_case(
         // What the step reserved, for later releases.
         let reply = from_memory.map_err(|e| fail(&e))?;
         tally(seen, &reply);
+        if let Some(known) = OWNERS.iter().position(|o| *o == owner) {
+            generations[known] = Some(reply.generation.clone());
+        }
+        if let (Outcome2::Submit(SubmitOutcome::Queued { score, .. }), Action::Submit(submit)) =
+            (&reply.outcome, &action)
+        {
+            places.insert(submit.entry.member().to_owned(), (*score, submit.priority));
+        }
         if let (
             Outcome2::Submit(SubmitOutcome::Granted {
                 deployment_id,
@@ -478,6 +557,9 @@ fn tally(seen: &Mutex<BTreeMap<&'static str, u64>>, reply: &StepReply<Outcome2>)
         Outcome2::Cancel(CancelOutcome::Grant) => "cancel grant",
         Outcome2::Cancel(CancelOutcome::FastPath) => "cancel fast path",
         Outcome2::Cancel(CancelOutcome::Absent) => "cancel absent",
+        Outcome2::Restore(r) if r.waiters > 0 => "restore put waiters back",
+        Outcome2::Restore(r) if r.reservations > 0 => "restore re-registered reservations",
+        Outcome2::Restore(_) => "restore found nothing lost",
     };
     *seen.entry(kind).or_default() += 1;
     for grant in &reply.grants {
@@ -489,6 +571,12 @@ fn tally(seen: &Mutex<BTreeMap<&'static str, u64>>, reply: &StepReply<Outcome2>)
     }
     if reply.next_capacity_ms.is_some() {
         *seen.entry("next capacity hint").or_default() += 1;
+    }
+    if reply.lapsed {
+        *seen.entry("heartbeat lapsed").or_default() += 1;
+    }
+    if reply.generation.contains(':') {
+        *seen.entry("paused generation").or_default() += 1;
     }
 }
 
@@ -533,6 +621,9 @@ fn memory_and_redis_twins_agree_step_by_step() -> anyhow::Result<()> {
         "grant from the queue",
         "grant reject",
         "next capacity hint",
+        "heartbeat lapsed",
+        "paused generation",
+        "restore put waiters back",
     ] {
         anyhow::ensure!(
             seen.contains_key(kind),

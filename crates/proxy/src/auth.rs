@@ -1,4 +1,5 @@
-//! The request check against the master key: where clients present it, and the middleware that refuses them.
+//! The request check against the master key: where clients present it, the middleware that refuses them, and
+//! what an authenticated caller may do ([`Caller`]).
 
 use axum::extract::{Request, State};
 use axum::http::HeaderMap;
@@ -47,13 +48,26 @@ pub(crate) fn check(master_key: Option<&MasterKey>, headers: &HeaderMap) -> Resu
     }
 }
 
-/// Middleware for the routes that need the master key.
+/// What an authenticated caller may do beyond calling models, put in the request's extensions by
+/// [`require_master_key`]. Today every caller holds the master key (or the proxy is open), so this comes from
+/// the proxy-wide settings; a caller's own key is where per-key permissions will come from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Caller {
+    /// May override routing from the body ([`router::OVERRIDE_FIELDS`]):
+    /// `general_settings.allow_client_side_overrides`.
+    pub(crate) overrides_allowed: bool,
+}
+
+/// Middleware for the routes that need the master key; marks the request with its [`Caller`].
 pub(crate) async fn require_master_key(
     State(state): State<AppState>,
-    request: Request,
+    mut request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
     check(state.master_key(), request.headers())?;
+    request.extensions_mut().insert(Caller {
+        overrides_allowed: state.allow_client_side_overrides(),
+    });
     Ok(next.run(request).await)
 }
 

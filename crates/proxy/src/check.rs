@@ -14,7 +14,8 @@ use crate::master_key::mask;
 pub async fn check_config(path: impl AsRef<Path>) -> anyhow::Result<String> {
     let path = path.as_ref();
     let config = Config::load(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-    let router = Router::new(config.router.clone(), config.backend.backend.clone())
+    let router = config
+        .build_router()
         .await
         .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     let report = describe(path, &config, &router);

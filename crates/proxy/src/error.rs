@@ -110,6 +110,13 @@ impl ApiError {
         self
     }
 
+    /// The same error with a sentence added to its message.
+    #[must_use]
+    pub(crate) fn with_note(mut self, note: &str) -> Self {
+        self.message.push_str(note);
+        self
+    }
+
     /// The same error with an OpenAI `code`.
     #[must_use]
     pub fn with_code(mut self, code: impl Into<String>) -> Self {

@@ -80,6 +80,8 @@ pub(crate) fn parse(
             timeout,
             force_queue,
             cache,
+            // Set from the caller's permissions once it is known to be authenticated.
+            overrides_allowed: false,
         },
     })
 }

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::extract::{DefaultBodyLimit, Extension, Path, Request, State};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -14,7 +14,7 @@ use futures::StreamExt;
 use router::{Endpoint, ResponseBody, ResponseMeta, RouterError};
 use serde_json::{json, Value};
 
-use crate::auth;
+use crate::auth::{self, Caller};
 use crate::error::ApiError;
 use crate::metrics::RequestLabels;
 use crate::request;
@@ -73,30 +73,34 @@ pub fn app(state: AppState) -> axum::Router {
 
 async fn chat_completions(
     State(state): State<AppState>,
+    caller: Option<Extension<Caller>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    inference(state, Endpoint::ChatCompletions, false, body).await
+    inference(state, Endpoint::ChatCompletions, false, caller, body).await
 }
 
 async fn queue_chat_completions(
     State(state): State<AppState>,
+    caller: Option<Extension<Caller>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    inference(state, Endpoint::ChatCompletions, true, body).await
+    inference(state, Endpoint::ChatCompletions, true, caller, body).await
 }
 
 async fn completions(
     State(state): State<AppState>,
+    caller: Option<Extension<Caller>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    inference(state, Endpoint::Completions, false, body).await
+    inference(state, Endpoint::Completions, false, caller, body).await
 }
 
 async fn embeddings(
     State(state): State<AppState>,
+    caller: Option<Extension<Caller>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    inference(state, Endpoint::Embeddings, false, body).await
+    inference(state, Endpoint::Embeddings, false, caller, body).await
 }
 
 /// Counts one inference request in flight and, when dropped (after the JSON answer or at the end of a stream,
@@ -169,16 +173,20 @@ async fn inference(
     state: AppState,
     endpoint: Endpoint,
     force_queue: bool,
+    caller: Option<Extension<Caller>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let mut tracker = Tracker::new(state.clone(), endpoint);
     let parsed = body
         .map_err(|rejection| body_error(&rejection, state.max_request_size()))
         .and_then(|body| request::parse(endpoint, &body, force_queue));
-    let parsed = match parsed {
+    let mut parsed = match parsed {
         Ok(parsed) => parsed,
         Err(err) => return tracker.refuse(err),
     };
+    // A request that did not pass the auth layer may not override anything.
+    parsed.router_request.overrides_allowed =
+        caller.is_some_and(|Extension(caller)| caller.overrides_allowed);
     // Label metrics with the model only when it is a served group: clients choose the text.
     let model = &parsed.router_request.model;
     if state.serves(model) {
@@ -256,9 +264,15 @@ fn edge_error_counted(err: RouterError, state: Option<&AppState>) -> ApiError {
         state.metrics().backend_errors().inc();
     }
     let unknown_model = matches!(err, RouterError::ModelNotFound { .. });
+    let override_refused = matches!(err, RouterError::OverrideNotAllowed { .. });
     let api = ApiError::from(err);
     if unknown_model {
         api.with_status(StatusCode::BAD_REQUEST)
+    } else if override_refused {
+        api.with_note(
+            " (the proxy's operator can allow request overrides with \
+             `general_settings.allow_client_side_overrides: true`)",
+        )
     } else {
         api
     }

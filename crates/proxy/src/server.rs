@@ -4,7 +4,7 @@ use std::future::{Future, IntoFuture};
 use std::io;
 use std::sync::Arc;
 
-use router::{Router, RouterError};
+use router::RouterError;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
@@ -36,7 +36,7 @@ pub async fn run(
 ) -> Result<(), RunError> {
     let addr = listener.local_addr()?;
     log_config(&config);
-    let router = Router::new(config.router.clone(), config.backend.backend.clone()).await?;
+    let router = config.build_router().await?;
     let state = AppState::new(router.clone(), &config);
     tracing::info!("listening on http://{addr}");
 

@@ -24,6 +24,7 @@ struct Inner {
     master_key: Option<MasterKey>,
     max_request_size: usize,
     metrics_require_auth: bool,
+    allow_client_side_overrides: bool,
     backend: String,
     metrics: EdgeMetrics,
     started_epoch_secs: u64,
@@ -40,6 +41,7 @@ impl AppState {
                 master_key: config.master_key.clone(),
                 max_request_size: config.max_request_size,
                 metrics_require_auth: config.metrics_require_auth,
+                allow_client_side_overrides: config.allow_client_side_overrides,
                 backend: if config.backend.is_redis() {
                     "redis".to_owned()
                 } else {
@@ -83,6 +85,10 @@ impl AppState {
 
     pub(crate) fn metrics_require_auth(&self) -> bool {
         self.inner.metrics_require_auth
+    }
+
+    pub(crate) fn allow_client_side_overrides(&self) -> bool {
+        self.inner.allow_client_side_overrides
     }
 
     pub(crate) fn backend_name(&self) -> &str {

@@ -113,6 +113,12 @@ fn bad_configs_are_refused_with_the_key_path() {
             "model_list[0].litellm_params.rpm",
         ),
         ("litellm_settings:\n  num_retries: [1]\n", "litellm_settings.num_retries"),
+        // Checked by the router on the merged router_settings, reported where the file has it.
+        (
+            "model_list:\n  - model_name: g\n    litellm_params:\n      model: openai/x\n\
+             litellm_settings:\n  fallbacks: [{g: [nowhere]}]\n",
+            "invalid config at `litellm_settings.fallbacks[0].g[0]`: unknown model group `nowhere`",
+        ),
         ("model_list: [\n", "YAML"),
     ];
     for (i, (text, needle)) in cases.iter().enumerate() {

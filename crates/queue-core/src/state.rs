@@ -34,7 +34,9 @@ pub struct QueueState {
 struct GroupState {
     /// Value of the `:seq` counter (INCR semantics: the first entry gets 1).
     seq: u64,
-    by_score: BTreeMap<u64, Entry>,
+    /// Entries in `ZSET` order: by score, equal scores by member (a restore after the store was lost may put an
+    /// entry back at a score a newer arrival took too).
+    by_score: BTreeMap<(u64, String), Entry>,
     score_of: HashMap<String, u64>,
     owners: HashMap<String, u64>,
     grants: HashMap<String, Grant>,
@@ -53,12 +55,12 @@ impl GroupState {
 
     fn remove(&mut self, member: &str) -> Option<(u64, Entry)> {
         let score = self.score_of.remove(member)?;
-        let entry = self.by_score.remove(&score)?;
+        let entry = self.by_score.remove(&(score, member.to_owned()))?;
         Some((score, entry))
     }
 
-    fn rank(&self, score: u64) -> u64 {
-        self.by_score.range(..score).count() as u64
+    fn rank(&self, score: u64, member: &str) -> u64 {
+        self.by_score.range(..(score, member.to_owned())).count() as u64
     }
 }
 
@@ -105,10 +107,11 @@ impl QueueState {
         let score = Score::new(priority, (g.seq % (1 << 32)) as u32).get();
         g.remove(entry.member());
         g.score_of.insert(entry.member().to_owned(), score);
-        g.by_score.insert(score, entry.clone());
+        g.by_score
+            .insert((score, entry.member().to_owned()), entry.clone());
         Ok(Enqueued {
             score: Score::from_raw(score),
-            position: g.rank(score),
+            position: g.rank(score, entry.member()),
         })
     }
 
@@ -116,7 +119,7 @@ impl QueueState {
     pub fn better_waiting(&self, group: &str, priority: Priority) -> bool {
         self.group(group)
             .and_then(|g| g.by_score.keys().next())
-            .is_some_and(|&head| head <= Score::last_of(priority).get())
+            .is_some_and(|(head, _)| *head <= Score::last_of(priority).get())
     }
 
     /// `q_head`: the first live entry, or `None`. Dead head entries (owner lease expired or deadline
@@ -124,7 +127,7 @@ impl QueueState {
     pub fn head(&mut self, group: &str, now_ms: u64, removed: &mut Vec<Queued>) -> Option<Queued> {
         let g = self.groups.get_mut(group)?;
         loop {
-            let (&score, entry) = g.by_score.iter().next()?;
+            let (&(score, _), entry) = g.by_score.iter().next()?;
             if g.is_live(entry, now_ms) {
                 return Some(queued(entry.clone(), score));
             }
@@ -158,7 +161,9 @@ impl QueueState {
     /// 0-based rank of `entry`, or `None` if it is not queued.
     pub fn position(&self, group: &str, entry: &Entry) -> Option<u64> {
         let g = self.group(group)?;
-        g.score_of.get(entry.member()).map(|&score| g.rank(score))
+        g.score_of
+            .get(entry.member())
+            .map(|&score| g.rank(score, entry.member()))
     }
 
     /// The first `n` live entries in queue order (dead ones are skipped, not removed).
@@ -170,7 +175,7 @@ impl QueueState {
             .iter()
             .filter(|(_, entry)| g.is_live(entry, now_ms))
             .take(n)
-            .map(|(&score, entry)| queued(entry.clone(), score))
+            .map(|(&(score, _), entry)| queued(entry.clone(), score))
             .collect()
     }
 
@@ -236,7 +241,7 @@ impl QueueState {
             return Vec::new();
         };
         let mut out: Vec<(Priority, u64)> = Vec::new();
-        for &score in g.by_score.keys() {
+        for &(score, _) in g.by_score.keys() {
             let priority = Score::from_raw(score).priority().unwrap_or(Priority::MAX);
             match out.last_mut() {
                 Some((p, count)) if *p == priority => *count += 1,
@@ -281,6 +286,42 @@ impl QueueState {
         }
     }
 
+    /// `ZADD` at a given score: puts `entry` back at its place (a restore after the store lost it).
+    pub fn put_back(&mut self, group: &str, entry: &Entry, score: Score) {
+        let g = self.group_mut(group);
+        g.remove(entry.member());
+        g.score_of.insert(entry.member().to_owned(), score.get());
+        g.by_score
+            .insert((score.get(), entry.member().to_owned()), entry.clone());
+    }
+
+    /// The `:seq` counter.
+    pub fn seq(&self, group: &str) -> u64 {
+        self.group(group).map_or(0, |g| g.seq)
+    }
+
+    /// Sets the `:seq` counter.
+    pub fn set_seq(&mut self, group: &str, seq: u64) {
+        self.group_mut(group).seq = seq;
+    }
+
+    /// True if `entry` is queued (alive or not).
+    pub fn is_queued(&self, group: &str, entry: &Entry) -> bool {
+        self.group(group)
+            .is_some_and(|g| g.score_of.contains_key(entry.member()))
+    }
+
+    /// True if `entry` has a grant waiting to be taken.
+    pub fn has_grant(&self, group: &str, entry: &Entry) -> bool {
+        self.group(group)
+            .is_some_and(|g| g.grants.contains_key(entry.member()))
+    }
+
+    /// Forgets everything, as a store that lost its state (tests of recovery).
+    pub fn clear(&mut self) {
+        self.groups.clear();
+    }
+
     /// The grants recorded in `group` and not yet taken, in no particular order.
     pub fn grants(&self, group: &str) -> Vec<Grant> {
         self.group(group)
@@ -305,7 +346,7 @@ impl QueueState {
             entries: g
                 .by_score
                 .iter()
-                .map(|(&score, entry)| (entry.member().to_owned(), score))
+                .map(|(&(score, _), entry)| (entry.member().to_owned(), score))
                 .collect(),
             seq: g.seq,
             owners: g

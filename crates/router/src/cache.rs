@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Map, Value};
 
-use crate::request::Endpoint;
+use crate::request::{AnswerSource, Endpoint};
 
 /// Where cached responses live.
 pub(crate) enum CacheStore {
@@ -138,10 +138,18 @@ impl ResponseCache {
         }
     }
 
-    /// Stores a response for `ttl` (default: the configured TTL).
-    pub(crate) async fn put(&self, key: &str, body: &Value, ttl: Option<Duration>) {
+    /// Stores a response for `ttl` (default: the configured TTL), when it came from a configured deployment:
+    /// every later caller of the same request reads it, so a caller's own text (a `mock_response` of the
+    /// body) must never get here whatever let it through.
+    pub(crate) async fn put(
+        &self,
+        key: &str,
+        body: &Value,
+        source: AnswerSource,
+        ttl: Option<Duration>,
+    ) {
         let ttl = ttl.unwrap_or(self.ttl);
-        if ttl.is_zero() {
+        if ttl.is_zero() || !source.is_cacheable() {
             return;
         }
         let created_ms = epoch_ms();
@@ -259,7 +267,26 @@ mod tests {
     async fn memory_cache_round_trip() {
         let c = ResponseCache::memory(Duration::from_secs(60), 1 << 20);
         assert!(c.get("g\u{0}k", None).await.is_none());
-        c.put("g\u{0}k", &json!({"a": 1}), None).await;
+        c.put("g\u{0}k", &json!({"a": 1}), AnswerSource::Upstream, None)
+            .await;
+        assert_eq!(c.get("g\u{0}k", None).await, Some(json!({"a": 1})));
+    }
+
+    #[tokio::test]
+    async fn answers_a_caller_wrote_are_never_stored() {
+        let c = ResponseCache::memory(Duration::from_secs(60), 1 << 20);
+        for source in [AnswerSource::RequestMock, AnswerSource::Cache] {
+            c.put("g\u{0}k", &json!({"planted": true}), source, None)
+                .await;
+            assert!(c.get("g\u{0}k", None).await.is_none(), "{source:?}");
+        }
+        c.put(
+            "g\u{0}k",
+            &json!({"a": 1}),
+            AnswerSource::DeploymentMock,
+            None,
+        )
+        .await;
         assert_eq!(c.get("g\u{0}k", None).await, Some(json!({"a": 1})));
     }
 }

@@ -192,10 +192,15 @@ pub struct RouterSettings {
     /// Most requests waiting per model group (default 10000).
     #[serde(default, deserialize_with = "lenient::opt_u64")]
     pub max_queue_depth: Option<u64>,
-    /// Seconds a replica's queued requests survive without its heartbeat (a crashed replica's entries are
-    /// dropped after this). Default 10.
+    /// Seconds a replica's waiting requests keep their place after its heartbeat lapsed (a replica that
+    /// comes back within it puts them back where they were). Default 10.
     #[serde(default, deserialize_with = "lenient::opt_f64")]
     pub queue_lease: Option<f64>,
+    /// Seconds between a replica's heartbeats while it has waiting or in-flight requests; it counts as
+    /// dead after three missed ones (its waiting requests stop being granted, its grants come back).
+    /// Default 0.25.
+    #[serde(default, deserialize_with = "lenient::opt_f64")]
+    pub replica_heartbeat: Option<f64>,
     /// Seconds a request's in-flight slot survives without renewal (renewed every third of it while the
     /// request runs; a crashed replica's slots come back after this). Default 30.
     #[serde(default, deserialize_with = "lenient::opt_f64")]

@@ -27,6 +27,13 @@ pub enum RouterError {
         /// The offending request field.
         param: Option<String>,
     },
+    /// The body overrides how the request is routed or answered (`mock_response`, `fallbacks`, ...) and the
+    /// caller may not ([`crate::RouterRequest::overrides_allowed`]; 403).
+    #[error("`{param}` in the request body overrides how the request is routed or answered, and this caller may not override it")]
+    OverrideNotAllowed {
+        /// The offending request field.
+        param: String,
+    },
     /// No model group, alias or deployment has this name (404).
     #[error("model `{model}` is not served here; known models: {known}")]
     ModelNotFound {
@@ -213,6 +220,7 @@ impl RouterError {
         match self {
             Self::InvalidConfig { .. } | Self::Internal(_) => 500,
             Self::BadRequest { .. } | Self::PromptTooLong { .. } => 400,
+            Self::OverrideNotAllowed { .. } => 403,
             Self::ModelNotFound { .. } => 404,
             Self::NoDeploymentAvailable { .. } | Self::QueueFull { .. } => 429,
             Self::QueueTimeout { .. } => 408,
@@ -303,6 +311,7 @@ impl RouterError {
                 _ => None,
             }),
             Self::ModelNotFound { .. } => Some("model_not_found"),
+            Self::OverrideNotAllowed { .. } => Some("override_not_allowed"),
             Self::PromptTooLong { .. } => Some("context_length_exceeded"),
             Self::NoDeploymentAvailable { .. } => Some("no_deployment_available"),
             Self::QueueFull { .. } => Some("queue_full"),
@@ -318,6 +327,7 @@ impl RouterError {
         match self {
             Self::Upstream(u) => u.param.as_deref(),
             Self::BadRequest { param, .. } => param.as_deref(),
+            Self::OverrideNotAllowed { param } => Some(param),
             Self::ModelNotFound { .. } => Some("model"),
             Self::PromptTooLong { .. } => Some("messages"),
             _ => None,

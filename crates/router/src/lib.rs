@@ -36,7 +36,8 @@
 //!   config loader uses it too).
 //! - `provider`: HTTP clients for upstreams, SSE parsing, mock responses, upstream error mapping.
 //! - `cache`: the response cache (memory or Redis), keyed by a hash of the normalised request.
-//! - `request`: [`RouterRequest`], [`RouterResponse`], [`ResponseMeta`], [`Endpoint`], [`CacheControl`].
+//! - `request`: [`RouterRequest`] (with the caller's permission to override routing, [`OVERRIDE_FIELDS`]),
+//!   [`RouterResponse`], [`ResponseMeta`] (with its [`AnswerSource`]), [`Endpoint`], [`CacheControl`].
 //! - `backend`: [`Backend`] (memory or Redis) and the shared Redis pool.
 //! - `metrics`: [`RouterMetrics`] counters and latency histograms.
 //! - `error`: [`RouterError`].
@@ -93,8 +94,8 @@ pub use error::{RouterError, UpstreamError, UpstreamErrorKind};
 pub use info::{DeploymentHealth, DeploymentInfo, QueueDepth};
 pub use metrics::{Histogram, MetricsSnapshot, RouterMetrics, LATENCY_BUCKETS};
 pub use request::{
-    CacheControl, Endpoint, ResponseBody, ResponseMeta, RouterRequest, RouterResponse,
-    ROUTER_ONLY_FIELDS,
+    AnswerSource, CacheControl, Endpoint, ResponseBody, ResponseMeta, RouterRequest,
+    RouterResponse, CLIENT_CREDENTIAL_FIELDS, OVERRIDE_FIELDS, ROUTER_ONLY_FIELDS,
 };
 pub use router::Router;
 pub use strategy::RoutingStrategy;

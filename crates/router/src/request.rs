@@ -22,6 +22,17 @@ pub const ROUTER_ONLY_FIELDS: &[&str] = &[
     "stream_timeout",
 ];
 
+/// Router-only fields that override how a request is routed or answered: who answers (`mock_response`,
+/// `mock_delay`), which groups are tried (`fallbacks`) and how many upstream calls it may make
+/// (`num_retries`). Refused with a 403 unless [`RouterRequest::overrides_allowed`]: a caller that could use
+/// them freely could plant answers in the shared response cache or multiply upstream calls.
+pub const OVERRIDE_FIELDS: &[&str] = &["mock_response", "mock_delay", "fallbacks", "num_retries"];
+
+/// Body fields with which LiteLLM lets a client name its own upstream or credentials. The router only calls
+/// the deployments of its config, so these are refused (400) rather than forwarded to the upstream as if
+/// they had been applied.
+pub const CLIENT_CREDENTIAL_FIELDS: &[&str] = &["api_key", "api_base", "base_url", "user_config"];
+
 /// The OpenAI endpoint a request is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Endpoint {
@@ -71,6 +82,9 @@ pub struct RouterRequest {
     pub force_queue: bool,
     /// Response cache control (the body's `cache`).
     pub cache: CacheControl,
+    /// Whether the caller may use the [`OVERRIDE_FIELDS`]; set by whoever authenticated it (the proxy: its
+    /// `general_settings.allow_client_side_overrides`), `false` from [`RouterRequest::new`].
+    pub overrides_allowed: bool,
 }
 
 impl RouterRequest {
@@ -93,6 +107,7 @@ impl RouterRequest {
             timeout: None,
             force_queue: false,
             cache: CacheControl::default(),
+            overrides_allowed: false,
         })
     }
 
@@ -213,6 +228,31 @@ pub struct ResponseMeta {
     pub queue_wait: Duration,
     /// Time of the successful upstream call (to the first chunk for streams).
     pub upstream_latency: Duration,
+    /// Who produced the answer.
+    pub source: AnswerSource,
+}
+
+/// Who produced an answer; decides whether the shared response cache may keep it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum AnswerSource {
+    /// A call to the deployment's upstream.
+    Upstream,
+    /// The deployment's own `mock_response` (config.yaml): the operator's answer, cached like an upstream's.
+    DeploymentMock,
+    /// A `mock_response` from the request body: the caller's text, never cached.
+    RequestMock,
+    /// The response cache. The default, so that a meta built without naming its source is never stored.
+    #[default]
+    Cache,
+}
+
+impl AnswerSource {
+    /// Whether an answer from here may be stored in the response cache, where every caller of the same
+    /// request (on every replica sharing the cache) reads it: only answers of the configured deployments.
+    pub fn is_cacheable(self) -> bool {
+        matches!(self, Self::Upstream | Self::DeploymentMock)
+    }
 }
 
 /// Router-only fields taken out of a request body.
@@ -229,12 +269,38 @@ pub(crate) struct Controls {
 }
 
 impl Controls {
-    /// Removes the router-only fields from `body` and parses the ones the router uses.
-    pub(crate) fn take(body: &mut Map<String, Value>, group: &str) -> Result<Self, RouterError> {
+    /// Removes the router-only fields from `body` and parses the ones the router uses. The
+    /// [`OVERRIDE_FIELDS`] are refused unless `overrides_allowed`, the [`CLIENT_CREDENTIAL_FIELDS`] always
+    /// (`null` counts as absent).
+    pub(crate) fn take(
+        body: &mut Map<String, Value>,
+        group: &str,
+        overrides_allowed: bool,
+    ) -> Result<Self, RouterError> {
         let bad = |param: &str, message: String| RouterError::BadRequest {
             message,
             param: Some(param.to_owned()),
         };
+        let present = |key: &&str| body.get(*key).is_some_and(|v| !v.is_null());
+        if let Some(key) = CLIENT_CREDENTIAL_FIELDS.iter().copied().find(present) {
+            return Err(bad(
+                key,
+                format!(
+                    "`{key}` in the request body is not supported: requests go only to the deployments of \
+                     the config, with their own credentials"
+                ),
+            ));
+        }
+        if !overrides_allowed {
+            if let Some(key) = OVERRIDE_FIELDS.iter().copied().find(present) {
+                return Err(RouterError::OverrideNotAllowed {
+                    param: key.to_owned(),
+                });
+            }
+        }
+        for key in CLIENT_CREDENTIAL_FIELDS {
+            body.remove(*key);
+        }
         let secs = |body: &mut Map<String, Value>,
                     key: &str|
          -> Result<Option<Duration>, RouterError> {
@@ -368,7 +434,7 @@ mod tests {
         }) else {
             unreachable!()
         };
-        let c = Controls::take(&mut body, "g").unwrap();
+        let c = Controls::take(&mut body, "g", true).unwrap();
         assert_eq!(c.timeout, Some(Duration::from_millis(2500)));
         assert_eq!(c.priority.map(queue_core::Priority::get), Some(3));
         assert_eq!(c.fallbacks, Some(vec!["h".to_string()]));
@@ -388,7 +454,72 @@ mod tests {
         let Value::Object(mut body) = json!({"priority": -1}) else {
             unreachable!()
         };
-        let e = Controls::take(&mut body, "g").unwrap_err();
+        let e = Controls::take(&mut body, "g", false).unwrap_err();
         assert_eq!((e.status_code(), e.param()), (400, Some("priority")));
+    }
+
+    #[test]
+    fn overrides_are_refused_naming_the_field_unless_allowed() {
+        for (key, value) in [
+            ("mock_response", json!("The capital of France is Berlin.")),
+            ("mock_delay", json!(1)),
+            ("fallbacks", json!(["h"])),
+            ("num_retries", json!(3)),
+        ] {
+            let Value::Object(body) = json!({"model": "g", "messages": [], key: value}) else {
+                unreachable!()
+            };
+            let e = Controls::take(&mut body.clone(), "g", false).unwrap_err();
+            assert_eq!(
+                (e.status_code(), e.param(), e.code()),
+                (403, Some(key), Some("override_not_allowed")),
+                "{key}"
+            );
+            assert!(e.to_string().contains(&format!("`{key}`")), "{e}");
+            assert!(
+                Controls::take(&mut body.clone(), "g", true).is_ok(),
+                "{key}"
+            );
+        }
+        // `null` is no override; the QoS controls need no permission.
+        let Value::Object(mut body) = json!({
+            "model": "g", "mock_response": null, "fallbacks": null, "priority": 1, "timeout": 3,
+            "stream_timeout": 1, "cache": {"no-cache": true}, "metadata": {"a": 1}
+        }) else {
+            unreachable!()
+        };
+        let c = Controls::take(&mut body, "g", false).unwrap();
+        assert!(c.mock_response.is_none() && c.fallbacks.is_none());
+        assert_eq!(body.keys().collect::<Vec<_>>(), ["model"]);
+    }
+
+    #[test]
+    fn client_credentials_are_refused_even_when_overrides_are_allowed() {
+        for key in CLIENT_CREDENTIAL_FIELDS {
+            let Value::Object(mut body) = json!({"model": "g", *key: "https://attacker.invalid"})
+            else {
+                unreachable!()
+            };
+            let e = Controls::take(&mut body, "g", true).unwrap_err();
+            assert_eq!((e.status_code(), e.param()), (400, Some(*key)), "{key}");
+            assert!(!e.to_string().contains("attacker"), "{e}");
+        }
+        let Value::Object(mut body) = json!({"model": "g", "api_base": null}) else {
+            unreachable!()
+        };
+        Controls::take(&mut body, "g", false).unwrap();
+        assert!(
+            !body.contains_key("api_base"),
+            "a null credential is not forwarded either"
+        );
+    }
+
+    #[test]
+    fn only_answers_of_configured_deployments_are_cacheable() {
+        assert!(AnswerSource::Upstream.is_cacheable());
+        assert!(AnswerSource::DeploymentMock.is_cacheable());
+        assert!(!AnswerSource::RequestMock.is_cacheable());
+        assert!(!AnswerSource::Cache.is_cacheable());
+        assert!(!ResponseMeta::default().source.is_cacheable());
     }
 }

@@ -78,6 +78,7 @@ impl Router {
         let settings = AdmissionSettings {
             polling_interval: policy.queue.polling_interval,
             queue_lease: policy.queue.queue_lease,
+            heartbeat: policy.queue.replica_heartbeat,
             inflight_lease: policy.queue.inflight_lease,
             max_queue_depth: policy.queue.max_queue_depth,
             max_grants_per_step: 128,

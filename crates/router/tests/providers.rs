@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use anyhow::{anyhow, ensure};
 use bytes::Bytes;
-use common::{chat, chat_with, json_body, openai, router};
+use common::{chat, chat_overriding, chat_with, json_body, openai, router};
 use futures::StreamExt;
-use router::{Backend, Endpoint, ResponseBody, RouterConfig, RouterRequest};
+use router::{AnswerSource, Backend, Endpoint, ResponseBody, RouterConfig, RouterRequest};
 use serde_json::{json, Value};
 use testkit::{Behavior, MockUpstream};
 
@@ -121,6 +121,59 @@ async fn caches_identical_requests(backend: Backend) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn content(body: ResponseBody) -> Value {
+    json_body(body)["choices"][0]["message"]["content"].clone()
+}
+
+/// A caller's `mock_response` is refused unless the caller may override routing; allowed, it answers without
+/// the upstream, is never stored in the response cache and is never answered from it. The operator's mock
+/// deployments are cached like upstreams.
+async fn request_mocks_never_reach_the_cache(backend: Backend) -> anyhow::Result<()> {
+    let up = MockUpstream::start().await?;
+    let cfg = json!({
+        "model_list": [
+            openai("g", "m", &up, json!({})),
+            {"model_name": "mocked", "litellm_params": {"model": "openai/gpt-4o", "mock_response": "configured"}},
+        ],
+        "router_settings": {"cache_responses": true},
+    });
+    let r = router(cfg, backend).await?;
+    let planted = json!({"mock_response": "The capital of France is Berlin."});
+    let err = r
+        .completion(chat_with("g", planted.clone()))
+        .await
+        .err()
+        .ok_or_else(|| anyhow!("expected a refusal"))?;
+    ensure!(
+        err.status_code() == 403 && err.param() == Some("mock_response"),
+        "{err}"
+    );
+
+    let mocked = r.completion(chat_overriding("g", planted.clone())).await?;
+    ensure!(mocked.meta.source == AnswerSource::RequestMock && !mocked.meta.cache_hit);
+    ensure!(content(mocked.body) == json!("The capital of France is Berlin."));
+    let real = r.completion(chat("g")).await?;
+    ensure!(
+        real.meta.source == AnswerSource::Upstream && !real.meta.cache_hit,
+        "{:?}",
+        real.meta
+    );
+    ensure!(content(real.body) == json!(testkit::DEFAULT_REPLY) && up.request_count() == 1);
+    // With the upstream's answer cached, a mock request still gets its own text.
+    let again = r.completion(chat_overriding("g", planted)).await?;
+    ensure!(
+        !again.meta.cache_hit && content(again.body) == json!("The capital of France is Berlin.")
+    );
+    let hit = r.completion(chat("g")).await?;
+    ensure!(hit.meta.cache_hit && hit.meta.source == AnswerSource::Cache);
+    ensure!(content(hit.body) == json!(testkit::DEFAULT_REPLY) && up.request_count() == 1);
+
+    let first = r.completion(chat("mocked")).await?;
+    ensure!(first.meta.source == AnswerSource::DeploymentMock && !first.meta.cache_hit);
+    ensure!(r.completion(chat("mocked")).await?.meta.cache_hit);
+    Ok(())
+}
+
 /// Unknown fields reach the upstream untouched; router-only fields never do.
 async fn passes_unknown_fields_and_strips_router_fields(backend: Backend) -> anyhow::Result<()> {
     let up = MockUpstream::start().await?;
@@ -129,7 +182,7 @@ async fn passes_unknown_fields_and_strips_router_fields(backend: Backend) -> any
         backend,
     )
     .await?;
-    let req = chat_with(
+    let req = chat_overriding(
         "g",
         json!({
             "vendor_extension": {"nested": [1, 2]}, "top_k": 5, "temperature": 0.7,
@@ -200,6 +253,7 @@ on_both_backends!(
     broken_stream_is_a_failure,
     dropped_stream_is_released,
     caches_identical_requests,
+    request_mocks_never_reach_the_cache,
     passes_unknown_fields_and_strips_router_fields,
 );
 
@@ -295,7 +349,7 @@ async fn mock_responses() -> anyhow::Result<()> {
         .ok_or_else(|| anyhow!("expected an error"))?;
     ensure!(err.status_code() == 429, "{err}");
     let err = r
-        .completion(chat_with(
+        .completion(chat_overriding(
             "mock",
             json!({"mock_response": "litellm.ContextWindowExceededError"}),
         ))
@@ -305,7 +359,10 @@ async fn mock_responses() -> anyhow::Result<()> {
     ensure!(err.is_context_window(), "{err}");
     // A mock delay counts against the timeout.
     let err = r
-        .completion(chat_with("mock", json!({"mock_delay": 5, "timeout": 0.2})))
+        .completion(chat_overriding(
+            "mock",
+            json!({"mock_delay": 5, "timeout": 0.2}),
+        ))
         .await
         .err()
         .ok_or_else(|| anyhow!("expected a timeout"))?;

@@ -1,5 +1,5 @@
 //! Cost of token estimation on the request path: BPE (o200k_base, cl100k_base) against the character
-//! heuristic, for a typical chat prompt and a large one.
+//! heuristic, for a typical chat prompt and a large one, and whole estimates of 2 MiB messages.
 
 // `criterion_group!` generates an undocumented `pub fn benches`.
 #![allow(missing_docs)]
@@ -64,5 +64,49 @@ fn bench(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, bench);
+/// 2 MiB of base64-like text (letters, digits, `+`, `/`) from a fixed xorshift sequence: no whitespace.
+fn base64_like(len: usize) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            char::from(ALPHABET[(x % 64) as usize])
+        })
+        .collect()
+}
+
+/// Bodies near the request size limit: ordinary prose, and one message of 2 MiB without whitespace (a pasted
+/// blob), whose BPE count used to take over a second.
+fn bench_large_bodies(c: &mut Criterion) {
+    preload_tokenizers();
+    let mut group = c.benchmark_group("2 MiB message");
+    group.sample_size(10);
+    let size = 2 << 20;
+    let prose = PARAGRAPH.repeat(size / PARAGRAPH.len());
+    let blobs = [
+        ("prose", prose),
+        ("one repeated letter", "x".repeat(size)),
+        ("base64-like", base64_like(size)),
+    ];
+    let estimator = TokenEstimator::default();
+    for (name, text) in &blobs {
+        let body = json!({"messages": [{"role": "user", "content": text}]});
+        for model in ["gpt-4o", "gpt-4"] {
+            let e = estimator.estimate(model, &body);
+            println!(
+                "{name} ({model}): {} prompt tokens estimated",
+                e.prompt_tokens
+            );
+            group.bench_function(format!("estimate {name} ({model})"), |b| {
+                b.iter(|| estimator.estimate(black_box(model), black_box(&body)))
+            });
+        }
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench, bench_large_bodies);
 criterion_main!(benches);

@@ -64,8 +64,8 @@ pub use state::{UsageSnapshot, UsageState, WindowSnapshot};
 pub use store::UsageStore;
 pub use tokens::{
     count_prompt, preload_tokenizers, prompt_tokens, text_len, TokenCounter, TokenEstimate,
-    TokenEstimator, CHARS_PER_TOKEN, DEFAULT_COMPLETION_TOKENS, IMAGE_TOKENS, MAX_ESTIMATE,
-    REPLY_PRIMING_TOKENS, TOKENS_PER_MESSAGE, TOKENS_PER_NAME,
+    TokenEstimator, BPE_BUDGET_BYTES, CHARS_PER_TOKEN, DEFAULT_COMPLETION_TOKENS, IMAGE_TOKENS,
+    MAX_ESTIMATE, MAX_RUN_BYTES, REPLY_PRIMING_TOKENS, TOKENS_PER_MESSAGE, TOKENS_PER_NAME,
 };
 pub use types::{
     Candidate, CandidateOrder, DeploymentRef, DeploymentStats, FailureKind, LatencySample, Limits,

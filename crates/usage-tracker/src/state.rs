@@ -232,19 +232,15 @@ impl UsageState {
                 request.prompt_tokens,
             ) {
                 Blocked::Free => {
-                    let h = slot.roll(now_ms, ws, window_ms);
-                    h.rpm += 1;
-                    h.tpm = h.tpm.saturating_add(request.est_tokens);
-                    let lease_ms = crate::types::duration_ms(request.lease);
-                    slot.inflight
-                        .insert(request.reservation_id.clone(), now_ms + lease_ms);
-                    return ReserveOutcome::Reserved(Reservation {
-                        id: request.reservation_id.clone(),
-                        deployment: c.deployment.clone(),
-                        window_start_ms: ws,
-                        est_tokens: request.est_tokens,
-                        candidate_index: i,
-                    });
+                    let mut reservation = self.charge(
+                        now_ms,
+                        &c.deployment,
+                        request.est_tokens,
+                        &request.reservation_id,
+                        request.lease,
+                    );
+                    reservation.candidate_index = i;
+                    return ReserveOutcome::Reserved(reservation);
                 }
                 Blocked::Until(t) => next_ms = Some(next_ms.map_or(t, |n| n.min(t))),
                 Blocked::Never => {}
@@ -252,6 +248,40 @@ impl UsageState {
         }
         ReserveOutcome::Unavailable {
             retry_in: next_ms.map(|t| Duration::from_millis(t.saturating_sub(now_ms))),
+        }
+    }
+
+    /// Forgets every counter, lease and cooldown, as a store that lost its state (tests of recovery).
+    pub fn clear(&mut self) {
+        self.groups.clear();
+    }
+
+    /// `u_charge`: charges the deployment unconditionally (rpm + 1 and tpm + `est_tokens` in the current
+    /// window, an in-flight lease `reservation_id` until `now_ms + lease`): the reserve of
+    /// [`Self::try_reserve`], and how a reservation the store lost is re-registered.
+    pub fn charge(
+        &mut self,
+        now_ms: u64,
+        deployment: &DeploymentRef,
+        est_tokens: u64,
+        reservation_id: &str,
+        lease: Duration,
+    ) -> Reservation {
+        let ws = self.window_start(now_ms);
+        let window_ms = self.window_ms;
+        let slot = self.slot_mut(deployment);
+        let h = slot.roll(now_ms, ws, window_ms);
+        h.rpm += 1;
+        h.tpm = h.tpm.saturating_add(est_tokens);
+        let lease_ms = crate::types::duration_ms(lease);
+        slot.inflight
+            .insert(reservation_id.to_owned(), now_ms + lease_ms);
+        Reservation {
+            id: reservation_id.to_owned(),
+            deployment: deployment.clone(),
+            window_start_ms: ws,
+            est_tokens,
+            candidate_index: 0,
         }
     }
 

@@ -3,29 +3,40 @@
 -- above. Its memory twin is admission::memory; the twin property test (crates/admission/tests/twin.rs)
 -- runs the same random steps on both and compares every reply and the state they leave.
 --
--- KEYS: [1] queue zset, [2] seq, [3] owners zset, [4] grants hash, then 3 keys per candidate deployment
---       (usage hash, in-flight zset, cooldown key), all under the group's hash tag.
--- ARGV: [1] mode: "submit" | "poll" | "release" | "cancel"
---       [2] owner (this replica)       [3] queue_lease ms       [4] usage window ms
---       [5] inflight_lease ms          [6] candidate order mode [7] max grants per call
---       [8] wake channel prefix        [9] group name            [10] now ms (-1: Redis TIME; tests pin it)
---       [11] n candidates  [12 .. 11+6n] candidates (u_parse_candidates layout)
---       then, with E = 11+6n:
+-- KEYS: [1] queue zset, [2] seq, [3] owners zset, [4] grants hash, [5] generation, then 3 keys per candidate
+--       deployment (usage hash, in-flight zset, cooldown key), all under the group's hash tag.
+-- ARGV: [1] mode: "submit" | "poll" | "release" | "cancel" | "restore"
+--       [2] owner (this replica)       [3] liveness ms (owner lease a heartbeat renews)
+--       [4] usage window ms            [5] inflight_lease ms     [6] candidate order mode
+--       [7] max grants per call        [8] wake channel prefix   [9] group name
+--       [10] now ms (-1: Redis TIME; tests pin it)               [11] generation this replica knows ("" none)
+--       [12] pause ms after the store lost its state              [13] n candidates
+--       [14 .. 13+6n] candidates (u_parse_candidates layout)
+--       then, with E = 13+6n:
 --       submit:  E+1 member, E+2 priority, E+3 max depth (0 = unbounded), E+4 force queue (0/1)
 --       release: E+1 reservation id, E+2 deployment index (1-based), E+3 window start, E+4 estimate,
 --                E+5 actual tokens (-1 unknown), E+6 outcome (1 success, 2 failure, 3 abandoned after
 --                sending, 0 never sent: the reservation is given back whole), E+7 latency ms per output
 --                token (-1 none), E+8 time to first token ms (-1 none), E+9 EWMA weight of the sample
 --       cancel:  E+1 member
+--       restore: E+1 m, then m pairs (member, score: its place, or -(priority + 1) for the back of its
+--                priority) (E+2 .. E+1+2m): waiters of this replica the store lost (those still queued or
+--                granted are left alone); then E+2+2m r, then r triples
+--                (reservation id, deployment index, estimate): its in-flight reservations, re-registered
+--                in the current window
 -- Reply, decoded by admission::redis::decode_reply into StepReply<T> (T per mode):
---   { status, next_ms, depth, <status fields>, member1, payload1, member2, payload2, ... }
+--   { status, next_ms, depth, generation, lapsed, <status fields>, member1, payload1, member2, payload2, ... }
 --   next_ms: epoch ms when capacity may return for the head (-1 unknown); depth: queue length after the step
---   ("queued", "polled", "full"; -1 elsewhere, where it is not read). Status fields, by status:
+--   ("queued", "polled", "restored", "full"; -1 elsewhere, where it is not read); generation: the store's
+--   (a replica that knew another one restores its waiters and reservations); lapsed: 1 when this replica's
+--   heartbeat had lapsed before this step renewed it (its waiting entries may be gone: it restores them).
+--   Status fields, by status:
 --     "granted"   deployment_id, window_start      (SubmitOutcome::Granted; the fast path, no grants follow)
 --     "queued"    position (0-based, -1 when the step granted it at once), not_before (epoch ms before which
---                 no deployment can take it, -1 if none ever can)          (SubmitOutcome::Queued)
+--                 no deployment can take it, -1 if none ever can), score  (SubmitOutcome::Queued)
 --     "full"      (none; depth is the queue's)                             (SubmitOutcome::Full)
 --     "polled"    (none)                                                   (())
+--     "restored"  waiters put back, reservations re-registered             (Restored)
 --     "released"  requests_in_window, failures_in_window                   (SettleReport)
 --     "cancelled" what: "waiting" | "grant" | "fast_path" | "absent"       (CancelOutcome)
 --   then this replica's grants; a payload is s_payload's encoding (admission::GrantPayload).
@@ -37,24 +48,51 @@ end
 
 local mode = ARGV[1]
 local owner = ARGV[2]
-local queue_lease = tonumber(ARGV[3])
+local liveness = tonumber(ARGV[3])
 local window_ms = tonumber(ARGV[4])
 local inflight_lease = tonumber(ARGV[5])
 local order_mode = tonumber(ARGV[6])
 local max_grants = tonumber(ARGV[7])
 local wake_prefix = ARGV[8]
 local group = ARGV[9]
-local n = tonumber(ARGV[11])
-local e = 11 + 6 * n
-local k_q, k_seq, k_owners, k_grants = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local known_gen = ARGV[11]
+local pause_ms = tonumber(ARGV[12])
+local n = tonumber(ARGV[13])
+local e = 13 + 6 * n
+local k_q, k_seq, k_owners, k_grants, k_gen = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 
-local cands = u_parse_candidates(KEYS, ARGV, 4, 11, n)
+local cands = u_parse_candidates(KEYS, ARGV, 5, 13, n)
 
--- The owner's heartbeat (queue_lease): its waiting entries stay alive while it runs submit and poll steps (a replica with
--- waiting entries polls every polling interval). Owners whose lease expired are forgotten on the way (their
--- entries are dead either way), so the set stays as small as the number of live replicas.
+-- The store's generation: created (as its start time) by the first step after the store was empty. When a
+-- replica that knew an earlier generation finds none, the store lost its state (restart, flush, failover):
+-- nothing is granted for pause_ms, while replicas re-register their in-flight reservations and put their
+-- waiters back (restore steps), so limits hold and the order is kept.
+local gen = redis.call('GET', k_gen)
+local paused_until = -1
+if not gen then
+  gen = q_num(now)
+  if known_gen ~= '' then
+    paused_until = now + pause_ms
+    gen = gen .. ':' .. q_num(paused_until)
+  end
+  redis.call('SET', k_gen, gen)
+else
+  local sep = string.find(gen, ':', 1, true)
+  if sep then
+    local until_ms = tonumber(string.sub(gen, sep + 1))
+    if until_ms > now then paused_until = until_ms end
+  end
+end
+local paused = paused_until >= 0
+
+-- The owner's heartbeat: its waiting entries stay alive while it runs steps (a replica with waiters polls
+-- every polling interval, one with requests in flight every heartbeat). Owners whose lease expired are
+-- forgotten on the way (their entries are dead either way), so the set stays as small as the number of live
+-- replicas. Returns 1 when the owner's lease had lapsed.
+local lapsed = 0
 local function s_heartbeat()
-  q_heartbeat(k_owners, owner, now + queue_lease)
+  if not q_owner_alive(k_owners, owner, now, nil) then lapsed = 1 end
+  q_heartbeat(k_owners, owner, now + liveness)
   redis.call('ZREMRANGEBYSCORE', k_owners, '-inf', '(' .. q_num(now))
 end
 
@@ -96,11 +134,11 @@ if mode == 'submit' then
   local head, head_score = q_head(k_q, k_owners, now, {})
   -- Only an entry of equal or better priority blocks the fast path.
   local blocked = head and head_score < q_score(priority + 1, 0)
-  if not force and not blocked then
+  if not force and not blocked and not paused then
     local i, w = u_try_reserve(now, window_ms, cands, order_mode, entry.est, entry.prompt, entry.id,
       inflight_lease)
     if i then
-      return { 'granted', -1, -1, cands[i].id, w }
+      return { 'granted', -1, -1, gen, 0, cands[i].id, w }
     end
   end
   s_heartbeat()
@@ -111,13 +149,55 @@ if mode == 'submit' then
     score, rank = q_enqueue(k_q, k_seq, member, priority, max_depth)
   end
   if not score then
-    return { 'full', -1, rank }
+    return { 'full', -1, rank, gen, lapsed }
   end
   status = 'queued'
-  fields = { -1, u_not_before(cands, now, window_ms, entry.est, entry.prompt) }
+  fields = { -1, u_not_before(cands, now, window_ms, entry.est, entry.prompt), score }
 elseif mode == 'poll' then
   s_heartbeat()
   status = 'polled'
+elseif mode == 'restore' then
+  s_heartbeat()
+  local m = tonumber(ARGV[e + 1])
+  local seq = tonumber(redis.call('GET', k_seq) or '0')
+  local start_seq = seq
+  local put_back = 0
+  -- Entries with their place first, so the sequence resumes above every one of them; then those that go
+  -- to the back of their priority.
+  for pass = 1, 2 do
+    for j = 0, m - 1 do
+      local member, score = ARGV[e + 2 + 2 * j], tonumber(ARGV[e + 3 + 2 * j])
+      if (pass == 1) == (score >= 0) then
+        local entry = q_decode(member)
+        if entry and q_live(k_owners, entry, now, nil) and not redis.call('ZSCORE', k_q, member)
+          and redis.call('HEXISTS', k_grants, member) == 0 then
+          if score < 0 then
+            seq = seq + 1
+            score = q_score(-score - 1, seq % 4294967296)
+          elseif score % 4294967296 > seq then
+            seq = score % 4294967296
+          end
+          redis.call('ZADD', k_q, q_num(score), member)
+          put_back = put_back + 1
+        end
+      end
+    end
+  end
+  if seq > start_seq then redis.call('SET', k_seq, q_num(seq)) end
+  local o = e + 2 + 2 * m
+  local r = tonumber(ARGV[o])
+  local registered = 0
+  for j = 0, r - 1 do
+    local res_id = ARGV[o + 1 + 3 * j]
+    local c = cands[tonumber(ARGV[o + 2 + 3 * j])]
+    if c and not redis.call('ZSCORE', c.inflight, res_id) then
+      u_charge(c, now, window_ms, tonumber(ARGV[o + 3 + 3 * j]), res_id, inflight_lease)
+      registered = registered + 1
+    end
+  end
+  fields = { put_back, registered }
+  status = 'restored'
+  fields = { put_back, registered }
 elseif mode == 'release' then
   local c = cands[tonumber(ARGV[e + 2])]
   local outcome = tonumber(ARGV[e + 6])
@@ -189,7 +269,8 @@ end
 local next_ms = -1
 local granted = 0
 local woken = {}
-while granted < max_grants do
+if paused then next_ms = paused_until end
+while granted < max_grants and not paused do
   local member = q_head(k_q, k_owners, now, {})
   if not member then break end
   local entry = q_decode(member)
@@ -225,8 +306,8 @@ if status == 'queued' then
 end
 -- Depth is read where someone uses it (queue position, pollers); -1 elsewhere, to spare a call.
 local depth = -1
-if status == 'queued' or status == 'polled' then depth = redis.call('ZCARD', k_q) end
-local reply = { status, next_ms, depth }
+if status == 'queued' or status == 'polled' or status == 'restored' then depth = redis.call('ZCARD', k_q) end
+local reply = { status, next_ms, depth, gen, lapsed }
 for _, v in ipairs(fields) do reply[#reply + 1] = v end
 for _, v in ipairs(mine) do reply[#reply + 1] = v end
 return reply

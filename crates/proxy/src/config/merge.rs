@@ -24,7 +24,7 @@ pub(crate) const ROUTER_KEYS: &[(&str, &str)] = &[
 ];
 
 /// Which keys moved where, to translate key paths between the merged document and the user's file.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub(crate) struct Moves {
     /// (path in the file, path in the merged document)
     moved: Vec<(KeyPath, KeyPath)>,
@@ -47,6 +47,19 @@ impl Moves {
             .iter()
             .find_map(|(original, merged)| path.rebase(merged, original))
             .unwrap_or_else(|| path.clone())
+    }
+
+    /// The file's path of a merged-document path written out (`router_settings.fallbacks[0].g`), as the
+    /// router's config errors name them.
+    pub(crate) fn to_original_text(&self, path: &str) -> String {
+        self.moved
+            .iter()
+            .find_map(|(original, merged)| {
+                let rest = path.strip_prefix(merged.to_string().as_str())?;
+                (rest.is_empty() || rest.starts_with(['.', '[']))
+                    .then(|| format!("{original}{rest}"))
+            })
+            .unwrap_or_else(|| path.to_owned())
     }
 
     /// `litellm_settings` keys that `router_settings` overrode.
@@ -122,6 +135,41 @@ mod tests {
         assert_eq!(moves.to_merged(&moves.to_original(&merged)), merged);
         let overridden: Vec<String> = moves.overridden().iter().map(ToString::to_string).collect();
         assert_eq!(overridden, vec!["litellm_settings.num_retries"]);
+    }
+
+    #[test]
+    fn written_out_paths_translate_at_key_boundaries_only() {
+        let mut doc: Value = serde_yaml::from_str(
+            "litellm_settings:\n  fallbacks: [{a: [b]}]\n  cache_params: {type: redis}\n",
+        )
+        .unwrap();
+        let moves = litellm_into_router_settings(&mut doc).unwrap();
+        for (merged, original) in [
+            (
+                "router_settings.fallbacks[0].a[0]",
+                "litellm_settings.fallbacks[0].a[0]",
+            ),
+            ("router_settings.fallbacks", "litellm_settings.fallbacks"),
+            (
+                "router_settings.cache_kwargs.type",
+                "litellm_settings.cache_params.type",
+            ),
+            // Not moved: a key that only starts like a moved one, and the router's own keys.
+            (
+                "router_settings.fallbacks_extra",
+                "router_settings.fallbacks_extra",
+            ),
+            (
+                "router_settings.default_fallbacks[0]",
+                "router_settings.default_fallbacks[0]",
+            ),
+            (
+                "model_list[0].litellm_params.rpm",
+                "model_list[0].litellm_params.rpm",
+            ),
+        ] {
+            assert_eq!(moves.to_original_text(merged), original, "{merged}");
+        }
     }
 
     #[test]

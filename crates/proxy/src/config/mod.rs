@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 use std::time::Duration;
 
-use router::{ModelListEntry, RouterConfig, RouterSettings};
+use router::{ModelListEntry, Router, RouterConfig, RouterError, RouterSettings};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_yaml::Value;
@@ -21,6 +21,7 @@ pub use self::redis::BackendChoice;
 use crate::master_key::MasterKey;
 use environ::Environment;
 use keypath::KeyPath;
+use merge::Moves;
 
 /// Default limit of a request body (`general_settings.max_request_size_mb`).
 const DEFAULT_MAX_REQUEST_SIZE_MB: f64 = 10.0;
@@ -41,6 +42,10 @@ pub struct Config {
     pub max_request_size: usize,
     /// Whether `/metrics` needs the master key (`general_settings.require_auth_for_metrics_endpoint`).
     pub metrics_require_auth: bool,
+    /// Whether callers may override routing from the body: `mock_response`, `mock_delay`, `fallbacks`,
+    /// `num_retries` ([`router::OVERRIDE_FIELDS`]; `general_settings.allow_client_side_overrides`, default
+    /// false: refused with a 403 naming the field).
+    pub allow_client_side_overrides: bool,
     /// `litellm_settings.set_verbose`: debug logging.
     pub verbose: bool,
     /// `litellm_settings.json_logs`: JSON log lines.
@@ -51,6 +56,8 @@ pub struct Config {
     pub overridden_keys: Vec<String>,
     /// How long in-flight requests get to finish after a shutdown signal (CLI `--grace-period`).
     pub grace_period: Duration,
+    /// Where the `litellm_settings` keys merged into `router_settings` came from, for error messages.
+    moves: Moves,
 }
 
 /// The top level of `config.yaml` (`environment_variables` is taken out before, it only feeds `os.environ/`).
@@ -86,6 +93,8 @@ struct GeneralSettings {
     max_request_size_mb: Option<f64>,
     #[serde(default)]
     require_auth_for_metrics_endpoint: Option<bool>,
+    #[serde(default)]
+    allow_client_side_overrides: Option<bool>,
 }
 
 impl Config {
@@ -102,6 +111,25 @@ impl Config {
     /// Parses and validates config text, resolving `os.environ/` from the process environment.
     pub fn from_yaml_str(text: &str) -> Result<Self, ConfigError> {
         parse(text, Environment::process)
+    }
+
+    /// The router of this config on its backend. Its errors name the key path as the file spells it.
+    pub async fn build_router(&self) -> Result<Router, RouterError> {
+        Router::new(self.router.clone(), self.backend.backend.clone())
+            .await
+            .map_err(|e| self.in_file_terms(e))
+    }
+
+    /// `err` with its key path as the file spells it: the router validates the merged `router_settings`, and
+    /// a key the user wrote under `litellm_settings` (`fallbacks`, `cache_params`, ...) is named there.
+    pub fn in_file_terms(&self, err: RouterError) -> RouterError {
+        match err {
+            RouterError::InvalidConfig { path, message } => RouterError::InvalidConfig {
+                path: self.moves.to_original_text(&path),
+                message,
+            },
+            other => other,
+        }
     }
 }
 
@@ -235,11 +263,13 @@ fn parse_mapping(
         master_key,
         max_request_size,
         metrics_require_auth: general.require_auth_for_metrics_endpoint.unwrap_or(false),
+        allow_client_side_overrides: general.allow_client_side_overrides.unwrap_or(false),
         verbose: litellm.set_verbose.unwrap_or(false),
         json_logs: litellm.json_logs.unwrap_or(false),
         unimplemented_keys: unimplemented,
         overridden_keys: moves.overridden().iter().map(ToString::to_string).collect(),
         grace_period: DEFAULT_GRACE_PERIOD,
+        moves,
     })
 }
 

@@ -220,3 +220,49 @@ fn an_empty_file_is_a_config_without_models() {
     let config = load("", &[]).unwrap();
     assert!(config.router.model_list.is_empty());
 }
+
+#[tokio::test]
+async fn router_errors_name_the_key_where_the_file_has_it() {
+    for (settings, path) in [
+        (
+            "litellm_settings:\n  fallbacks: [{g: [nowhere]}]\n",
+            "litellm_settings.fallbacks[0].g[0]",
+        ),
+        (
+            "litellm_settings:\n  context_window_fallbacks: [{nowhere: [g]}]\n",
+            "litellm_settings.context_window_fallbacks[0].nowhere",
+        ),
+        (
+            "litellm_settings:\n  cache: true\n  cache_params: {type: memcached}\n",
+            "litellm_settings.cache_params.type",
+        ),
+        (
+            "router_settings:\n  fallbacks: [{g: [nowhere]}]\n",
+            "router_settings.fallbacks[0].g[0]",
+        ),
+    ] {
+        let config = load(&format!("{MINIMAL}{settings}"), &[]).unwrap();
+        match config.build_router().await {
+            Err(router::RouterError::InvalidConfig { path: got, .. }) => {
+                assert_eq!(got, path, "{settings}")
+            }
+            other => panic!("{settings}: expected a config error, got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn client_side_overrides_are_off_unless_allowed() {
+    assert!(!load(MINIMAL, &[]).unwrap().allow_client_side_overrides);
+    let allowed = load(
+        &format!("{MINIMAL}general_settings:\n  allow_client_side_overrides: true\n"),
+        &[],
+    )
+    .unwrap();
+    assert!(allowed.allow_client_side_overrides);
+    assert!(
+        allowed.unimplemented_keys.is_empty(),
+        "{:?}",
+        allowed.unimplemented_keys
+    );
+}

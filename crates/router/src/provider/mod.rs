@@ -12,7 +12,7 @@ use reqwest::header::HeaderMap;
 use serde_json::{Map, Value};
 
 use crate::error::{RouterError, UpstreamError, UpstreamErrorKind};
-use crate::request::Endpoint;
+use crate::request::{AnswerSource, Endpoint};
 use crate::topology::Deployment;
 pub(crate) use reply::Reply;
 pub(crate) use sse::SseEvent;
@@ -34,6 +34,16 @@ pub(crate) struct Call<'a> {
     pub(crate) prompt_tokens: u64,
 }
 
+/// Who answers a call to `d` with the request's `mock_response`: the request's mock replaces the
+/// deployment's, which replaces the upstream (the precedence of [`Providers::call`]).
+pub(crate) fn answer_source(d: &Deployment, request_mock: Option<&str>) -> AnswerSource {
+    match (request_mock, &d.mock_response) {
+        (Some(_), _) => AnswerSource::RequestMock,
+        (None, Some(_)) => AnswerSource::DeploymentMock,
+        (None, None) => AnswerSource::Upstream,
+    }
+}
+
 /// The HTTP client shared by every deployment (one connection pool).
 #[derive(Clone, Debug)]
 pub(crate) struct Providers {
@@ -53,6 +63,7 @@ impl Providers {
 
     pub(crate) async fn call(&self, call: Call<'_>) -> Result<Reply, RouterError> {
         let d = call.deployment;
+        // The same precedence as `answer_source`.
         let mock = call.mock_response.or(d.mock_response.as_deref());
         let work = async {
             if let Some(text) = mock {

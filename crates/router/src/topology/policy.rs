@@ -31,8 +31,10 @@ pub(crate) struct Policy {
 #[derive(Debug, Clone)]
 pub(crate) struct QueueSettings {
     pub(crate) polling_interval: Duration,
-    /// How long a replica's queue entries live without its heartbeat.
+    /// How long a replica's waiting requests keep their place after its heartbeat lapsed.
     pub(crate) queue_lease: Duration,
+    /// How often a replica with waiting or in-flight requests runs a step (its liveness: three of them).
+    pub(crate) replica_heartbeat: Duration,
     /// How long an in-flight slot lives without renewal.
     pub(crate) inflight_lease: Duration,
     pub(crate) default_priority: u32,

@@ -111,6 +111,8 @@ pub(super) fn policy(
         polling_interval: secs(s.polling_interval, &p("polling_interval"))?
             .unwrap_or(Duration::from_millis(30)),
         queue_lease: secs(s.queue_lease, &p("queue_lease"))?.unwrap_or(Duration::from_secs(10)),
+        replica_heartbeat: secs(s.replica_heartbeat, &p("replica_heartbeat"))?
+            .unwrap_or(Duration::from_millis(250)),
         inflight_lease: secs(s.inflight_lease, &p("inflight_lease"))?
             .unwrap_or(Duration::from_secs(30)),
         default_priority,
@@ -124,10 +126,16 @@ pub(super) fn policy(
             "must be greater than 0",
         ));
     }
-    if queue.queue_lease < queue.polling_interval * 3 {
+    if queue.replica_heartbeat < Duration::from_millis(10) {
+        return Err(RouterError::config(
+            p("replica_heartbeat"),
+            "must be at least 0.01 seconds",
+        ));
+    }
+    if queue.queue_lease < queue.replica_heartbeat * 3 {
         return Err(RouterError::config(
             p("queue_lease"),
-            "must be at least three polling intervals, or waiting requests would expire between heartbeats",
+            "must be at least three replica heartbeats (a replica counts as dead after three missed ones)",
         ));
     }
     if queue.inflight_lease < Duration::from_millis(300) {

@@ -16,7 +16,7 @@ use crate::capacity::{Capacity, Held, Settlement};
 use crate::error::RouterError;
 use crate::metrics::RouterMetrics;
 use crate::order::GroupOrders;
-use crate::provider::{usage_of, Call, Providers, Reply};
+use crate::provider::{self, usage_of, Call, Providers, Reply};
 use crate::request::ResponseBody;
 use crate::stream;
 use crate::topology::{Deployment, ModelGroup, Topology};
@@ -176,6 +176,7 @@ impl Attempts {
                 })
                 .await;
             let latency = sent.elapsed();
+            let source = provider::answer_source(d, job.mock_response.as_deref());
             match reply {
                 Ok(Reply::Json(v)) => {
                     self.metrics
@@ -200,6 +201,7 @@ impl Attempts {
                         group: group.name.clone(),
                         deployment_id: d.id.clone(),
                         upstream_latency: latency,
+                        source,
                     });
                 }
                 Ok(Reply::Stream { first, rest }) => {
@@ -223,6 +225,7 @@ impl Attempts {
                         group: group.name.clone(),
                         deployment_id: d.id.clone(),
                         upstream_latency: latency,
+                        source,
                     });
                 }
                 Err(e) => {

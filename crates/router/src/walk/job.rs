@@ -8,7 +8,7 @@ use tokio::time::Instant;
 use usage_tracker::{TokenEstimate, TokenEstimator};
 
 use crate::error::RouterError;
-use crate::request::{Endpoint, ResponseBody};
+use crate::request::{AnswerSource, Endpoint, ResponseBody};
 
 /// One request on its way through groups and attempts.
 pub(super) struct Job {
@@ -35,6 +35,7 @@ pub(super) struct Answer {
     pub(super) group: String,
     pub(super) deployment_id: String,
     pub(super) upstream_latency: Duration,
+    pub(super) source: AnswerSource,
 }
 
 /// Bodies with more text than this are counted on the blocking pool: a BPE count takes about 25-50 µs per KB,

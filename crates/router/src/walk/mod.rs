@@ -21,7 +21,7 @@ use crate::cache::ResponseCache;
 use crate::error::{RouterError, UpstreamErrorKind};
 use crate::metrics::RouterMetrics;
 use crate::request::{
-    Controls, Endpoint, ResponseBody, ResponseMeta, RouterRequest, RouterResponse,
+    AnswerSource, Controls, Endpoint, ResponseBody, ResponseMeta, RouterRequest, RouterResponse,
 };
 use crate::topology::{ModelGroup, Topology};
 
@@ -72,6 +72,7 @@ impl Walk {
             timeout,
             force_queue,
             cache,
+            overrides_allowed,
         } = req;
         let topology = &self.topology;
         let Some(target) = topology.resolve(&model) else {
@@ -81,7 +82,7 @@ impl Walk {
             });
         };
         let group = target.group;
-        let controls = Controls::take(&mut body, &group.name)?;
+        let controls = Controls::take(&mut body, &group.name, overrides_allowed)?;
         let cache_control = if cache == Default::default() {
             controls.cache.unwrap_or_default()
         } else {
@@ -97,8 +98,11 @@ impl Walk {
             }
         }
 
+        // The key leaves out router-only fields: a request's own mock answer must not be served a cached one.
         let cache_key = match &self.cache {
-            Some(_) if !stream => Some(ResponseCache::key(&group.name, endpoint, &body)),
+            Some(_) if !stream && controls.mock_response.is_none() => {
+                Some(ResponseCache::key(&group.name, endpoint, &body))
+            }
             _ => None,
         };
         if let (Some(c), Some(key)) = (&self.cache, &cache_key) {
@@ -112,6 +116,7 @@ impl Walk {
                         meta: ResponseMeta {
                             model_group: group.name.clone(),
                             cache_hit: true,
+                            source: AnswerSource::Cache,
                             ..ResponseMeta::default()
                         },
                     });
@@ -200,7 +205,7 @@ impl Walk {
                     (&self.cache, &cache_key, &answer.body)
                 {
                     if !cache_control.no_store {
-                        c.put(key, v, cache_control.ttl).await;
+                        c.put(key, v, answer.source, cache_control.ttl).await;
                     }
                 }
                 Ok(RouterResponse {
@@ -213,6 +218,7 @@ impl Walk {
                         cache_hit: false,
                         queue_wait: job.queue_wait,
                         upstream_latency: answer.upstream_latency,
+                        source: answer.source,
                     },
                 })
             }

@@ -75,6 +75,13 @@ pub fn chat_with(model: &str, extra: Value) -> RouterRequest {
     }
 }
 
+/// [`chat_with`] from a caller allowed to override routing (`mock_response`, `fallbacks`, ...).
+pub fn chat_overriding(model: &str, extra: Value) -> RouterRequest {
+    let mut request = chat_with(model, extra);
+    request.overrides_allowed = true;
+    request
+}
+
 /// The JSON body of a response (panics on a stream).
 pub fn json_body(body: ResponseBody) -> Value {
     match body {

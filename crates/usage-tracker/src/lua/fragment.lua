@@ -42,6 +42,12 @@
 --   PTTL here (plus ZREMRANGEBYSCORE and ZCARD with a max_parallel limit or order mode 2, PEXPIREAT on a
 --   window roll, PEXPIRE when the in-flight key's expiry runs short).
 --
+-- u_charge(c, now, window_ms, est, res_id, lease_ms[, rpm_used, tpm_used, current]) -> window start
+--   Charges candidate c unconditionally: rpm + 1 and tpm + est in the current window (one HSET, or a new
+--   window) and an in-flight lease res_id until now + lease_ms. The reserve of u_try_reserve, and how a
+--   reservation the store lost is re-registered. The usage of the current window may be passed in (as
+--   u_blocked_until read it) to spare the HMGET. Twin: UsageState::charge.
+--
 -- u_not_before(cands, now, window_ms, est, prompt) -> epoch ms
 --   The earliest moment some candidate could take a request of `est` tokens and `prompt` prompt tokens:
 --   `now` when one has rpm/tpm headroom and no cooldown, else the earliest cooldown end or window roll; -1
@@ -161,6 +167,19 @@ local function u_blocked_until(c, now, ws, window_ms, est, prompt)
   return until_ms, rpm_used, tpm_used, current
 end
 
+local function u_charge(c, now, window_ms, est, res_id, lease_ms, rpm_used, tpm_used, current)
+  local ws = u_window_start(now, window_ms)
+  if rpm_used == nil then rpm_used, tpm_used, current = u_usage(c.dep, ws) end
+  if current then
+    redis.call('HSET', c.dep, 'rpm', u_int(rpm_used + 1), 'tpm', u_int(tpm_used + est))
+  else
+    u_start_window(c.dep, ws, window_ms, 1, est, 0, 0)
+  end
+  redis.call('ZADD', c.inflight, u_int(now + lease_ms), res_id)
+  u_extend_ttl(c.inflight, lease_ms)
+  return ws
+end
+
 local function u_try_reserve(now, window_ms, cands, order_mode, est, prompt, res_id, lease_ms)
   local ws = u_window_start(now, window_ms)
   local order = {}
@@ -186,13 +205,7 @@ local function u_try_reserve(now, window_ms, cands, order_mode, est, prompt, res
     local c = cands[o.i]
     local blocked, rpm_used, tpm_used, current = u_blocked_until(c, now, ws, window_ms, est, prompt)
     if blocked == 0 then
-      if current then
-        redis.call('HSET', c.dep, 'rpm', u_int(rpm_used + 1), 'tpm', u_int(tpm_used + est))
-      else
-        u_start_window(c.dep, ws, window_ms, 1, est, 0, 0)
-      end
-      redis.call('ZADD', c.inflight, u_int(now + lease_ms), res_id)
-      u_extend_ttl(c.inflight, lease_ms)
+      u_charge(c, now, window_ms, est, res_id, lease_ms, rpm_used, tpm_used, current)
       return o.i, ws
     elseif blocked > 0 and (next_ms < 0 or blocked < next_ms) then
       next_ms = blocked
