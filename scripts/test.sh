@@ -1,10 +1,46 @@
 #!/usr/bin/env bash
-# Runs every check the project has: formatting, clippy, and all tests (unit, integration, doc),
-# against real redis-server processes started by the tests themselves.
+# Runs every check the project has: formatting, clippy, and all tests (unit, integration, doc).
+#
+#   scripts/test.sh                    tests start their own redis-server processes (installed when missing)
+#   scripts/test.sh --redis-url URL    tests share the single-node Redis at URL, each under a key prefix of
+#                                      its own (deleted when the test ends); tests that need a server of
+#                                      their own (kill, restart, pause, MONITOR, ...) are skipped and listed
+#
+# TEST_REDIS_URL set in the environment works as --redis-url.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-scripts/setup.sh --redis-only
+usage() { sed -n '4,9p' "$0" | sed 's/^# \{0,1\}//'; }
+
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --redis-url)
+            if [ $# -lt 2 ] || [ -z "$2" ]; then usage >&2; exit 2; fi
+            export TEST_REDIS_URL="$2"
+            shift 2
+            ;;
+        --redis-url=*)
+            export TEST_REDIS_URL="${1#*=}"
+            shift
+            ;;
+        -h | --help)
+            usage
+            exit 0
+            ;;
+        *)
+            echo "test.sh: unknown argument: $1" >&2
+            usage >&2
+            exit 2
+            ;;
+    esac
+done
+
+if [ -n "${TEST_REDIS_URL:-}" ]; then
+    # The URL may carry a password: show it masked.
+    echo "== tests share the Redis at $(printf '%s' "$TEST_REDIS_URL" | sed -E 's#//([^:@/]*):[^@/]*@#//\1:***@#')"
+else
+    scripts/setup.sh --redis-only
+fi
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
@@ -15,9 +51,22 @@ cargo clippy --workspace --all-targets -- -D warnings
 echo "== doc tests"
 cargo test --workspace --doc
 
+# Every test skipped for want of its own redis-server appends a line here (nextest hides the output of
+# passing tests).
+skip_log="$(mktemp)"
+trap 'rm -f "$skip_log"' EXIT
+export TESTKIT_SKIP_LOG="$skip_log"
+
 echo "== tests"
+status=0
 if cargo nextest --version >/dev/null 2>&1; then
-    cargo nextest run --workspace --no-fail-fast
+    cargo nextest run --workspace --no-fail-fast || status=$?
 else
-    cargo test --workspace --no-fail-fast
+    cargo test --workspace --no-fail-fast || status=$?
 fi
+
+if [ -s "$skip_log" ]; then
+    echo "== skipped on the shared Redis ($(sort -u "$skip_log" | wc -l)):"
+    sort -u "$skip_log" | sed 's/^/  /'
+fi
+exit "$status"

@@ -13,7 +13,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use router::RouterError;
 use serde_json::json;
-use testkit::Behavior;
+use testkit::{Behavior, RedisServer};
 use tokio::time::Instant;
 
 /// Usage window of these tests: the request counts checked at the end stay in one window.
@@ -232,9 +232,14 @@ async fn a_request_dropped_at_the_upstream_frees_its_slot_at_once(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_a_request_dropped_during_its_admission_step_gives_its_reservation_back(
 ) -> anyhow::Result<()> {
+    let Some(redis) = RedisServer::start_own("pauses its writes and lists its clients").await?
+    else {
+        return Ok(());
+    };
     let upstream = upstream_with_latency(Duration::ZERO).await?;
-    let cluster = Cluster::start(
+    let cluster = Cluster::start_on(
         Kind::Redis(1),
+        Some(redis),
         config(&upstream, json!({"max_parallel_requests": 5, "rpm": 1000})),
         upstream,
     )

@@ -16,7 +16,7 @@ use std::time::Duration;
 use anyhow::{bail, ensure, Context};
 use common::{tagged, upstream_with_latency, Cluster, Kind};
 use serde_json::json;
-use testkit::Behavior;
+use testkit::{Behavior, RedisServer};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
@@ -165,7 +165,10 @@ async fn uncontended_requests_cost_two_round_trips_each() -> anyhow::Result<()> 
             json!({"rpm": 100_000, "tpm": 100_000_000, "max_parallel_requests": 100}))],
         "router_settings": {"num_retries": 0, "timeout": 30},
     });
-    let cluster = Cluster::start(Kind::Redis(1), config, upstream).await?;
+    let Some(redis) = RedisServer::start_own("reads MONITOR and INFO commandstats").await? else {
+        return Ok(());
+    };
+    let cluster = Cluster::start_on(Kind::Redis(1), Some(redis), config, upstream).await?;
     let port = cluster.redis.as_ref().context("redis")?.port();
     // Warm-up: scripts loaded, connections open.
     for i in 0..3 {
@@ -245,7 +248,10 @@ async fn redis_load_of_a_waiting_queue_does_not_grow_with_its_depth() -> anyhow:
         "model_list": [common::deployment("g", "dep-a", &upstream, json!({"max_parallel_requests": 1}))],
         "router_settings": {"num_retries": 0, "timeout": 60},
     });
-    let cluster = Cluster::start(Kind::Redis(3), config, upstream).await?;
+    let Some(redis) = RedisServer::start_own("reads MONITOR").await? else {
+        return Ok(());
+    };
+    let cluster = Cluster::start_on(Kind::Redis(3), Some(redis), config, upstream).await?;
     let port = cluster.redis.as_ref().context("redis")?.port();
     cluster
         .upstream

@@ -32,6 +32,8 @@
 //!   [`Grant`] and [`GrantPayload`] (the one grant encoding), [`AdmissionSettings`].
 //! - `redis`: [`RedisAdmission`], the script and its reply decoder.
 //! - `memory`: [`MemoryAdmission`], the twin.
+//! - `failover`: [`FailoverAdmission`], Redis with this replica's share of every limit in memory while Redis
+//!   does not answer (`redis_failure_mode: open`).
 //! - `scheduler`: [`Scheduler`], the replica's side: waiters, pollers, wake-ups, delivery of grants, give-back
 //!   of grants nobody waits for; [`AdmitRequest`], [`SchedulerStats`].
 //! - `error`: [`AdmissionError`], [`BackendError`].
@@ -90,18 +92,20 @@
 //! ```
 
 mod error;
+mod failover;
 mod memory;
 mod redis;
 mod scheduler;
 mod step;
 
 pub use error::{AdmissionError, BackendError};
+pub use failover::FailoverAdmission;
 pub use memory::MemoryAdmission;
 pub use redis::RedisAdmission;
 pub use scheduler::{AdmitRequest, GroupCandidates, GroupOrder, Scheduler, SchedulerStats};
 pub use step::{
-    AdmissionBackend, AdmissionSettings, CancelOutcome, Grant, GrantPayload, Place, Release,
-    Restore, Restored, Step, StepReply, Submit, SubmitOutcome,
+    AdmissionBackend, AdmissionSettings, CancelOutcome, Grant, GrantPayload, Place, Polled,
+    Release, Restore, Restored, Step, StepReply, Submit, SubmitOutcome,
 };
 
 /// Locks a mutex, ignoring poisoning (critical sections never leave state half-changed across a panic).

@@ -16,8 +16,8 @@ use usage_tracker::{
 use crate::error::BackendError;
 use crate::lock;
 use crate::step::{
-    reservation_on, AdmissionBackend, CancelOutcome, Grant, GrantPayload, Place, Release, Restore,
-    Restored, Step, StepReply, Submit, SubmitOutcome,
+    reservation_on, AdmissionBackend, CancelOutcome, Grant, GrantPayload, Place, Polled, Release,
+    Restore, Restored, Step, StepReply, Submit, SubmitOutcome,
 };
 
 /// Queue and usage state of one process. Locks are taken queue first, then usage, and never held across
@@ -71,6 +71,13 @@ impl MemoryAdmission {
     pub fn with_pinned_time(mut self, now_ms: Arc<AtomicU64>) -> MemoryAdmission {
         self.clock = Time::Pinned(now_ms);
         self
+    }
+
+    /// True while `reservation`'s in-flight lease is held here.
+    pub fn holds(&self, reservation: &Reservation) -> bool {
+        lock(&self.usage)
+            .lease_expiry(&reservation.deployment, &reservation.id)
+            .is_some()
     }
 
     /// The shared queue state (tests compare it with Redis's keys).
@@ -275,12 +282,15 @@ impl AdmissionBackend for MemoryAdmission {
         }
     }
 
-    async fn poll(&self, step: &Step<'_>) -> Result<StepReply<()>, BackendError> {
+    async fn poll(&self, step: &Step<'_>) -> Result<StepReply<Polled>, BackendError> {
         let mut queue = lock(&self.queue);
         let mut usage = lock(&self.usage);
         let mut cx = self.context(step);
         Self::heartbeat(step, &mut queue, &mut cx);
-        Self::admit(step, &mut queue, &mut usage, cx, (), true)
+        let polled = Polled {
+            replicas: queue.live_owners(step.group),
+        };
+        Self::admit(step, &mut queue, &mut usage, cx, polled, true)
     }
 
     async fn restore(

@@ -15,8 +15,8 @@ use usage_tracker::{Candidate, Outcome, Reservation, SettleReport};
 use crate::error::BackendError;
 use crate::lock;
 use crate::step::{
-    AdmissionBackend, CancelOutcome, Grant, GrantPayload, Place, Release, Restore, Restored, Step,
-    StepReply, Submit, SubmitOutcome,
+    AdmissionBackend, CancelOutcome, Grant, GrantPayload, Place, Polled, Release, Restore,
+    Restored, Step, StepReply, Submit, SubmitOutcome,
 };
 
 /// queue-core's and usage-tracker's fragments followed by admission's body: one atomic step.
@@ -46,6 +46,8 @@ pub struct RedisAdmission {
     keys: Mutex<HashMap<String, CachedKeys>>,
     /// Tests pin the script's clock (ARGV `now`); `None` uses Redis `TIME`, the one clock all replicas share.
     pinned_now: Option<Arc<AtomicU64>>,
+    /// Replicas alive in the group the last poll step saw.
+    live_replicas: Arc<AtomicU64>,
 }
 
 /// One group's keys and its deployments' (usage hash, in-flight, cooldown).
@@ -73,7 +75,13 @@ impl RedisAdmission {
             wake_prefix,
             keys: Mutex::new(HashMap::new()),
             pinned_now: None,
+            live_replicas: Arc::new(AtomicU64::new(1)),
         }
+    }
+
+    /// Replicas alive in the group the last poll step saw (1 before the first).
+    pub fn live_replicas(&self) -> Arc<AtomicU64> {
+        self.live_replicas.clone()
     }
 
     /// Tests: the script reads the time from `now_ms` instead of Redis `TIME` (so a memory twin pinned to
@@ -197,10 +205,14 @@ impl AdmissionBackend for RedisAdmission {
         .await
     }
 
-    async fn poll(&self, step: &Step<'_>) -> Result<StepReply<()>, BackendError> {
+    async fn poll(&self, step: &Step<'_>) -> Result<StepReply<Polled>, BackendError> {
         self.run(self.invocation(step, "poll"), |status, fields| {
             match (status, fields) {
-                ("polled", []) => Ok(()),
+                ("polled", [live]) => {
+                    let replicas = positive(int(live)?).unwrap_or(1);
+                    self.live_replicas.store(replicas, Ordering::Relaxed);
+                    Ok(Polled { replicas })
+                }
                 _ => Err(bad(&format!("poll answered {status}"))),
             }
         })
@@ -371,8 +383,8 @@ fn status_fields(status: &str) -> Option<usize> {
     Some(match status {
         "queued" => 3,
         "granted" | "released" | "restored" => 2,
-        "cancelled" => 1,
-        "full" | "polled" => 0,
+        "cancelled" | "polled" => 1,
+        "full" => 0,
         _ => return None,
     })
 }

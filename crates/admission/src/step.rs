@@ -223,6 +223,13 @@ pub enum SubmitOutcome {
     Full,
 }
 
+/// What a poll step saw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Polled {
+    /// Replicas alive in the group after this one's heartbeat.
+    pub replicas: u64,
+}
+
 /// What a cancel step found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CancelOutcome {
@@ -262,7 +269,8 @@ impl CancelOutcome {
 /// Reply of one atomic step: the mode's own outcome, and what every step answers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StepReply<T> {
-    /// The mode's outcome ([`SubmitOutcome`], `()` for polls, [`SettleReport`], [`CancelOutcome`]).
+    /// The mode's outcome ([`SubmitOutcome`], [`Polled`], [`Restored`], [`SettleReport`],
+    /// [`CancelOutcome`]).
     pub outcome: T,
     /// Epoch ms when capacity may return for the head of the queue.
     pub next_capacity_ms: Option<u64>,
@@ -302,7 +310,7 @@ pub trait AdmissionBackend: Send + Sync + 'static {
         submit: &Submit<'_>,
     ) -> Result<StepReply<SubmitOutcome>, BackendError>;
     /// Heartbeat, then admission from the head.
-    async fn poll(&self, step: &Step<'_>) -> Result<StepReply<()>, BackendError>;
+    async fn poll(&self, step: &Step<'_>) -> Result<StepReply<Polled>, BackendError>;
     /// Settles a reservation, then admits into the freed capacity.
     async fn release(
         &self,

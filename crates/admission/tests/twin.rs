@@ -15,8 +15,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use admission::{
     AdmissionBackend, AdmissionSettings, BackendError, CancelOutcome, Grant, GrantPayload,
-    MemoryAdmission, Place, RedisAdmission, Release, Restore, Restored, Step, StepReply, Submit,
-    SubmitOutcome,
+    MemoryAdmission, Place, Polled, RedisAdmission, Release, Restore, Restored, Step, StepReply,
+    Submit, SubmitOutcome,
 };
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
@@ -154,7 +154,7 @@ struct Twins {
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Outcome2 {
     Submit(SubmitOutcome),
-    Poll,
+    Poll(Polled),
     Release(SettleReport),
     Cancel(CancelOutcome),
     Restore(Restored),
@@ -185,7 +185,7 @@ async fn step_on(
 ) -> Result<StepReply<Outcome2>, String> {
     match action {
         Action::Submit(submit) => normalized(backend.submit(step, submit).await, Outcome2::Submit),
-        Action::Poll => normalized(backend.poll(step).await, |()| Outcome2::Poll),
+        Action::Poll => normalized(backend.poll(step).await, Outcome2::Poll),
         Action::Release(reservation, release) => normalized(
             backend.release(step, reservation, release).await,
             Outcome2::Release,
@@ -209,6 +209,7 @@ impl Twins {
     async fn new(
         pool: &deadpool_redis::Pool,
         url: &str,
+        prefix: &str,
         case: u64,
         limits: &[Limits],
         order: CandidateOrder,
@@ -216,7 +217,7 @@ impl Twins {
         let wall = SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis() as u64;
         let start_ms = wall - wall % WINDOW_MS + WINDOW_MS;
         let now = Arc::new(AtomicU64::new(start_ms));
-        let keyspace = Keyspace::new(format!("twin{case}:"))?;
+        let keyspace = Keyspace::new(format!("{prefix}twin{case}:"))?;
         let connection = RedisConnection::new(pool.clone(), Duration::from_secs(2));
         let window = Duration::from_millis(WINDOW_MS);
         let redis = RedisAdmission::new(
@@ -551,7 +552,7 @@ fn tally(seen: &Mutex<BTreeMap<&'static str, u64>>, reply: &StepReply<Outcome2>)
         Outcome2::Submit(SubmitOutcome::Granted { .. }) => "submit granted (fast path)",
         Outcome2::Submit(SubmitOutcome::Queued { .. }) => "submit queued",
         Outcome2::Submit(SubmitOutcome::Full) => "submit full",
-        Outcome2::Poll => "poll",
+        Outcome2::Poll(_) => "poll",
         Outcome2::Release(_) => "release",
         Outcome2::Cancel(CancelOutcome::Waiting) => "cancel waiting",
         Outcome2::Cancel(CancelOutcome::Grant) => "cancel grant",
@@ -588,6 +589,7 @@ fn memory_and_redis_twins_agree_step_by_step() -> anyhow::Result<()> {
         .build()?;
     let server = rt.block_on(RedisServer::start())?;
     let url = server.url();
+    let prefix = server.prefix().to_owned();
     let pool = queue_core::create_pool(&url, 2, Duration::from_secs(2))?;
     let cases = AtomicU64::new(0);
     let seen = Mutex::new(BTreeMap::new());
@@ -600,7 +602,7 @@ fn memory_and_redis_twins_agree_step_by_step() -> anyhow::Result<()> {
         rt.block_on(async {
             // Fresh keys and a fresh memory twin per case, so cases (and shrink steps) are independent.
             let case = cases.fetch_add(1, Ordering::Relaxed);
-            let twins = Twins::new(&pool, &url, case, &limits, order)
+            let twins = Twins::new(&pool, &url, &prefix, case, &limits, order)
                 .await
                 .map_err(|e| TestCaseError::fail(e.to_string()))?;
             run_case(&twins, &ops, &seen).await

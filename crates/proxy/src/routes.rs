@@ -430,9 +430,12 @@ async fn readiness(State(state): State<AppState>) -> Result<Json<Value>, ApiErro
         state.metrics().backend_errors().inc();
         ApiError::unavailable(format!("backend not reachable: {e}"))
     })?;
+    let (mode, from_memory) = state.router().redis_failure_mode();
     Ok(Json(json!({
         "status": "ready",
         "backend": state.backend_name(),
+        "redis_failure_mode": mode.as_str(),
+        "admission": if from_memory { "this replica's share of every limit, in memory (Redis does not answer)" } else { "shared" },
         "version": env!("CARGO_PKG_VERSION"),
     })))
 }

@@ -58,9 +58,9 @@ model_list:
     litellm_params: {{ model: openai/gpt-4o, mock_response: "eventually", mock_delay: 30 }}
     model_info: {{ id: slow-1 }}
 router_settings:
-  redis_host: 127.0.0.1
+  redis_host: {host}
   redis_port: os.environ/TEST_REDIS_PORT
-  key_prefix: "proc1:"
+  key_prefix: "{prefix}"
   # The health check below counts this test's requests in one window: a 60 s window could roll between them.
   usage_window: 3600
 litellm_settings:
@@ -70,7 +70,9 @@ general_settings:
   master_key: {KEY}
   max_request_size_mb: 1
 "#,
-        base = upstream.base_url()
+        base = upstream.base_url(),
+        host = redis.host(),
+        prefix = redis.prefix(),
     );
     let port = redis.port().to_string();
     let mut proxy = Proxy::start(
@@ -91,7 +93,7 @@ general_settings:
         "{output}"
     );
     assert!(
-        output.contains(&format!("redis://127.0.0.1:{port}/")),
+        output.contains(&format!("redis://{}:{port}/", redis.host())),
         "{output}"
     );
 
@@ -476,7 +478,7 @@ model_list:
     model_info: {{ id: flaky-b }}
 router_settings:
   redis_url: {url}
-  key_prefix: "proc2:"
+  key_prefix: "{prefix}"
   num_retries: 0
   cooldown_time: 60
   # An hour-long window: the two requests must not straddle a window roll.
@@ -484,7 +486,8 @@ router_settings:
 general_settings:
   master_key: {KEY}
 "#,
-        url = redis.url()
+        url = redis.url(),
+        prefix = redis.prefix(),
     );
     let a = Proxy::start(&config, &[]).unwrap();
     let b = Proxy::start_with_args(&config, &[], &["--log-format", "json"]).unwrap();
@@ -571,12 +574,13 @@ model_list:
     litellm_params: {{ model: openai/gpt-4o, mock_response: "slow", mock_delay: 20, max_parallel_requests: 1 }}
 router_settings:
   redis_url: {url}
-  key_prefix: "proc3:"
+  key_prefix: "{prefix}"
   usage_window: 1
 general_settings:
   master_key: {KEY}
 "#,
-        url = redis.url()
+        url = redis.url(),
+        prefix = redis.prefix(),
     );
     let proxy = Proxy::start(&config, &[]).unwrap();
     let http = client();
@@ -625,7 +629,8 @@ general_settings:
         .get_multiplexed_async_connection()
         .await
         .unwrap();
-    let queue_key = "proc3:{held}:q";
+    let queue_key = format!("{}{{held}}:q", redis.prefix());
+    let queue_key = queue_key.as_str();
     let waiter = tokio::spawn({
         let http = http.clone();
         let url = proxy.url("/queue/chat/completions");
@@ -688,11 +693,13 @@ general_settings:
     // The holder's client goes away during the upstream call: its in-flight slot comes back at once,
     // not when the lease expires.
     holder.abort();
+    let inflight_keys = format!("{}{{held}}:d:*:if", redis.prefix());
+    let inflight_keys = inflight_keys.as_str();
     let released = eventually(Duration::from_secs(5), || {
         let mut conn = conn.clone();
         async move {
             let keys: Vec<String> = redis::cmd("KEYS")
-                .arg("proc3:{held}:d:*:if")
+                .arg(inflight_keys)
                 .query_async(&mut conn)
                 .await
                 .unwrap_or_default();

@@ -70,10 +70,10 @@ fn post(
     })
 }
 
-/// Waits until the group's queue holds `n` entries.
-async fn queued(conn: &redis::aio::MultiplexedConnection, n: u64) -> bool {
+/// Waits until the group's queue (`queue_key`) holds `n` entries.
+async fn queued(conn: &redis::aio::MultiplexedConnection, queue_key: &str, n: u64) -> bool {
     eventually(Duration::from_secs(10), || async {
-        zcard(conn, "crash:{shared}:q").await == n
+        zcard(conn, queue_key).await == n
     })
     .await
 }
@@ -103,7 +103,7 @@ model_list:
     model_info: {{ id: solo }}
 router_settings:
   redis_url: {url}
-  key_prefix: "crash:"
+  key_prefix: "{prefix}"
   polling_interval: 0.03
   num_retries: 0
   timeout: 30
@@ -112,11 +112,15 @@ general_settings:
 "#,
         base = upstream.base_url(),
         url = redis.url(),
+        prefix = redis.prefix(),
     );
     let a = Proxy::start(&config, &[]).unwrap();
     let b = Proxy::start(&config, &[]).unwrap();
     let c = Proxy::start(&config, &[]).unwrap();
     let http = client();
+    let queue = format!("{}{{shared}}:q", redis.prefix());
+    let grants = format!("{}{{shared}}:grants", redis.prefix());
+    let inflight = format!("{}{{shared}}:d:solo:if", redis.prefix());
     let conn = redis::Client::open(redis.url())
         .unwrap()
         .get_multiplexed_async_connection_with_config(
@@ -138,12 +142,18 @@ general_settings:
     let mut a_requests = Vec::new();
     for i in 0..3 {
         a_requests.push(post(&http, &a, &format!("a-{i}"), 0));
-        assert!(queued(&conn, i + 1).await, "A's request {i} was not queued");
+        assert!(
+            queued(&conn, &queue, i + 1).await,
+            "A's request {i} was not queued"
+        );
     }
     let mut b_requests = Vec::new();
     for i in 0..3 {
         b_requests.push((format!("b-{i}"), post(&http, &b, &format!("b-{i}"), 5)));
-        assert!(queued(&conn, 4 + i).await, "B's request {i} was not queued");
+        assert!(
+            queued(&conn, &queue, 4 + i).await,
+            "B's request {i} was not queued"
+        );
     }
     assert!(
         held_since.elapsed() < HOLD - Duration::from_millis(100) && upstream.request_count() == 1,
@@ -192,17 +202,17 @@ general_settings:
     );
 
     let clean = eventually(Duration::from_secs(3), || async {
-        zcard(&conn, "crash:{shared}:q").await == 0
-            && hlen(&conn, "crash:{shared}:grants").await == 0
-            && zcard(&conn, "crash:{shared}:d:solo:if").await == 0
+        zcard(&conn, &queue).await == 0
+            && hlen(&conn, &grants).await == 0
+            && zcard(&conn, &inflight).await == 0
     })
     .await;
     assert!(
         clean,
         "left in Redis: queue {}, grants {}, in-flight leases {}",
-        zcard(&conn, "crash:{shared}:q").await,
-        hlen(&conn, "crash:{shared}:grants").await,
-        zcard(&conn, "crash:{shared}:d:solo:if").await
+        zcard(&conn, &queue).await,
+        hlen(&conn, &grants).await,
+        zcard(&conn, &inflight).await
     );
     drop((b, c));
 }

@@ -28,6 +28,7 @@ model_list:
     model_info: {{ id: upstream-1 }}
 router_settings:
   redis_url: "{redis}"
+  key_prefix: "{prefix}"
   cache_responses: true
   cache_kwargs: {{ type: redis, ttl: 600 }}
   num_retries: 0
@@ -37,6 +38,7 @@ general_settings:
 "#,
         base = upstream.base_url(),
         redis = redis.url(),
+        prefix = redis.prefix(),
     );
     let config = Config::from_yaml_str(&text).expect("config");
     assert!(

@@ -53,7 +53,12 @@ async fn zcard(redis: &RedisServer, key: &str) -> Option<u64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_restarted_empty_loses_no_waiter_and_keeps_the_parallel_limit() {
-    let mut redis = RedisServer::start().await.unwrap();
+    let Some(mut redis) = RedisServer::start_own("kills and restarts Redis")
+        .await
+        .unwrap()
+    else {
+        return;
+    };
     let upstream = MockUpstream::start_with(MockUpstreamConfig {
         behavior: Behavior::ok().with_latency(Duration::from_millis(100)),
         ..MockUpstreamConfig::default()
@@ -68,7 +73,7 @@ model_list:
     model_info: {{ id: pair }}
 router_settings:
   redis_url: {url}
-  key_prefix: "restart:"
+  key_prefix: "{prefix}"
   polling_interval: 0.03
   num_retries: 0
   timeout: 30
@@ -77,7 +82,9 @@ general_settings:
 "#,
         base = upstream.base_url(),
         url = redis.url(),
+        prefix = redis.prefix(),
     );
+    let queue_key = format!("{}{{shared}}:q", redis.prefix());
     let a = Proxy::start(&config, &[]).unwrap();
     let b = Proxy::start(&config, &[]).unwrap();
     let http = client();
@@ -105,7 +112,7 @@ general_settings:
         let n = i + 1;
         assert!(
             eventually(Duration::from_secs(10), || async {
-                zcard(&redis, "restart:{shared}:q").await == Some(n)
+                zcard(&redis, &queue_key).await == Some(n)
             })
             .await,
             "waiter {i} was not queued"

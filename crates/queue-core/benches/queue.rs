@@ -74,15 +74,16 @@ where
 
 fn bench(c: &mut Criterion) {
     let rt = Runtime::new().expect("tokio runtime");
-    let (_server, url) = rt.block_on(async {
+    let (_server, url, key_prefix) = rt.block_on(async {
         match std::env::var("REDIS_URL") {
-            Ok(url) => (None, url),
+            Ok(url) => (None, url, "bench:".to_owned()),
             Err(_) => {
                 let server = testkit::RedisServer::start()
                     .await
                     .expect("start redis-server");
                 let url = server.url();
-                (Some(server), url)
+                let key_prefix = server.prefix().to_owned();
+                (Some(server), url, key_prefix)
             }
         }
     });
@@ -90,7 +91,7 @@ fn bench(c: &mut Criterion) {
         url: url.clone(),
         pool_size: 4,
         command_timeout: Duration::from_secs(2),
-        key_prefix: "bench:".to_owned(),
+        key_prefix,
     };
     let redis_queue: Arc<dyn QueueBackend> =
         Arc::new(RedisQueue::new(&config).expect("redis queue"));

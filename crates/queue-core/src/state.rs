@@ -322,6 +322,11 @@ impl QueueState {
         self.groups.clear();
     }
 
+    /// The `ZCARD` of the owners: owners with a lease in `group` (expired ones not yet forgotten included).
+    pub fn live_owners(&self, group: &str) -> u64 {
+        self.group(group).map_or(0, |g| g.owners.len() as u64)
+    }
+
     /// The grants recorded in `group` and not yet taken, in no particular order.
     pub fn grants(&self, group: &str) -> Vec<Grant> {
         self.group(group)

@@ -13,8 +13,8 @@ use usage_tracker::{MemoryUsage, RedisUsage, UsageSettings, UsageStore};
 use crate::cache::ResponseCache;
 use crate::config::RouterSettings;
 use crate::error::RouterError;
-use crate::topology::CachePolicy;
-use admission::{AdmissionBackend, MemoryAdmission, RedisAdmission};
+use crate::topology::{CachePolicy, RedisFailureMode};
+use admission::{AdmissionBackend, FailoverAdmission, MemoryAdmission, RedisAdmission};
 
 /// How to reach Redis: URL (masked in `Debug`), pool size, per-call timeout, key prefix. Shared with
 /// queue-core so every Redis user of the router agrees on it.
@@ -71,6 +71,8 @@ pub(crate) struct BackendHandle {
     /// The queues, for reads (depths); admission changes them through `admission` only.
     queue: Arc<dyn QueueBackend>,
     admission: Arc<dyn AdmissionBackend>,
+    /// `redis_failure_mode: open`: the admission backend, to ask whether it serves from memory.
+    failover: Option<Arc<FailoverAdmission>>,
     keyspace: Keyspace,
     /// `Some` on Redis.
     redis: Option<RedisHandle>,
@@ -86,7 +88,12 @@ struct RedisHandle {
 }
 
 impl BackendHandle {
-    pub(crate) fn build(backend: &Backend, window: Duration) -> Result<Self, RouterError> {
+    pub(crate) fn build(
+        backend: &Backend,
+        window: Duration,
+        failure_mode: RedisFailureMode,
+        probe_every: Duration,
+    ) -> Result<Self, RouterError> {
         // The usage store counts in whole milliseconds.
         let window =
             Duration::from_millis(u64::try_from(window.as_millis()).unwrap_or(u64::MAX).max(1));
@@ -109,6 +116,7 @@ impl BackendHandle {
                     usage: Arc::new(usage),
                     queue: Arc::new(queue),
                     admission: Arc::new(admission),
+                    failover: None,
                     keyspace,
                     redis: None,
                 })
@@ -130,8 +138,24 @@ impl BackendHandle {
                     .map_err(|e| RouterError::config("router_settings", e.to_string()))?;
                 let client = redis::Client::open(cfg.url.as_str())
                     .map_err(|e| RouterError::config("router_settings.redis_url", e.to_string()))?;
-                let admission =
+                let redis_admission =
                     RedisAdmission::new(connection.clone(), client, keyspace.clone(), window);
+                let (admission, failover): (Arc<dyn AdmissionBackend>, _) = match failure_mode {
+                    RedisFailureMode::Closed => (Arc::new(redis_admission), None),
+                    RedisFailureMode::Open => {
+                        let local = MemoryAdmission::new(
+                            Arc::new(Mutex::new(QueueState::new())),
+                            Arc::new(Mutex::new(usage_tracker::UsageState::new(
+                                window,
+                                UsageSettings::default().latency_ewma_alpha,
+                            ))),
+                            Clock::new(),
+                        );
+                        let failover =
+                            Arc::new(FailoverAdmission::new(redis_admission, local, probe_every));
+                        (failover.clone(), Some(failover))
+                    }
+                };
                 let queue = RedisQueue::from_connection(
                     connection.clone(),
                     RedisQueueSettings {
@@ -142,7 +166,8 @@ impl BackendHandle {
                 Ok(Self {
                     usage: Arc::new(usage),
                     queue: Arc::new(queue),
-                    admission: Arc::new(admission),
+                    admission,
+                    failover,
                     keyspace,
                     redis: Some(RedisHandle {
                         pool,
@@ -194,11 +219,19 @@ impl BackendHandle {
         })
     }
 
-    /// Readiness: Redis answers PING (always Ok in memory).
+    /// True while `redis_failure_mode: open` admits from memory because Redis does not answer.
+    pub(crate) fn serving_from_memory(&self) -> bool {
+        self.failover.as_ref().is_some_and(|f| f.is_down())
+    }
+
+    /// Readiness: Redis answers PING (always Ok in memory, and while fail-open admission serves).
     pub(crate) async fn ping(&self) -> Result<(), RouterError> {
         let Some(r) = &self.redis else {
             return Ok(());
         };
+        if self.serving_from_memory() {
+            return Ok(());
+        }
         r.connection
             .query::<String>(&redis::cmd("PING"))
             .await

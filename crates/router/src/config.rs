@@ -208,6 +208,10 @@ pub struct RouterSettings {
     /// Length of the RPM/TPM window in seconds (default 60).
     #[serde(default, deserialize_with = "lenient::opt_f64")]
     pub usage_window: Option<f64>,
+    /// What admission does while Redis does not answer: `closed` (default: requests get 503 with
+    /// Retry-After) or `open` (each replica admits with its share of every limit in memory).
+    #[serde(default)]
+    pub redis_failure_mode: Option<String>,
     /// Tokens reserved for the completion when a request names no `max_tokens` (default: usage-tracker's).
     #[serde(default, deserialize_with = "lenient::opt_u64")]
     pub default_max_tokens: Option<u64>,

@@ -99,4 +99,4 @@ pub use request::{
 };
 pub use router::Router;
 pub use strategy::RoutingStrategy;
-pub use topology::implements_litellm_param;
+pub use topology::{implements_litellm_param, RedisFailureMode};

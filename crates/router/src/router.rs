@@ -17,7 +17,7 @@ use crate::metrics::RouterMetrics;
 use crate::order::GroupOrders;
 use crate::provider::Providers;
 use crate::request::{RouterRequest, RouterResponse};
-use crate::topology::{self, Topology};
+use crate::topology::{self, RedisFailureMode, Topology};
 use crate::walk::{Attempts, Walk};
 
 /// LiteLLM's Router as a library: model groups of deployments, load balancing, admission against shared
@@ -66,7 +66,12 @@ impl Router {
     pub async fn new(config: RouterConfig, backend: Backend) -> Result<Router, RouterError> {
         let topology = Arc::new(topology::build(&config)?);
         let policy = topology.policy();
-        let backend = BackendHandle::build(&backend, policy.queue.usage_window)?;
+        let backend = BackendHandle::build(
+            &backend,
+            policy.queue.usage_window,
+            policy.queue.failure_mode,
+            policy.queue.replica_heartbeat,
+        )?;
         let cache = backend.response_cache(policy.cache.as_ref())?;
         let estimator = match policy.queue.default_max_tokens {
             Some(n) => TokenEstimator::new(n),
@@ -156,6 +161,15 @@ impl Router {
     /// Readiness: the backend answers (always Ok in memory).
     pub async fn ping_backend(&self) -> Result<(), RouterError> {
         self.inner.backend.ping().await
+    }
+
+    /// `router_settings.redis_failure_mode` in force, and whether admission serves from memory now (Redis
+    /// does not answer and the mode is `open`).
+    pub fn redis_failure_mode(&self) -> (RedisFailureMode, bool) {
+        (
+            self.inner.topology.policy().queue.failure_mode,
+            self.inner.backend.serving_from_memory(),
+        )
     }
 
     /// Stops taking requests (new and retrying requests fail with [`RouterError::ShuttingDown`]), stops

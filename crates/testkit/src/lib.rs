@@ -1,19 +1,23 @@
-//! Test fixtures: a real `redis-server` on a free loopback port and a mock OpenAI-compatible upstream.
+//! Test fixtures: the Redis a test runs on and a mock OpenAI-compatible upstream.
 //!
 //! Layout:
-//! - `redis_server`: [`RedisServer`], a `redis-server` process in a temp dir, killed on drop.
+//! - `redis_server`: [`RedisServer`], a `redis-server` process of the test's own (in a temp dir, killed on
+//!   drop), or, when `TEST_REDIS_URL` is set, a key prefix of its own on that Redis (its keys deleted on
+//!   drop); [`skip_on_external_redis`] for tests a shared Redis cannot serve.
 //! - `mock_upstream`: [`MockUpstream`], an OpenAI-compatible server with scripted behaviour and a recorder.
 //!
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {
 //! let redis = testkit::RedisServer::start().await?;
 //! let client = redis::Client::open(redis.url())?;
+//! // Every key of the test goes under its prefix, so tests can share one Redis.
+//! let key_prefix = redis.prefix().to_owned();
 //! # Ok(()) }
 //! ```
 
 mod redis_server;
 
-pub use redis_server::RedisServer;
+pub use redis_server::{skip_on_external_redis, RedisServer, TESTKIT_SKIP_LOG, TEST_REDIS_URL};
 mod mock_upstream;
 
 pub use mock_upstream::{

@@ -27,7 +27,7 @@ async fn keys_follow_the_shared_layout() -> anyhow::Result<()> {
     let server = RedisServer::start().await?;
     let window = Duration::from_secs(10);
     let settings = UsageSettings {
-        keyspace: Keyspace::new("t1:")?,
+        keyspace: Keyspace::new(server.prefix())?,
         ..settings(window)
     };
     let store = RedisUsage::from_url(&server.url(), settings)?;
@@ -47,7 +47,8 @@ async fn keys_follow_the_shared_layout() -> anyhow::Result<()> {
         .await?;
 
     let mut c = conn(&server).await?;
-    let base = "t1:{gpt %7B4o%7D}:d:d1";
+    let base = format!("{}{{gpt %7B4o%7D}}:d:d1", server.prefix());
+    let base = base.as_str();
     let hash: Vec<(String, String)> = c.hgetall(base).await?;
     let field = |name: &str| hash.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
     ensure!(
@@ -122,13 +123,14 @@ async fn keys_follow_the_shared_layout() -> anyhow::Result<()> {
 async fn fragment_composes_into_other_scripts() -> anyhow::Result<()> {
     let server = RedisServer::start().await?;
     let mut c = conn(&server).await?;
+    let p = server.prefix();
 
     // The fragment alone has no top-level effects.
     let nothing: Option<String> = redis::Script::new(USAGE_FRAGMENT)
         .invoke_async(&mut c)
         .await?;
     ensure!(nothing.is_none());
-    ensure!(redis::cmd("DBSIZE").query_async::<i64>(&mut c).await? == 0);
+    ensure!(server.keys().await?.is_empty());
 
     // A foreign script with its own leading key and args, using offsets, reserve and release.
     let body = r#"
@@ -156,13 +158,13 @@ return { i, cands[i].id, cands[1].rpm, cands[2].tier, held, again,
         i64,
     ) = script
         .prepare_invoke()
-        .key("unrelated")
-        .key("{g}:d:a")
-        .key("{g}:d:a:if")
-        .key("{g}:d:a:cd")
-        .key("{g}:d:b")
-        .key("{g}:d:b:if")
-        .key("{g}:d:b:cd")
+        .key(format!("{p}unrelated"))
+        .key(format!("{p}{{g}}:d:a"))
+        .key(format!("{p}{{g}}:d:a:if"))
+        .key(format!("{p}{{g}}:d:a:cd"))
+        .key(format!("{p}{{g}}:d:b"))
+        .key(format!("{p}{{g}}:d:b:if"))
+        .key(format!("{p}{{g}}:d:b:cd"))
         .arg("rid")
         .arg("unrelated")
         .arg("a")
@@ -192,7 +194,10 @@ return { i, cands[i].id, cands[1].rpm, cands[2].tier, held, again,
 
 #[tokio::test]
 async fn scripts_reload_after_script_flush() -> anyhow::Result<()> {
-    let h = redis(1, Duration::from_secs(60)).await?;
+    let Some(server) = RedisServer::start_own("flushes its script cache").await? else {
+        return Ok(());
+    };
+    let h = redis_on(server, 1, Duration::from_secs(60))?;
     let server = h.redis.as_ref().context("redis")?;
     let d = [cand("d1", Limits::default())];
     reserve_ok(h.store(0), &d, &request(1)).await?;
@@ -209,7 +214,9 @@ async fn scripts_reload_after_script_flush() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn redis_restart_gives_typed_errors_then_recovers() -> anyhow::Result<()> {
-    let mut server = RedisServer::start().await?;
+    let Some(mut server) = RedisServer::start_own("stops and restarts it").await? else {
+        return Ok(());
+    };
     let timeout = Duration::from_millis(500);
     let settings = UsageSettings {
         command_timeout: timeout,
@@ -279,7 +286,9 @@ async fn redis_restart_gives_typed_errors_then_recovers() -> anyhow::Result<()> 
 
 #[tokio::test]
 async fn an_unresponsive_redis_times_out_with_a_typed_error() -> anyhow::Result<()> {
-    let server = RedisServer::start().await?;
+    let Some(server) = RedisServer::start_own("pauses every client of it").await? else {
+        return Ok(());
+    };
     let timeout = Duration::from_millis(200);
     let settings = UsageSettings {
         command_timeout: timeout,
@@ -363,6 +372,7 @@ async fn settings_are_validated() -> anyhow::Result<()> {
 async fn give_back_counts_once() -> anyhow::Result<()> {
     let server = RedisServer::start().await?;
     let mut c = conn(&server).await?;
+    let p = server.prefix();
     let body = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -377,9 +387,9 @@ return { first, second, tonumber(redis.call('HGET', cands[1].dep, 'rpm')),
     let script = redis::Script::new(&format!("{USAGE_FRAGMENT}{body}"));
     let reply: (i64, i64, i64, i64, i64) = script
         .prepare_invoke()
-        .key("{g}:d:a")
-        .key("{g}:d:a:if")
-        .key("{g}:d:a:cd")
+        .key(format!("{p}{{g}}:d:a"))
+        .key(format!("{p}{{g}}:d:a:if"))
+        .key(format!("{p}{{g}}:d:a:cd"))
         .arg("a")
         .arg(-1)
         .arg(-1)

@@ -1,5 +1,5 @@
-//! Helpers shared by the priority-admission acceptance tests: replicas sharing one redis-server (or one router
-//! on the in-memory backends), a mock upstream, requests tagged so the upstream's recorder tells them apart,
+//! Helpers shared by the priority-admission acceptance tests: replicas sharing one Redis (a redis-server of
+//! their own, or a prefix of their own on `TEST_REDIS_URL`; or one router on the in-memory backends), a mock upstream, requests tagged so the upstream's recorder tells them apart,
 //! and probes of the scheduler's Redis keys.
 #![allow(dead_code, unreachable_pub)] // each test binary uses a different part
 
@@ -29,7 +29,7 @@ pub type Pending = JoinHandle<Result<RouterResponse, RouterError>>;
 pub enum Kind {
     /// One router on the in-memory backends.
     Memory,
-    /// This many independent routers (each with its own pool) on one fresh redis-server.
+    /// This many independent routers (each with its own pool) on one fresh Redis.
     Redis(usize),
 }
 
@@ -186,13 +186,26 @@ impl Cluster {
         config: Value,
         upstream: MockUpstream,
     ) -> anyhow::Result<Cluster> {
-        let (redis, backend, n) = match kind {
-            Kind::Memory => (None, Backend::Memory, 1),
-            Kind::Redis(n) => {
-                let server = RedisServer::start().await?;
-                let backend = redis_backend(&server.url());
-                (Some(server), backend, n)
+        let redis = match kind {
+            Kind::Memory => None,
+            Kind::Redis(_) => Some(RedisServer::start().await?),
+        };
+        Cluster::start_on(kind, redis, config, upstream).await
+    }
+
+    /// [`Cluster::start`] on `redis` (`Some` for the Redis kinds), e.g. a server of the test's own.
+    pub async fn start_on(
+        kind: Kind,
+        redis: Option<RedisServer>,
+        config: Value,
+        upstream: MockUpstream,
+    ) -> anyhow::Result<Cluster> {
+        let (backend, keyspace, n) = match (kind, &redis) {
+            (Kind::Memory, None) => (Backend::Memory, Keyspace::default(), 1),
+            (Kind::Redis(n), Some(server)) => {
+                (redis_backend(server), Keyspace::new(server.prefix())?, n)
             }
+            _ => bail!("a {kind:?} cluster on {redis:?}"),
         };
         let mut replicas = Vec::with_capacity(n);
         for _ in 0..n {
@@ -216,7 +229,7 @@ impl Cluster {
             upstream,
             replicas,
             conn,
-            keyspace: Keyspace::default(),
+            keyspace,
             seen: Mutex::new(HashSet::new()),
             started: Mutex::new(Vec::new()),
             redis,
@@ -547,13 +560,13 @@ fn priority_of(req: &RouterRequest) -> u32 {
     })
 }
 
-/// The Redis backend at `url` (short timeouts, default prefix: each test has its own server).
-pub fn redis_backend(url: &str) -> Backend {
+/// The Redis backend on `server` (short timeouts, the test's own prefix).
+pub fn redis_backend(server: &RedisServer) -> Backend {
     Backend::Redis(RedisBackendConfig {
-        url: url.to_owned(),
+        url: server.url(),
         pool_size: 8,
         command_timeout: Duration::from_secs(2),
-        ..RedisBackendConfig::default()
+        key_prefix: server.prefix().to_owned(),
     })
 }
 

@@ -35,7 +35,7 @@
 --     "queued"    position (0-based, -1 when the step granted it at once), not_before (epoch ms before which
 --                 no deployment can take it, -1 if none ever can), score  (SubmitOutcome::Queued)
 --     "full"      (none; depth is the queue's)                             (SubmitOutcome::Full)
---     "polled"    (none)                                                   (())
+--     "polled"    live: replicas alive in the group after the heartbeat    (Polled)
 --     "restored"  waiters put back, reservations re-registered             (Restored)
 --     "released"  requests_in_window, failures_in_window                   (SettleReport)
 --     "cancelled" what: "waiting" | "grant" | "fast_path" | "absent"       (CancelOutcome)
@@ -156,6 +156,7 @@ if mode == 'submit' then
 elseif mode == 'poll' then
   s_heartbeat()
   status = 'polled'
+  fields = { redis.call('ZCARD', k_owners) }
 elseif mode == 'restore' then
   s_heartbeat()
   local m = tonumber(ARGV[e + 1])

@@ -12,10 +12,14 @@ use queue_core::{
 use testkit::RedisServer;
 use uuid::Uuid;
 
-/// A fresh key prefix, so tests sharing a server never see each other's keys.
-pub(crate) fn unique_prefix(name: &str) -> String {
+/// A fresh key prefix under the test's own, so queues sharing a server never see each other's keys.
+pub(crate) fn unique_prefix(server: &RedisServer, name: &str) -> String {
     static NEXT: AtomicU64 = AtomicU64::new(0);
-    format!("t{}-{name}:", NEXT.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "{}t{}-{name}:",
+        server.prefix(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 pub(crate) fn memory() -> Arc<dyn QueueBackend> {
@@ -27,7 +31,7 @@ pub(crate) fn redis_config(server: &RedisServer, name: &str) -> RedisQueueConfig
         url: server.url(),
         pool_size: 4,
         command_timeout: Duration::from_secs(2),
-        key_prefix: unique_prefix(name),
+        key_prefix: unique_prefix(server, name),
     }
 }
 
@@ -35,10 +39,14 @@ pub(crate) fn redis(server: &RedisServer, name: &str) -> anyhow::Result<Arc<dyn 
     Ok(Arc::new(RedisQueue::new(&redis_config(server, name))?))
 }
 
-/// A queue on an existing pool under a fresh prefix.
-pub(crate) fn redis_on(pool: &deadpool_redis::Pool, name: &str) -> anyhow::Result<RedisQueue> {
+/// A queue on an existing pool (of `server`) under a fresh prefix.
+pub(crate) fn redis_on(
+    server: &RedisServer,
+    pool: &deadpool_redis::Pool,
+    name: &str,
+) -> anyhow::Result<RedisQueue> {
     let settings = RedisQueueSettings {
-        keyspace: Keyspace::new(unique_prefix(name))?,
+        keyspace: Keyspace::new(unique_prefix(server, name))?,
         command_timeout: Duration::from_secs(2),
     };
     Ok(RedisQueue::from_pool(pool.clone(), settings))

@@ -201,7 +201,8 @@ fn redis_and_memory_agree() -> anyhow::Result<()> {
     let result = runner.run(&proptest::collection::vec(op(), 1..60), |ops| {
         rt.block_on(async {
             // Fresh keys and a fresh memory queue per case, so cases (and shrink steps) are independent.
-            let redis = redis_on(&pool, "eq").map_err(|e| TestCaseError::fail(e.to_string()))?;
+            let redis =
+                redis_on(&server, &pool, "eq").map_err(|e| TestCaseError::fail(e.to_string()))?;
             run_both(&redis, &*memory(), &ops).await
         })
     });

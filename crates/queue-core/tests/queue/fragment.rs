@@ -78,7 +78,7 @@ fn fragment_only_defines_prefixed_local_functions() {
 async fn decode_and_enqueue_contracts() -> anyhow::Result<()> {
     let server = RedisServer::start().await?;
     let mut conn = connect(&server).await?;
-    let keys = Keyspace::new(unique_prefix("frag"))?.group("g");
+    let keys = Keyspace::new(unique_prefix(&server, "frag"))?.group("g");
 
     let e = entry_with(
         "replica-a",
@@ -136,7 +136,7 @@ async fn decode_and_enqueue_contracts() -> anyhow::Result<()> {
 async fn better_waiting_and_head_agree_with_state() -> anyhow::Result<()> {
     let server = RedisServer::start().await?;
     let mut conn = connect(&server).await?;
-    let keys = Keyspace::new(unique_prefix("frag"))?.group("g");
+    let keys = Keyspace::new(unique_prefix(&server, "frag"))?.group("g");
     let clock = Clock::new();
     let mut state = QueueState::new();
 
@@ -236,7 +236,7 @@ async fn better_waiting_and_head_agree_with_state() -> anyhow::Result<()> {
 async fn grants_agree_with_state() -> anyhow::Result<()> {
     let server = RedisServer::start().await?;
     let mut conn = connect(&server).await?;
-    let keys = Keyspace::new(unique_prefix("frag"))?.group("g");
+    let keys = Keyspace::new(unique_prefix(&server, "frag"))?.group("g");
     let mut state = QueueState::new();
 
     let record = composite("q_record_grant(KEYS[1], ARGV[1], ARGV[2]); return 1");

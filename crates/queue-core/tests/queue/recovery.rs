@@ -1,4 +1,6 @@
 //! The Redis backend survives a script cache flush, a paused server and a restart without manual steps.
+//!
+//! Each test flushes, pauses or restarts its server: it needs one of its own (skipped on a shared Redis).
 
 use std::time::{Duration, Instant};
 
@@ -16,7 +18,7 @@ fn queue(server: &RedisServer) -> anyhow::Result<RedisQueue> {
         url: server.url(),
         pool_size: 2,
         command_timeout: TIMEOUT,
-        key_prefix: unique_prefix("recovery"),
+        key_prefix: unique_prefix(server, "recovery"),
     })?)
 }
 
@@ -29,7 +31,9 @@ async fn admin(server: &RedisServer) -> anyhow::Result<redis::aio::MultiplexedCo
 
 #[tokio::test]
 async fn script_flush_is_survived() -> anyhow::Result<()> {
-    let server = RedisServer::start().await?;
+    let Some(server) = RedisServer::start_own("flushes its script cache").await? else {
+        return Ok(());
+    };
     let queue = queue(&server)?;
     let e = entry("replica-a");
     queue.enqueue(GROUP, Priority::new(1)?, &e, roomy()).await?;
@@ -46,7 +50,9 @@ async fn script_flush_is_survived() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn unresponsive_server_times_out() -> anyhow::Result<()> {
-    let server = RedisServer::start().await?;
+    let Some(server) = RedisServer::start_own("pauses every client of it").await? else {
+        return Ok(());
+    };
     let queue = queue(&server)?;
     queue.depth(GROUP).await?;
     let () = redis::cmd("CLIENT")
@@ -81,7 +87,9 @@ async fn unresponsive_server_times_out() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn restart_fails_fast_then_recovers() -> anyhow::Result<()> {
-    let mut server = RedisServer::start().await?;
+    let Some(mut server) = RedisServer::start_own("stops, kills and restarts it").await? else {
+        return Ok(());
+    };
     let queue = queue(&server)?;
     queue
         .enqueue(GROUP, Priority::new(1)?, &entry("replica-a"), roomy())

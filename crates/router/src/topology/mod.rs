@@ -18,3 +18,4 @@ pub(crate) use deployment::Deployment;
 pub use entry::implements_litellm_param;
 pub(crate) use groups::{ModelGroup, Topology};
 pub(crate) use policy::CachePolicy;
+pub use policy::RedisFailureMode;

@@ -1,4 +1,5 @@
-//! [`Policy`]: the validated `router_settings` (strategy, retries, timeouts, fallbacks, cache, admission).
+//! [`Policy`]: the validated `router_settings` (strategy, retries, timeouts, fallbacks, cache, admission,
+//! [`RedisFailureMode`]).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -40,6 +41,8 @@ pub(crate) struct QueueSettings {
     pub(crate) default_priority: u32,
     pub(crate) max_queue_depth: u64,
     pub(crate) usage_window: Duration,
+    /// What admission does while Redis does not answer.
+    pub(crate) failure_mode: RedisFailureMode,
     pub(crate) default_max_tokens: Option<u64>,
 }
 
@@ -70,5 +73,26 @@ impl Fallbacks {
             return &self.wildcard;
         }
         &self.default
+    }
+}
+
+/// What admission does while Redis does not answer (`router_settings.redis_failure_mode`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum RedisFailureMode {
+    /// Requests get 503 with Retry-After (the default).
+    #[default]
+    Closed,
+    /// Each replica admits with its share of every limit (limit / live replicas) in memory, and goes back
+    /// to Redis as soon as it answers.
+    Open,
+}
+
+impl RedisFailureMode {
+    /// The config spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RedisFailureMode::Closed => "closed",
+            RedisFailureMode::Open => "open",
+        }
     }
 }

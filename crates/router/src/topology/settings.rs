@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 
 use super::groups::ModelGroup;
-use super::policy::{CachePolicy, Fallbacks, Policy, QueueSettings};
+use super::policy::{CachePolicy, Fallbacks, Policy, QueueSettings, RedisFailureMode};
 use super::values::{count, secs, secs_or_zero};
 use crate::config::{FallbackTargets, LitellmParams, RouterSettings};
 use crate::error::RouterError;
@@ -118,6 +118,16 @@ pub(super) fn policy(
         default_priority,
         max_queue_depth: s.max_queue_depth.unwrap_or(10_000),
         usage_window: secs(s.usage_window, &p("usage_window"))?.unwrap_or(Duration::from_secs(60)),
+        failure_mode: match s.redis_failure_mode.as_deref().map(str::trim) {
+            None | Some("closed") => RedisFailureMode::Closed,
+            Some("open") => RedisFailureMode::Open,
+            Some(other) => {
+                return Err(RouterError::config(
+                    p("redis_failure_mode"),
+                    format!("expected `closed` or `open`, got `{other}`"),
+                ))
+            }
+        },
         default_max_tokens: s.default_max_tokens,
     };
     if queue.polling_interval.is_zero() {

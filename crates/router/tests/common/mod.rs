@@ -9,8 +9,8 @@ use router::{
 use serde_json::{json, Value};
 use testkit::{MockUpstream, RedisServer};
 
-/// Runs each named `async fn(Backend) -> anyhow::Result<()>` against the memory backend and against a fresh
-/// redis-server.
+/// Runs each named `async fn(Backend) -> anyhow::Result<()>` against the memory backend and against Redis (a
+/// fresh redis-server, or a prefix of its own on `TEST_REDIS_URL`).
 #[macro_export]
 macro_rules! on_both_backends {
     ($($name:ident),* $(,)?) => {
@@ -34,13 +34,13 @@ macro_rules! on_both_backends {
     };
 }
 
-/// The Redis backend on `server` (short timeouts, default prefix: each test has its own server).
+/// The Redis backend on `server` (short timeouts, the test's own prefix).
 pub fn redis_backend(server: &RedisServer) -> Backend {
     Backend::Redis(RedisBackendConfig {
         url: server.url(),
         pool_size: 8,
         command_timeout: Duration::from_secs(2),
-        ..RedisBackendConfig::default()
+        key_prefix: server.prefix().to_owned(),
     })
 }
 

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use queue_core::Keyspace;
 use testkit::RedisServer;
 use usage_tracker::{
     Candidate, DeploymentRef, Limits, MemoryUsage, RedisUsage, Reservation, ReserveOutcome,
@@ -42,12 +43,19 @@ pub fn settings(window: Duration) -> UsageSettings {
 }
 
 pub async fn redis(replicas: usize, window: Duration) -> anyhow::Result<Harness> {
-    let server = RedisServer::start().await?;
+    redis_on(RedisServer::start().await?, replicas, window)
+}
+
+/// [`redis`] on a given server.
+pub fn redis_on(server: RedisServer, replicas: usize, window: Duration) -> anyhow::Result<Harness> {
     let mut stores: Vec<Arc<dyn UsageStore>> = Vec::new();
     for _ in 0..replicas {
         stores.push(Arc::new(RedisUsage::from_url(
             &server.url(),
-            settings(window),
+            UsageSettings {
+                keyspace: Keyspace::new(server.prefix())?,
+                ..settings(window)
+            },
         )?));
     }
     Ok(Harness {
