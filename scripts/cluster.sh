@@ -128,7 +128,7 @@ cmd_up() {
     command -v "$REDIS_BIN" >/dev/null || { log "redis-server not found (scripts/setup.sh installs it)"; exit 1; }
     mkdir -p "$DIR"
 
-    nohup "$REDIS_BIN" --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no --dir "$DIR" \
+    nohup "$REDIS_BIN" --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly yes --appendfsync everysec --dir "$DIR" \
         >"$DIR/redis.log" 2>&1 </dev/null &
     echo $! >"$DIR/redis.pid"
     wait_for "$DIR/redis.pid" "redis-server" redis_up || start_failed

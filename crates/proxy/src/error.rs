@@ -8,6 +8,10 @@ use axum::Json;
 use router::RouterError;
 use serde_json::json;
 
+/// `Retry-After` of a 503 caused by the store (Redis) not answering: a restarted or failed-over Redis answers
+/// again within seconds, and the pool reconnects on the next call.
+pub(crate) const STORE_RETRY_AFTER: Duration = Duration::from_secs(1);
+
 /// An error answered to a client as `{"error": {"message", "type", "param", "code"}}`.
 ///
 /// Built from the proxy's own checks (bad input, auth, routing) or from a [`RouterError`], whose
@@ -20,6 +24,8 @@ pub struct ApiError {
     param: Option<String>,
     code: Option<String>,
     retry_after: Option<Duration>,
+    /// Answer with `Connection: close` (the rest of the request cannot be trusted to follow).
+    close: bool,
 }
 
 impl ApiError {
@@ -31,6 +37,7 @@ impl ApiError {
             param: None,
             code: None,
             retry_after: None,
+            close: false,
         }
     }
 
@@ -93,9 +100,24 @@ impl ApiError {
         .with_code("request_too_large")
     }
 
-    /// 503 with a message (e.g. the backend is unreachable).
+    /// 503 with a message (e.g. the replica is shutting down).
     pub fn unavailable(message: impl Into<String>) -> Self {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, "server_error", message)
+    }
+
+    /// 503 because the store (Redis) does not answer, with `Retry-After`.
+    pub fn store_unavailable(message: impl Into<String>) -> Self {
+        let mut err = Self::unavailable(message).with_code("backend_unavailable");
+        err.retry_after = Some(STORE_RETRY_AFTER);
+        err
+    }
+
+    /// 408: the request body did not arrive in time; the connection is closed after the answer.
+    pub(crate) fn body_timeout(message: impl Into<String>) -> Self {
+        let mut err = Self::new(StatusCode::REQUEST_TIMEOUT, "timeout_error", message)
+            .with_code("request_timeout");
+        err.close = true;
+        err
     }
 
     /// 500: something this server got wrong.
@@ -175,9 +197,16 @@ impl From<RouterError> for ApiError {
             param: err.param().map(str::to_owned),
             code: err.code().map(str::to_owned),
             retry_after: err.retry_after().or_else(|| {
-                // A 429 without a hint still tells clients to back off a little rather than hammer.
-                (status == StatusCode::TOO_MANY_REQUESTS).then(|| Duration::from_secs(1))
+                if status == StatusCode::TOO_MANY_REQUESTS {
+                    // A 429 without a hint still tells clients to back off a little rather than hammer.
+                    Some(Duration::from_secs(1))
+                } else if matches!(err, RouterError::Backend(_)) {
+                    Some(STORE_RETRY_AFTER)
+                } else {
+                    None
+                }
             }),
+            close: false,
         }
     }
 }
@@ -200,6 +229,11 @@ impl IntoResponse for ApiError {
                 response.headers_mut().insert(header::RETRY_AFTER, value);
             }
         }
+        if self.close {
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         response
     }
 }
@@ -218,6 +252,26 @@ mod tests {
         assert_eq!(err.error_type(), "rate_limit_error");
         let response = err.into_response();
         assert_eq!(response.headers()[header::RETRY_AFTER], "2");
+    }
+
+    #[test]
+    fn store_outages_tell_clients_when_to_retry() {
+        let response =
+            ApiError::from(RouterError::Backend("connection refused".into())).into_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "1");
+        let response = ApiError::store_unavailable("not reachable").into_response();
+        assert_eq!(response.headers()[header::RETRY_AFTER], "1");
+        // Other 503s (shutting down) name no time: this replica will not come back.
+        let response = ApiError::from(RouterError::ShuttingDown).into_response();
+        assert!(response.headers().get(header::RETRY_AFTER).is_none());
+    }
+
+    #[test]
+    fn a_body_timeout_closes_the_connection() {
+        let response = ApiError::body_timeout("too slow").into_response();
+        assert_eq!(response.status(), StatusCode::REQUEST_TIMEOUT);
+        assert_eq!(response.headers()[header::CONNECTION], "close");
     }
 
     #[test]

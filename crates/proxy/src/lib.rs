@@ -11,7 +11,9 @@
 //! - `error`: [`ApiError`], the OpenAI-shaped error every handler answers with.
 //! - `metrics`: Prometheus metrics of the edge and the router.
 //! - `state`: [`AppState`], shared by handlers.
-//! - `server`: [`run`], serving until shutdown with a grace period.
+//! - `server`: [`run`], serving until shutdown with a grace period; accepting under `max_connections`.
+//! - `connection`: one client connection (HTTP/1.1) with its header, keep-alive and body timeouts
+//!   ([`ConnectionSettings`]).
 //! - `check`: [`check_config`], the `check-config` subcommand.
 //!
 //! ```no_run
@@ -28,6 +30,7 @@
 mod auth;
 mod check;
 mod config;
+mod connection;
 mod error;
 mod master_key;
 mod metrics;
@@ -37,7 +40,7 @@ mod server;
 mod state;
 
 pub use check::check_config;
-pub use config::{BackendChoice, Config, ConfigError};
+pub use config::{BackendChoice, Config, ConfigError, ConnectionSettings};
 pub use error::ApiError;
 pub use master_key::MasterKey;
 pub use routes::{

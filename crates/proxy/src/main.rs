@@ -47,6 +47,11 @@ struct Cli {
     #[arg(long, default_value_t = 30.0)]
     grace_period: f64,
 
+    /// Seconds a connection with no request in flight stays open (overrides general_settings.keepalive_timeout;
+    /// default 75). LiteLLM's `--keepalive_timeout` is accepted too.
+    #[arg(long, alias = "keepalive_timeout", env = "KEEPALIVE_TIMEOUT")]
+    keepalive_timeout: Option<f64>,
+
     /// Threads that serve requests. 1 runs one event loop on one thread; N > 1 a work-stealing pool of N.
     /// Default: 1 on machines with at most 2 cores (there the pool's cross-thread wake-ups cost more than
     /// the second thread brings: about 50 µs per request), else one per core. Scale a Redis-backed
@@ -144,6 +149,11 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
         anyhow::bail!("--grace-period must be a non-negative number of seconds");
     }
     config.grace_period = Duration::from_secs_f64(cli.grace_period);
+    if let Some(secs) = cli.keepalive_timeout {
+        config
+            .connections
+            .set_keepalive_secs("--keepalive-timeout", secs)?;
+    }
     init_tracing(
         cli.log_format == LogFormat::Json || config.json_logs,
         config.verbose,

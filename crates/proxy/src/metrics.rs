@@ -46,6 +46,11 @@ pub(crate) struct DeploymentLabels {
     pub(crate) deployment: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct TimeoutLabels {
+    pub(crate) timeout: &'static str,
+}
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 fn latency_histogram() -> Histogram {
@@ -67,6 +72,31 @@ pub(crate) struct EdgeMetrics {
     overhead: HistogramFamily<GroupLabels>,
     in_flight: Gauge,
     backend_errors: Counter,
+    connections: ConnectionMetrics,
+}
+
+/// What the server counts of client connections: open now, and closed by a timeout (by which one).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct ConnectionMetrics {
+    open: Gauge,
+    timed_out: Family<TimeoutLabels, Counter>,
+}
+
+impl ConnectionMetrics {
+    pub(crate) fn opened(&self) {
+        self.open.inc();
+    }
+
+    pub(crate) fn closed(&self) {
+        self.open.dec();
+    }
+
+    /// A connection was cut by `timeout` (`header`, `keepalive` or `body`).
+    pub(crate) fn timed_out(&self, timeout: &'static str) {
+        self.timed_out
+            .get_or_create(&TimeoutLabels { timeout })
+            .inc();
+    }
 }
 
 impl Default for EdgeMetrics {
@@ -118,9 +148,22 @@ impl EdgeMetrics {
             "Inference requests being served by this replica (queued or upstream)",
             in_flight.clone(),
         );
+        let connections = ConnectionMetrics::default();
+        registry.register(
+            "open_connections",
+            "Client connections open (general_settings.max_connections caps them)",
+            connections.open.clone(),
+        );
+        registry.register(
+            "connection_timeouts",
+            "Client connections cut because the client was silent too long: timeout is header (a request head \
+             not whole in time), keepalive (no request) or body (a request body not whole in time)",
+            connections.timed_out.clone(),
+        );
         // Exported with the scheduler's count at scrape time (one family, two sources).
         let backend_errors = Counter::default();
         Self {
+            connections,
             registry,
             backend_errors,
             requests,
@@ -135,6 +178,11 @@ impl EdgeMetrics {
     /// The counter of backend (Redis) failures.
     pub(crate) fn backend_errors(&self) -> &Counter {
         &self.backend_errors
+    }
+
+    /// The client connection counters, shared with the server's connection tasks.
+    pub(crate) fn connections(&self) -> &ConnectionMetrics {
+        &self.connections
     }
 
     pub(crate) fn request_started(&self) {

@@ -15,6 +15,7 @@ use router::{Endpoint, ResponseBody, ResponseMeta, RouterError};
 use serde_json::{json, Value};
 
 use crate::auth::{self, Caller};
+use crate::connection::BodyReadTimeout;
 use crate::error::ApiError;
 use crate::metrics::RequestLabels;
 use crate::request;
@@ -278,16 +279,32 @@ fn edge_error_counted(err: RouterError, state: Option<&AppState>) -> ApiError {
     }
 }
 
-/// The body could not be read: too large (413) or broken.
+/// The body could not be read: too large (413), not whole in time (408) or broken.
 fn body_error(rejection: &BytesRejection, limit: usize) -> ApiError {
     if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
         ApiError::payload_too_large(limit)
+    } else if let Some(timeout) = find_source::<BodyReadTimeout>(rejection) {
+        ApiError::body_timeout(timeout.to_string())
     } else {
         ApiError::bad_request(
             format!("could not read the request body: {}", rejection.body_text()),
             None,
         )
     }
+}
+
+/// The first error of type `E` in `err`'s source chain.
+fn find_source<'a, E: std::error::Error + 'static>(
+    err: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a E> {
+    let mut next = Some(err);
+    while let Some(err) = next {
+        if let Some(found) = err.downcast_ref::<E>() {
+            return Some(found);
+        }
+        next = err.source();
+    }
+    None
 }
 
 fn log_error(endpoint: Endpoint, group: &str, err: &ApiError, took: Duration) {
@@ -428,7 +445,7 @@ async fn readiness(State(state): State<AppState>) -> Result<Json<Value>, ApiErro
     }
     state.router().ping_backend().await.map_err(|e| {
         state.metrics().backend_errors().inc();
-        ApiError::unavailable(format!("backend not reachable: {e}"))
+        ApiError::store_unavailable(format!("backend not reachable: {e}"))
     })?;
     let (mode, from_memory) = state.router().redis_failure_mode();
     Ok(Json(json!({

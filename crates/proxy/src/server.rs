@@ -1,14 +1,20 @@
-//! `run`: serve the app on a bound listener until the shutdown signal, then drain within the grace period.
+//! `run`: serve the app on a bound listener until the shutdown signal, then drain within the grace period; the
+//! accept loop and its cap on open connections.
 
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::io;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use router::RouterError;
+use router::{RedisFailureMode, RouterError};
 use tokio::net::TcpListener;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
+use crate::config::{Config, ConnectionSettings};
+use crate::connection;
+use crate::metrics::ConnectionMetrics;
 use crate::routes::app;
 use crate::state::AppState;
 
@@ -26,9 +32,10 @@ pub enum RunError {
 
 /// Serves `config` on `listener` until `shutdown` completes.
 ///
-/// Logs `listening on http://ADDR` once the router is ready. On shutdown it stops accepting connections,
-/// marks readiness as failing, shuts the router down (cancelling this replica's queued requests), and gives
-/// in-flight requests `config.grace_period` to finish before returning.
+/// Logs `listening on http://ADDR` once the router is ready (with a warning first when the configured Redis
+/// does not answer: the replica starts anyway and reports not ready until it does). On shutdown it stops
+/// accepting connections, marks readiness as failing, shuts the router down (cancelling this replica's queued
+/// requests), and gives in-flight requests `config.grace_period` to finish before returning.
 pub async fn run(
     listener: TcpListener,
     config: Config,
@@ -37,7 +44,24 @@ pub async fn run(
     let addr = listener.local_addr()?;
     log_config(&config);
     let router = config.build_router().await?;
+    if config.backend.is_redis() {
+        if let Err(error) = router.ping_backend().await {
+            let meanwhile = match router.redis_failure_mode().0 {
+                RedisFailureMode::Open => {
+                    "requests are admitted with this replica's share of every limit (redis_failure_mode: open)"
+                }
+                _ => "requests get 503 with Retry-After",
+            };
+            tracing::warn!(
+                backend = %config.backend.describe(),
+                %error,
+                "Redis does not answer: starting anyway; until it does, /health/readiness reports not ready and \
+                 {meanwhile}"
+            );
+        }
+    }
     let state = AppState::new(router.clone(), &config);
+    let connections = state.metrics().connections().clone();
     tracing::info!("listening on http://{addr}");
 
     let draining = Arc::new(Notify::new());
@@ -51,9 +75,13 @@ pub async fn run(
             draining.notify_one();
         }
     };
-    let server = axum::serve(listener, app(state))
-        .with_graceful_shutdown(signal)
-        .into_future();
+    let server = serve(
+        listener,
+        app(state),
+        config.connections,
+        connections,
+        signal,
+    );
     tokio::pin!(server);
     let grace = config.grace_period;
     let result = tokio::select! {
@@ -81,6 +109,91 @@ pub async fn run(
     result
 }
 
+/// Accepts connections until `shutdown` completes, each served by [`connection::serve`], then waits for the
+/// open ones to finish their requests and close. Dropping the future drops every connection.
+///
+/// At most `settings.max_connections` are open: beyond it the server stops accepting, so new connections wait
+/// in the listen backlog (the kernel refuses them once it is full) until one closes.
+async fn serve(
+    listener: TcpListener,
+    app: axum::Router,
+    settings: ConnectionSettings,
+    metrics: ConnectionMetrics,
+    shutdown: impl Future<Output = ()>,
+) -> io::Result<()> {
+    let slots = Arc::new(Semaphore::new(settings.max_connections));
+    let stop = CancellationToken::new();
+    let mut connections = JoinSet::new();
+    let mut slot: Option<OwnedSemaphorePermit> = None;
+    let mut warned_full: Option<Instant> = None;
+    tokio::pin!(shutdown);
+    loop {
+        if slot.is_none() {
+            slot = Arc::clone(&slots).try_acquire_owned().ok();
+            if slot.is_none() && warned_full.is_none_or(|at| at.elapsed() >= FULL_WARNING_EVERY) {
+                tracing::warn!(
+                    max_connections = settings.max_connections,
+                    "connection limit reached (general_settings.max_connections): new connections wait until one closes"
+                );
+                warned_full = Some(Instant::now());
+            }
+        }
+        tokio::select! {
+            () = &mut shutdown => break,
+            free = Arc::clone(&slots).acquire_owned(), if slot.is_none() => slot = free.ok(),
+            accepted = listener.accept(), if slot.is_some() => match accepted {
+                Ok((stream, _peer)) => {
+                    let Some(slot) = slot.take() else { continue };
+                    connections.spawn(connection::serve(
+                        stream,
+                        app.clone(),
+                        settings,
+                        metrics.clone(),
+                        stop.clone(),
+                        slot,
+                    ));
+                }
+                // The client gave up before we took its connection.
+                Err(e) if is_connection_error(&e) => {}
+                Err(error) => {
+                    // Typically out of file descriptors: wait for some to close instead of spinning.
+                    tracing::error!(%error, "cannot accept a connection");
+                    tokio::select! {
+                        () = tokio::time::sleep(ACCEPT_ERROR_BACKOFF) => {}
+                        () = &mut shutdown => break,
+                    }
+                }
+            },
+            Some(ended) = connections.join_next(), if !connections.is_empty() => {
+                if let Err(error) = ended {
+                    if error.is_panic() {
+                        tracing::error!(%error, "a connection task panicked");
+                    }
+                }
+            }
+        }
+    }
+    drop(listener);
+    stop.cancel();
+    while connections.join_next().await.is_some() {}
+    Ok(())
+}
+
+/// How often the "connection limit reached" warning repeats while the server stays at the limit.
+const FULL_WARNING_EVERY: Duration = Duration::from_secs(60);
+
+/// The pause after an accept error that is not one connection's (e.g. no file descriptors left).
+const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_secs(1);
+
+fn is_connection_error(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+    )
+}
+
 /// One line per fact at startup; unimplemented keys in ONE warning.
 fn log_config(config: &Config) {
     tracing::info!(backend = %config.backend.describe(), "backend");
@@ -94,6 +207,14 @@ fn log_config(config: &Config) {
         deployments = config.router.model_list.len(),
         groups = %groups.into_iter().collect::<Vec<_>>().join(", "),
         "model groups"
+    );
+    let c = &config.connections;
+    tracing::info!(
+        header_read_timeout_s = c.header_read_timeout.as_secs_f64(),
+        keepalive_timeout_s = c.keepalive_timeout.as_secs_f64(),
+        body_read_timeout_s = c.body_read_timeout.as_secs_f64(),
+        max_connections = c.max_connections,
+        "client connections"
     );
     match &config.master_key {
         Some(_) => tracing::info!("master key set: every API route needs it"),

@@ -720,3 +720,108 @@ general_settings:
         "the abandoned request still holds its in-flight slot"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_redis_dies_requests_get_503_with_retry_after() {
+    let mut redis = RedisServer::start().await.unwrap();
+    let config = format!(
+        r#"
+model_list:
+  - model_name: mocked
+    litellm_params: {{ model: openai/gpt-4o, mock_response: "hello from the mock" }}
+router_settings:
+  redis_url: {url}
+  key_prefix: "proc4:"
+general_settings:
+  master_key: {KEY}
+"#,
+        url = redis.url()
+    );
+    let proxy = Proxy::start(&config, &[]).unwrap();
+    let http = client();
+    let ask = || {
+        http.post(proxy.url("/v1/chat/completions"))
+            .json(&chat("mocked", json!({})))
+            .send()
+    };
+    assert_eq!(ask().await.unwrap().status(), 200);
+
+    redis.kill();
+    let dead = eventually(Duration::from_secs(10), || {
+        let running = redis.is_running();
+        async move { !running }
+    })
+    .await;
+    assert!(dead, "redis-server did not die");
+    // The kept connection notices the closed socket on its next call at the latest.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (status, headers, body) = loop {
+        let answer = status_and_json(ask().await.unwrap()).await;
+        if answer.0 == 503 || Instant::now() >= deadline {
+            break answer;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(headers["retry-after"], "1", "{headers:?}");
+    assert_eq!(body["error"]["code"], "backend_unavailable", "{body}");
+
+    let r = reqwest::get(proxy.url("/health/readiness")).await.unwrap();
+    assert_eq!(r.status(), 503);
+    assert_eq!(r.headers()["retry-after"], "1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_whose_redis_does_not_answer_starts_with_a_warning_and_is_not_ready() {
+    // A port nobody listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = format!(
+        r#"
+model_list:
+  - model_name: mocked
+    litellm_params: {{ model: openai/gpt-4o, mock_response: "hello from the mock" }}
+router_settings:
+  redis_host: 127.0.0.1
+  redis_port: {port}
+general_settings:
+  master_key: {KEY}
+"#
+    );
+    let proxy = Proxy::start(&config, &[]).unwrap();
+    let output = proxy.output();
+    let warning = output
+        .lines()
+        .find(|l| l.contains("Redis does not answer"))
+        .unwrap_or_else(|| panic!("no warning about Redis:\n{output}"));
+    assert!(warning.contains("WARN"), "{warning}");
+    assert!(warning.contains(&port.to_string()), "{warning}");
+
+    let anonymous = reqwest::Client::new();
+    let r = anonymous
+        .get(proxy.url("/health/liveliness"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "the process answers");
+    let r = anonymous
+        .get(proxy.url("/health/readiness"))
+        .send()
+        .await
+        .unwrap();
+    let (status, headers, body) = status_and_json(r).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(headers["retry-after"], "1");
+    let r = client()
+        .post(proxy.url("/v1/chat/completions"))
+        .json(&chat("mocked", json!({})))
+        .send()
+        .await
+        .unwrap();
+    let (status, headers, body) = status_and_json(r).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(headers["retry-after"], "1");
+}

@@ -1,6 +1,7 @@
 //! LiteLLM's `config.yaml` as the proxy loads it: `os.environ/` references, `litellm_settings` merged into the
 //! router settings, unimplemented keys collected for one warning, type errors naming their key path.
 
+mod connections;
 mod environ;
 mod error;
 mod keypath;
@@ -16,6 +17,7 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_yaml::Value;
 
+pub use self::connections::ConnectionSettings;
 pub use self::error::ConfigError;
 pub use self::redis::BackendChoice;
 use crate::master_key::MasterKey;
@@ -58,6 +60,8 @@ pub struct Config {
     pub grace_period: Duration,
     /// Where the `litellm_settings` keys merged into `router_settings` came from, for error messages.
     moves: Moves,
+    /// Timeouts and the cap on open connections of the HTTP server.
+    pub connections: ConnectionSettings,
 }
 
 /// The top level of `config.yaml` (`environment_variables` is taken out before, it only feeds `os.environ/`).
@@ -95,6 +99,14 @@ struct GeneralSettings {
     require_auth_for_metrics_endpoint: Option<bool>,
     #[serde(default)]
     allow_client_side_overrides: Option<bool>,
+    #[serde(default)]
+    header_read_timeout: Option<f64>,
+    #[serde(default)]
+    keepalive_timeout: Option<f64>,
+    #[serde(default)]
+    body_read_timeout: Option<f64>,
+    #[serde(default)]
+    max_connections: Option<u64>,
 }
 
 impl Config {
@@ -252,6 +264,14 @@ fn parse_mapping(
     #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
     let max_request_size = (size_mb * 1024.0 * 1024.0) as usize;
 
+    let connections = connections::ConnectionKeys {
+        header_read_timeout: general.header_read_timeout,
+        keepalive_timeout: general.keepalive_timeout,
+        body_read_timeout: general.body_read_timeout,
+        max_connections: general.max_connections,
+    }
+    .validate()?;
+
     let backend = redis::choose_backend(&settings, &env)?;
 
     Ok(Config {
@@ -270,6 +290,7 @@ fn parse_mapping(
         overridden_keys: moves.overridden().iter().map(ToString::to_string).collect(),
         grace_period: DEFAULT_GRACE_PERIOD,
         moves,
+        connections,
     })
 }
 

@@ -266,3 +266,48 @@ fn client_side_overrides_are_off_unless_allowed() {
         allowed.unimplemented_keys
     );
 }
+
+#[test]
+fn connection_settings_have_defaults_and_are_checked() {
+    let config = load(MINIMAL, &[]).unwrap();
+    assert_eq!(config.connections, ConnectionSettings::default());
+    assert_eq!(
+        config.connections.keepalive_timeout,
+        Duration::from_secs(75)
+    );
+    let config = load(
+        &format!(
+            "{MINIMAL}general_settings:\n  header_read_timeout: 2.5\n  keepalive_timeout: 1\n  \
+             body_read_timeout: 4\n  max_connections: 3\n"
+        ),
+        &[],
+    )
+    .unwrap();
+    let c = config.connections;
+    assert_eq!(c.header_read_timeout, Duration::from_millis(2500));
+    assert_eq!(c.keepalive_timeout, Duration::from_secs(1));
+    assert_eq!(c.body_read_timeout, Duration::from_secs(4));
+    assert_eq!(c.max_connections, 3);
+    assert!(config.unimplemented_keys.is_empty());
+    for (key, value) in [
+        ("header_read_timeout", "0"),
+        ("keepalive_timeout", "-1"),
+        ("body_read_timeout", "1e12"),
+        ("max_connections", "0"),
+    ] {
+        let err = load(
+            &format!("{MINIMAL}general_settings:\n  {key}: {value}\n"),
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains(&format!("general_settings.{key}")), "{err}");
+    }
+    let mut c = ConnectionSettings::default();
+    c.set_keepalive_secs("--keepalive-timeout", 5.0).unwrap();
+    assert_eq!(c.keepalive_timeout, Duration::from_secs(5));
+    let err = c
+        .set_keepalive_secs("--keepalive-timeout", f64::NAN)
+        .unwrap_err();
+    assert!(err.to_string().contains("--keepalive-timeout"), "{err}");
+}
