@@ -3,7 +3,7 @@
 use router::{Backend, RedisBackendConfig, RouterSettings};
 
 use super::environ::Environment;
-use super::ConfigError;
+use super::error::ConfigError;
 
 /// The backend the config selects and which setting selected it.
 #[derive(Clone, Debug, Default)]
