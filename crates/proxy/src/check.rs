@@ -6,8 +6,8 @@ use std::path::Path;
 
 use router::Router;
 
-use crate::auth::mask;
 use crate::config::Config;
+use crate::master_key::mask;
 
 /// Loads `path`, validates it as the server would (the router builds its model groups and backend; Redis is not
 /// contacted) and returns a report: backend, auth, model groups and deployments, fallbacks, warnings.

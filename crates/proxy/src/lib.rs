@@ -5,7 +5,8 @@
 //! - `config`: loading `config.yaml` ([`Config`]): `os.environ/` references, `litellm_settings` merged into the
 //!   router settings, unimplemented keys collected, the backend chosen by the router's
 //!   [`router::BackendChoice`] with this config's environment.
-//! - `auth`: the master key ([`MasterKey`]), refused when publicly known, compared in constant time.
+//! - `master_key`: the master key ([`MasterKey`]), refused when publicly known, compared in constant time.
+//! - `auth`: the request check against the master key (the middleware of the protected routes).
 //! - `request`: reading and validating inference bodies (`priority`, `timeout`, `cache`).
 //! - `routes`: [`app`], the axum router and its handlers; response headers.
 //! - `error`: [`ApiError`], the OpenAI-shaped error every handler answers with.
@@ -32,16 +33,17 @@ mod check;
 mod config;
 mod connection;
 mod error;
+mod master_key;
 mod metrics;
 mod request;
 mod routes;
 mod server;
 mod state;
 
-pub use auth::MasterKey;
 pub use check::check_config;
 pub use config::{Config, ConfigError, ConnectionSettings};
 pub use error::ApiError;
+pub use master_key::MasterKey;
 pub use routes::{
     app, HEADER_ATTEMPTS, HEADER_CACHE_HIT, HEADER_DEPLOYMENT_ID, HEADER_FALLBACKS,
     HEADER_MODEL_GROUP, HEADER_OVERHEAD_MS, HEADER_QUEUE_WAIT_MS,

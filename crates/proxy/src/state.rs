@@ -7,8 +7,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use router::Router;
 
-use crate::auth::MasterKey;
 use crate::config::Config;
+use crate::master_key::MasterKey;
 use crate::metrics::EdgeMetrics;
 
 /// Shared state of the HTTP app; cheap to clone.

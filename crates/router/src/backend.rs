@@ -8,8 +8,10 @@ use queue_core::{MemoryQueue, QueueBackend, QueueState, RedisQueue, RedisQueueSe
 use store::{redact_url, Clock, Keyspace, RedisConfig, RedisConnection};
 use usage_tracker::{MemoryUsage, RedisUsage, UsageSettings, UsageStore};
 
+use crate::cache::ResponseCache;
 use crate::config::RouterSettings;
 use crate::error::RouterError;
+use crate::topology::{CachePolicy, RedisFailureMode};
 use admission::{AdmissionBackend, FailoverAdmission, MemoryAdmission, RedisAdmission};
 
 /// The state backend. `Memory` (the default) serves one instance; `Redis` shares limits, cooldowns and the
@@ -160,47 +162,26 @@ fn percent_encode(text: &str) -> String {
     out
 }
 
-/// What admission does while Redis does not answer (`router_settings.redis_failure_mode`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum RedisFailureMode {
-    /// Requests get 503 with Retry-After (the default).
-    #[default]
-    Closed,
-    /// Each replica admits with its share of every limit (limit / live replicas) in memory, and goes back
-    /// to Redis as soon as it answers.
-    Open,
-}
-
-impl RedisFailureMode {
-    /// The config spelling.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RedisFailureMode::Closed => "closed",
-            RedisFailureMode::Open => "open",
-        }
-    }
-}
-
 /// The built backend: the usage store, the admission steps and, on Redis, the shared pool.
 pub(crate) struct BackendHandle {
-    pub(crate) usage: Arc<dyn UsageStore>,
+    usage: Arc<dyn UsageStore>,
     /// The queues, for reads (depths); admission changes them through `admission` only.
-    pub(crate) queue: Arc<dyn QueueBackend>,
-    pub(crate) admission: Arc<dyn AdmissionBackend>,
+    queue: Arc<dyn QueueBackend>,
+    admission: Arc<dyn AdmissionBackend>,
     /// `redis_failure_mode: open`: the admission backend, to ask whether it serves from memory.
-    pub(crate) failover: Option<Arc<FailoverAdmission>>,
-    pub(crate) keyspace: Keyspace,
+    failover: Option<Arc<FailoverAdmission>>,
+    keyspace: Keyspace,
     /// `Some` on Redis.
-    pub(crate) redis: Option<RedisHandle>,
+    redis: Option<RedisHandle>,
 }
 
 /// The Redis pool, the kept connection every script of this replica multiplexes over, and the call
 /// timeout.
 #[derive(Clone)]
-pub(crate) struct RedisHandle {
-    pub(crate) pool: deadpool_redis::Pool,
-    pub(crate) connection: RedisConnection,
-    pub(crate) command_timeout: Duration,
+struct RedisHandle {
+    pool: deadpool_redis::Pool,
+    connection: RedisConnection,
+    command_timeout: Duration,
 }
 
 impl BackendHandle {
@@ -294,6 +275,46 @@ impl BackendHandle {
                 })
             }
         }
+    }
+
+    /// The usage store: limits, leases, cooldowns, statistics.
+    pub(crate) fn usage(&self) -> &Arc<dyn UsageStore> {
+        &self.usage
+    }
+
+    /// The queues, for reads (depths).
+    pub(crate) fn queue(&self) -> &dyn QueueBackend {
+        self.queue.as_ref()
+    }
+
+    /// The admission steps.
+    pub(crate) fn admission(&self) -> &Arc<dyn AdmissionBackend> {
+        &self.admission
+    }
+
+    /// The response cache `policy` asks for: in memory, or in Redis on this backend's pool.
+    pub(crate) fn response_cache(
+        &self,
+        policy: Option<&CachePolicy>,
+    ) -> Result<Option<ResponseCache>, RouterError> {
+        let Some(c) = policy else {
+            return Ok(None);
+        };
+        Ok(match (c.redis, &self.redis) {
+            (Some(true), None) => {
+                return Err(RouterError::config(
+                    "router_settings.cache_kwargs.type",
+                    "a redis cache needs the Redis backend (redis_host or redis_url)",
+                ))
+            }
+            (Some(false), _) | (None, None) => Some(ResponseCache::memory(c.ttl, c.max_size_bytes)),
+            (_, Some(r)) => Some(ResponseCache::redis(
+                c.ttl,
+                r.pool.clone(),
+                self.keyspace.clone(),
+                r.command_timeout,
+            )),
+        })
     }
 
     /// True while `redis_failure_mode: open` admits from memory because Redis does not answer.

@@ -8,61 +8,6 @@ use serde_json::{Map, Value};
 
 use crate::request::{AnswerSource, Endpoint};
 
-/// Per-request cache control (`"cache": {"no-cache": true, "no-store": true, "ttl": 60, "s-maxage": 10}`).
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
-pub struct CacheControl {
-    /// Do not answer from the cache (the response is still stored).
-    pub no_cache: bool,
-    /// Do not store the response.
-    pub no_store: bool,
-    /// Lifetime of the stored response instead of the configured TTL.
-    pub ttl: Option<Duration>,
-    /// Only accept a cached response at most this old.
-    pub s_maxage: Option<Duration>,
-}
-
-impl CacheControl {
-    /// Parses the body's `cache` object (LiteLLM's keys: `no-cache`, `no-store`, `ttl`, `s-maxage`; snake_case
-    /// accepted too). Unknown keys are ignored.
-    pub fn from_json(value: &Value) -> Result<Self, crate::RouterError> {
-        let bad = |m: &str| crate::RouterError::BadRequest {
-            message: format!("invalid `cache`: {m}"),
-            param: Some("cache".into()),
-        };
-        let Value::Object(map) = value else {
-            return if value.is_null() {
-                Ok(Self::default())
-            } else {
-                Err(bad("must be an object"))
-            };
-        };
-        let flag = |a: &str, b: &str| -> Result<bool, crate::RouterError> {
-            match map.get(a).or_else(|| map.get(b)) {
-                None | Some(Value::Null) => Ok(false),
-                Some(Value::Bool(v)) => Ok(*v),
-                Some(_) => Err(bad(&format!("`{a}` must be a boolean"))),
-            }
-        };
-        let secs = |a: &str, b: &str| -> Result<Option<Duration>, crate::RouterError> {
-            match map.get(a).or_else(|| map.get(b)) {
-                None | Some(Value::Null) => Ok(None),
-                Some(v) => match v.as_f64() {
-                    Some(s) if (0.0..1e9).contains(&s) => Ok(Some(Duration::from_secs_f64(s))),
-                    _ => Err(bad(&format!(
-                        "`{a}` must be a non-negative number of seconds"
-                    ))),
-                },
-            }
-        };
-        Ok(Self {
-            no_cache: flag("no-cache", "no_cache")?,
-            no_store: flag("no-store", "no_store")?,
-            ttl: secs("ttl", "ttl")?,
-            s_maxage: secs("s-maxage", "s_maxage")?,
-        })
-    }
-}
-
 /// Where cached responses live.
 pub(crate) enum CacheStore {
     Memory(moka::sync::Cache<String, Arc<Entry>>),
@@ -316,14 +261,6 @@ mod tests {
             ResponseCache::key("g", Endpoint::ChatCompletions, &a),
             ResponseCache::key("g", Endpoint::Completions, &a)
         );
-    }
-
-    #[test]
-    fn cache_control_parses_litellm_keys() {
-        let c = CacheControl::from_json(&json!({"no-cache": true, "ttl": 5})).unwrap();
-        assert!(c.no_cache && !c.no_store);
-        assert_eq!(c.ttl, Some(Duration::from_secs(5)));
-        assert!(CacheControl::from_json(&json!({"ttl": "x"})).is_err());
     }
 
     #[tokio::test]

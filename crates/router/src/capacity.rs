@@ -1,17 +1,28 @@
-//! Capacity: the one place requests take deployment capacity ([`RouterInner::acquire`], through the
-//! priority scheduler) and give it back ([`RouterInner::settle`], which also feeds cooldowns).
+//! Capacity: the one place requests take deployment capacity ([`Capacity::acquire`], through the priority
+//! scheduler) and give it back ([`Capacity::settle`], which also feeds cooldowns).
 
-use std::sync::PoisonError;
+use std::sync::Arc;
 use std::time::Duration;
 
 use usage_tracker::{
-    cooldown_decision, FailureContext, FailureKind, LatencySample, Outcome, Reservation,
+    cooldown_decision, FailureContext, FailureKind, LatencySample, Outcome, Reservation, UsageStore,
 };
 
-use admission::{AdmissionError, AdmitRequest, Release};
+use admission::{AdmissionError, AdmitRequest, Release, Scheduler, SchedulerStats};
 
 use crate::error::{RouterError, UpstreamErrorKind};
-use crate::router::RouterInner;
+use crate::leases::Leases;
+use crate::topology::Topology;
+
+/// Takes capacity for requests in global priority order and gives it back, applying cooldowns.
+pub(crate) struct Capacity {
+    scheduler: Scheduler,
+    leases: Arc<Leases>,
+    /// Where cooldowns are put.
+    usage: Arc<dyn UsageStore>,
+    /// Group sizes, cooldown settings and the queue's polling interval.
+    topology: Arc<Topology>,
+}
 
 /// How a reserved request ended.
 pub(crate) struct Settlement {
@@ -71,7 +82,36 @@ fn failure_kind(err: &RouterError) -> Option<FailureKind> {
     })
 }
 
-impl RouterInner {
+impl Capacity {
+    pub(crate) fn new(
+        scheduler: Scheduler,
+        leases: Arc<Leases>,
+        usage: Arc<dyn UsageStore>,
+        topology: Arc<Topology>,
+    ) -> Self {
+        Self {
+            scheduler,
+            leases,
+            usage,
+            topology,
+        }
+    }
+
+    /// This replica's id in the shared queue.
+    pub(crate) fn owner(&self) -> &str {
+        self.scheduler.owner()
+    }
+
+    /// Admission counters of this replica.
+    pub(crate) fn stats(&self) -> Arc<SchedulerStats> {
+        self.scheduler.stats()
+    }
+
+    /// Stops the queue pollers and cancels this replica's queued requests.
+    pub(crate) async fn shutdown(&self) {
+        self.scheduler.shutdown().await;
+    }
+
     /// Reserves capacity in global priority order: at once when nobody of equal or better priority waits
     /// and a candidate has headroom, else after waiting in the group's queue. Returns the reservation and
     /// the time spent waiting.
@@ -82,7 +122,7 @@ impl RouterInner {
         let (reservation, waited) = self.scheduler.acquire(request).await.map_err(|e| match e {
             AdmissionError::QueueFull { group, depth } => RouterError::QueueFull {
                 group: format!("{group} ({depth} waiting)"),
-                retry_after: Some(self.topology.policy.queue.polling_interval.max(Duration::from_secs(1))),
+                retry_after: Some(self.topology.policy().queue.polling_interval.max(Duration::from_secs(1))),
             },
             AdmissionError::QueueTimeout { group, waited } => RouterError::QueueTimeout {
                 group: group.to_string(),
@@ -104,10 +144,7 @@ impl RouterInner {
             AdmissionError::Backend(e) => RouterError::Backend(e),
             other => RouterError::Internal(other.to_string()),
         })?;
-        self.in_flight
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(reservation.id.clone(), reservation.clone());
+        self.leases.hold(&reservation);
         Ok((reservation, waited))
     }
 
@@ -119,11 +156,7 @@ impl RouterInner {
         reservation: &Reservation,
         s: Settlement,
     ) -> Option<Duration> {
-        self.in_flight
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&reservation.id);
-        let usage = &self.backend.usage;
+        self.leases.release(&reservation.id);
         let release = Release {
             sent: true,
             outcome: s.outcome,
@@ -142,7 +175,7 @@ impl RouterInner {
         };
         let group = self.topology.group(&reservation.deployment.group);
         let group_size = group.map_or(1, |g| g.deployments.len());
-        let mut policy = self.topology.policy.cooldown;
+        let mut policy = self.topology.policy().cooldown;
         if let Some(t) = group
             .and_then(|g| {
                 g.deployments
@@ -168,7 +201,8 @@ impl RouterInner {
             reason,
             "deployment cooling down"
         );
-        if let Err(e) = usage
+        if let Err(e) = self
+            .usage
             .cooldown(&reservation.deployment, duration, &reason)
             .await
         {
@@ -176,5 +210,46 @@ impl RouterInner {
             return None;
         }
         Some(duration)
+    }
+}
+
+/// A reservation whose request is on its way upstream. Dropped unsettled (the client went away during the
+/// call), it is settled as cancelled in the background so its in-flight slot comes back at once.
+pub(crate) struct Held {
+    capacity: Arc<Capacity>,
+    reservation: Reservation,
+    settled: bool,
+}
+
+impl Held {
+    pub(crate) fn new(capacity: Arc<Capacity>, reservation: Reservation) -> Held {
+        Held {
+            capacity,
+            reservation,
+            settled: false,
+        }
+    }
+
+    pub(crate) fn reservation(&self) -> &Reservation {
+        &self.reservation
+    }
+
+    /// The reservation, to settle now (the guard no longer settles it).
+    pub(crate) fn take(&mut self) -> Reservation {
+        self.settled = true;
+        self.reservation.clone()
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if self.settled {
+            return;
+        }
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            let capacity = self.capacity.clone();
+            let r = self.reservation.clone();
+            handle.spawn(async move { capacity.settle(&r, Settlement::cancelled()).await });
+        }
     }
 }

@@ -16,20 +16,30 @@
 //! uncontended path costs two round trips: submit and release.
 //!
 //! Layout:
+//! - `router`: [`Router`], the public API: builds the parts below from the config and answers from them.
+//! - `walk`: the request path: the response cache, the request's controls, the groups tried in order with
+//!   fallbacks (context-window and content-policy ones too); `walk/attempts`: one group's attempts with
+//!   retries and backoff; `walk/job`: the request on its way and its token estimate.
+//! - `order`: the one place the routing strategy orders a group's deployments, for a request and for the
+//!   admission steps of the queue pollers.
+//! - `strategy`: [`RoutingStrategy`] and the orders it produces (weighted shuffle, latency, tiers).
+//! - `capacity`: where requests take capacity from the admission crate's [`admission::Scheduler`] and give
+//!   it back ([`SchedulerStats`]); cooldowns are applied there.
+//! - `leases`: the in-flight leases of this replica's requests and their renewal.
+//! - `stream`: relaying streams chunk by chunk and settling when they end.
+//! - `info`: [`DeploymentInfo`], [`DeploymentHealth`], [`QueueDepth`]: what the router reports about itself.
+//! - `topology`: the validated runtime model: `config` validated (key paths in errors) into deployments with
+//!   stable ids, model groups and the policy; the provider table (prefix -> how the upstream is spoken to).
 //! - `config`: [`RouterConfig`], [`ModelListEntry`], [`LitellmParams`], [`RouterSettings`]: LiteLLM's config
 //!   shapes (serde; numeric strings accepted; secrets masked in `Debug`).
-//! - `deployment`: validation into the runtime model (deployments with stable ids, model groups, policy).
-//! - `strategy`: [`RoutingStrategy`] and the orders it produces (weighted shuffle, latency, tiers).
-//! - `capacity`: where the request walk takes capacity from the admission crate's [`admission::Scheduler`]
-//!   and gives it back ([`SchedulerStats`]); cooldowns are applied there.
-//! - `router`: [`Router`]: the request path with retries, fallbacks and timeouts.
+//! - `environ`: [`resolve_env_reference`]: LiteLLM's `os.environ/NAME` references, the one resolver (the proxy's
+//!   config loader uses it too).
 //! - `provider`: HTTP clients for upstreams, SSE parsing, mock responses, upstream error mapping.
-//! - `stream`: relaying streams chunk by chunk and settling when they end.
-//! - `cache`: the response cache and [`CacheControl`].
+//! - `cache`: the response cache (memory or Redis), keyed by a hash of the normalised request.
 //! - `request`: [`RouterRequest`] (with the caller's permission to override routing, [`OVERRIDE_FIELDS`]),
-//!   [`RouterResponse`], [`ResponseMeta`] (with its [`AnswerSource`]), [`Endpoint`].
+//!   [`RouterResponse`], [`ResponseMeta`] (with its [`AnswerSource`]), [`Endpoint`], [`CacheControl`].
 //! - `backend`: [`Backend`] (memory or Redis), [`BackendChoice`] (which one `router_settings` or `REDIS_URL`
-//!   names), [`RedisFailureMode`] and the shared Redis pool.
+//!   names) and the shared Redis pool.
 //! - `metrics`: [`RouterMetrics`] counters and latency histograms.
 //! - `error`: [`RouterError`].
 //!
@@ -60,28 +70,34 @@ mod backend;
 mod cache;
 mod capacity;
 mod config;
-mod deployment;
+mod environ;
 mod error;
+mod info;
+mod leases;
 mod metrics;
+mod order;
 mod provider;
 mod request;
 mod router;
 mod strategy;
 mod stream;
+mod topology;
+mod walk;
 
 pub use admission::SchedulerStats;
-pub use backend::{Backend, BackendChoice, RedisFailureMode};
-pub use cache::CacheControl;
+pub use backend::{Backend, BackendChoice};
 pub use config::{
     AliasTarget, CacheSettings, FallbackTargets, LitellmParams, ModelInfo, ModelListEntry,
     RetryPolicy, RouterConfig, RouterSettings, RoutingStrategyArgs, Secret,
 };
-pub use deployment::implements_litellm_param;
+pub use environ::{resolve_env_reference, EnvValue};
 pub use error::{RouterError, UpstreamError, UpstreamErrorKind};
+pub use info::{DeploymentHealth, DeploymentInfo, QueueDepth};
 pub use metrics::{Histogram, MetricsSnapshot, RouterMetrics, LATENCY_BUCKETS};
 pub use request::{
-    AnswerSource, Endpoint, ResponseBody, ResponseMeta, RouterRequest, RouterResponse,
-    CLIENT_CREDENTIAL_FIELDS, OVERRIDE_FIELDS, ROUTER_ONLY_FIELDS,
+    AnswerSource, CacheControl, Endpoint, ResponseBody, ResponseMeta, RouterRequest,
+    RouterResponse, CLIENT_CREDENTIAL_FIELDS, OVERRIDE_FIELDS, ROUTER_ONLY_FIELDS,
 };
-pub use router::{DeploymentHealth, DeploymentInfo, QueueDepth, Router};
+pub use router::Router;
 pub use strategy::RoutingStrategy;
+pub use topology::{implements_litellm_param, RedisFailureMode};

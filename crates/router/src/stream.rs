@@ -10,15 +10,14 @@ use serde_json::Value;
 use tokio::time::Instant;
 use usage_tracker::{LatencySample, Reservation};
 
-use crate::capacity::Settlement;
-use crate::deployment::Deployment;
+use crate::capacity::{Capacity, Settlement};
 use crate::error::{RouterError, UpstreamErrorKind};
-use crate::provider::{stream_error, SseEvent};
-use crate::router::{usage_of, RouterInner};
+use crate::provider::{stream_error, usage_of, SseEvent};
+use crate::topology::Deployment;
 
 /// The state of one relayed stream; settles its reservation exactly once (on drop at the latest).
 pub(crate) struct Relay {
-    inner: Arc<RouterInner>,
+    capacity: Arc<Capacity>,
     reservation: Option<Reservation>,
     deployment: Arc<Deployment>,
     sent: Instant,
@@ -34,7 +33,7 @@ pub(crate) struct Relay {
 
 impl Relay {
     pub(crate) fn new(
-        inner: Arc<RouterInner>,
+        capacity: Arc<Capacity>,
         reservation: Reservation,
         deployment: Arc<Deployment>,
         sent: Instant,
@@ -43,7 +42,7 @@ impl Relay {
         prompt_tokens: u64,
     ) -> Self {
         Self {
-            inner,
+            capacity,
             reservation: Some(reservation),
             deployment,
             sent,
@@ -81,7 +80,7 @@ impl Relay {
                 .usage
                 .0
                 .unwrap_or(self.prompt_tokens + sample.output_tokens);
-            self.inner
+            self.capacity
                 .settle(&r, Settlement::success(Some(actual), sample))
                 .await;
         }
@@ -89,7 +88,7 @@ impl Relay {
 
     async fn fail(&mut self, err: &RouterError) {
         if let Some(r) = self.reservation.take() {
-            self.inner.settle(&r, Settlement::failure(err)).await;
+            self.capacity.settle(&r, Settlement::failure(err)).await;
         }
     }
 }
@@ -99,8 +98,8 @@ impl Drop for Relay {
         // The client went away mid-stream: give the capacity back without counting a failure.
         if let Some(r) = self.reservation.take() {
             if let Ok(handle) = tokio::runtime::Handle::try_current() {
-                let inner = self.inner.clone();
-                handle.spawn(async move { inner.settle(&r, Settlement::cancelled()).await });
+                let capacity = self.capacity.clone();
+                handle.spawn(async move { capacity.settle(&r, Settlement::cancelled()).await });
             }
         }
     }

@@ -16,54 +16,13 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::types::SettleReport;
+use crate::types::{FailureKind, SettleReport};
 
 /// Failure rate (failures / settled requests in the window) above which 5xx and timeouts cool.
 pub const FAILURE_RATE_THRESHOLD: f64 = 0.5;
 
 /// Settled requests in the window needed before the failure rate counts.
 pub const MIN_REQUESTS_FOR_FAILURE_RATE: u64 = 5;
-
-/// Why an upstream call failed, as far as cooldowns and failure counts care.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum FailureKind {
-    /// 429: the deployment is rate limited.
-    RateLimited,
-    /// 401: the deployment's credentials are rejected.
-    Authentication,
-    /// 404: the deployment's model or route does not exist.
-    NotFound,
-    /// The upstream did not answer in time (our timeout or an upstream 408).
-    Timeout,
-    /// Another 4xx (400, 403, 409, 413, 422, ...): the request is at fault.
-    BadRequest,
-    /// The request was refused by the provider's content policy.
-    ContentPolicy,
-    /// The prompt does not fit the model's context window.
-    ContextWindowExceeded,
-    /// 5xx from the upstream.
-    Server,
-    /// The upstream could not be reached (connect, TLS, reset).
-    Connection,
-}
-
-impl FailureKind {
-    /// The failure kind of an upstream HTTP error status, `None` for non-error statuses.
-    ///
-    /// Content-policy and context-window failures arrive as 400 and are told apart by the provider
-    /// client from the body, not from the status.
-    pub fn from_status(status: u16) -> Option<FailureKind> {
-        Some(match status {
-            429 => FailureKind::RateLimited,
-            401 => FailureKind::Authentication,
-            404 => FailureKind::NotFound,
-            408 => FailureKind::Timeout,
-            400..=499 => FailureKind::BadRequest,
-            500..=599 => FailureKind::Server,
-            _ => return None,
-        })
-    }
-}
 
 /// Per-error-class failures allowed in a window before the deployment cools (LiteLLM's
 /// `allowed_fails_policy`). Unset classes keep the default rule.

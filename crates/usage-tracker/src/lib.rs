@@ -6,7 +6,8 @@
 //!
 //! Layout:
 //! - `types`: [`DeploymentRef`], [`Limits`], [`Candidate`], [`ReserveRequest`], [`Reservation`],
-//!   [`ReserveOutcome`], [`Outcome`], [`LatencySample`], [`SettleReport`], [`DeploymentStats`].
+//!   [`ReserveOutcome`], [`Outcome`], [`FailureKind`], [`LatencySample`], [`SettleReport`],
+//!   [`DeploymentStats`].
 //! - `store`: [`UsageStore`] (what the request path needs besides the admission step: renew, cooldown,
 //!   stats) and [`UsageOps`] (reserve, settle, cooled_down one call at a time: the test-support surface).
 //! - `redis_store`: [`RedisUsage`], scripts in `src/lua/*.lua`.
@@ -67,8 +68,8 @@ mod tokens;
 mod types;
 
 pub use cooldown::{
-    cooldown_decision, AllowedFailsPolicy, CooldownPolicy, FailureContext, FailureKind,
-    FAILURE_RATE_THRESHOLD, MIN_REQUESTS_FOR_FAILURE_RATE,
+    cooldown_decision, AllowedFailsPolicy, CooldownPolicy, FailureContext, FAILURE_RATE_THRESHOLD,
+    MIN_REQUESTS_FOR_FAILURE_RATE,
 };
 pub use error::UsageError;
 pub use memory::MemoryUsage;
@@ -82,6 +83,6 @@ pub use tokens::{
     MAX_ESTIMATE, MAX_RUN_BYTES, REPLY_PRIMING_TOKENS, TOKENS_PER_MESSAGE, TOKENS_PER_NAME,
 };
 pub use types::{
-    Candidate, CandidateOrder, DeploymentRef, DeploymentStats, LatencySample, Limits, Outcome,
-    Reservation, ReserveOutcome, ReserveRequest, SettleReport,
+    Candidate, CandidateOrder, DeploymentRef, DeploymentStats, FailureKind, LatencySample, Limits,
+    Outcome, Reservation, ReserveOutcome, ReserveRequest, SettleReport,
 };

@@ -1,9 +1,9 @@
-//! The values exchanged with a usage store: deployments, limits, reservations, outcomes and statistics.
+//! The values exchanged with a usage store: deployments, limits, reservations, outcomes (with failure kinds) and
+//! statistics.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::cooldown::FailureKind;
 use crate::error::UsageError;
 
 /// One deployment of a model group, as the store keys it.
@@ -137,6 +137,47 @@ pub enum ReserveOutcome {
         /// request (prompt too long, estimate above TPM, zero limits) or there were no candidates.
         retry_in: Option<Duration>,
     },
+}
+
+/// Why an upstream call failed, as far as cooldowns and failure counts care.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FailureKind {
+    /// 429: the deployment is rate limited.
+    RateLimited,
+    /// 401: the deployment's credentials are rejected.
+    Authentication,
+    /// 404: the deployment's model or route does not exist.
+    NotFound,
+    /// The upstream did not answer in time (our timeout or an upstream 408).
+    Timeout,
+    /// Another 4xx (400, 403, 409, 413, 422, ...): the request is at fault.
+    BadRequest,
+    /// The request was refused by the provider's content policy.
+    ContentPolicy,
+    /// The prompt does not fit the model's context window.
+    ContextWindowExceeded,
+    /// 5xx from the upstream.
+    Server,
+    /// The upstream could not be reached (connect, TLS, reset).
+    Connection,
+}
+
+impl FailureKind {
+    /// The failure kind of an upstream HTTP error status, `None` for non-error statuses.
+    ///
+    /// Content-policy and context-window failures arrive as 400 and are told apart by the provider
+    /// client from the body, not from the status.
+    pub fn from_status(status: u16) -> Option<FailureKind> {
+        Some(match status {
+            429 => FailureKind::RateLimited,
+            401 => FailureKind::Authentication,
+            404 => FailureKind::NotFound,
+            408 => FailureKind::Timeout,
+            400..=499 => FailureKind::BadRequest,
+            500..=599 => FailureKind::Server,
+            _ => return None,
+        })
+    }
 }
 
 /// How a reserved request ended.

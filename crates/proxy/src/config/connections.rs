@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use super::ConfigError;
+use super::error::ConfigError;
 
 /// Longest accepted timeout: a day (larger values overflow clocks and protect nothing).
 const MAX_TIMEOUT_SECS: f64 = 86_400.0;

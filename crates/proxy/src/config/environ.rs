@@ -1,14 +1,13 @@
-//! `os.environ/VAR` references: LiteLLM's way of keeping secrets out of `config.yaml`.
+//! `os.environ/VAR` references in `config.yaml`: where variables come from, and the walk over the document that
+//! resolves each value with [`router::resolve_env_reference`].
 
 use std::collections::BTreeMap;
 
+use router::EnvValue;
 use serde_yaml::Value;
 
+use super::error::ConfigError;
 use super::keypath::KeyPath;
-use super::ConfigError;
-
-/// The prefix that marks a string value as a reference to an environment variable.
-pub(crate) const ENV_PREFIX: &str = "os.environ/";
 
 /// Where variables come from: the config's own `environment_variables` section first (LiteLLM exports that section
 /// into the environment, so it wins), then the process environment.
@@ -69,19 +68,19 @@ pub(crate) fn resolve(
     resolved: &mut Vec<KeyPath>,
 ) -> Result<(), ConfigError> {
     match value {
-        Value::String(text) => {
-            if let Some(name) = text.strip_prefix(ENV_PREFIX) {
-                let name = name.trim();
-                let Some(var) = env.get(name) else {
-                    return Err(ConfigError::MissingEnv {
-                        var: name.to_owned(),
-                        key_path: path.to_string(),
-                    });
-                };
+        Value::String(text) => match router::resolve_env_reference(text, |name| env.get(name)) {
+            EnvValue::Literal => {}
+            EnvValue::Resolved(var) => {
                 *text = var;
                 resolved.push(path.clone());
             }
-        }
+            EnvValue::Unset(name) => {
+                return Err(ConfigError::MissingEnv {
+                    var: name.to_owned(),
+                    key_path: path.to_string(),
+                })
+            }
+        },
         Value::Sequence(items) => {
             for (i, item) in items.iter_mut().enumerate() {
                 resolve(item, &path.index(i), env, resolved)?;

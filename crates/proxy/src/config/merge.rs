@@ -2,8 +2,8 @@
 
 use serde_yaml::{Mapping, Value};
 
+use super::error::ConfigError;
 use super::keypath::KeyPath;
-use super::ConfigError;
 
 /// `litellm_settings` key -> `router_settings` key.
 ///

@@ -5,10 +5,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use futures::StreamExt;
 use serde_json::{json, Map, Value};
 
-use super::{Reply, SseEvent};
-use crate::deployment::Deployment;
+use super::reply::Reply;
+use super::sse::SseEvent;
 use crate::error::{RouterError, UpstreamErrorKind};
 use crate::request::Endpoint;
+use crate::topology::Deployment;
 
 /// The reply (or error) a mock deployment gives.
 pub(super) fn reply(

@@ -2,18 +2,19 @@
 //! mapped to [`RouterError`].
 
 mod mock;
+mod reply;
 pub(crate) mod sse;
 
 use std::time::Duration;
 
-use futures::stream::BoxStream;
 use futures::StreamExt;
-use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use reqwest::header::HeaderMap;
 use serde_json::{Map, Value};
 
-use crate::deployment::{Deployment, ProviderKind};
 use crate::error::{RouterError, UpstreamError, UpstreamErrorKind};
 use crate::request::{AnswerSource, Endpoint};
+use crate::topology::Deployment;
+pub(crate) use reply::Reply;
 pub(crate) use sse::SseEvent;
 
 /// One upstream call.
@@ -41,16 +42,6 @@ pub(crate) fn answer_source(d: &Deployment, request_mock: Option<&str>) -> Answe
         (None, Some(_)) => AnswerSource::DeploymentMock,
         (None, None) => AnswerSource::Upstream,
     }
-}
-
-/// A successful upstream answer.
-pub(crate) enum Reply {
-    Json(Value),
-    /// The first event has arrived; the rest follow as the upstream sends them.
-    Stream {
-        first: SseEvent,
-        rest: BoxStream<'static, Result<SseEvent, RouterError>>,
-    },
 }
 
 /// The HTTP client shared by every deployment (one connection pool).
@@ -114,9 +105,9 @@ impl Providers {
         let req = match prepared.url(call.endpoint) {
             Some(parsed) => self.client.post(parsed.clone()),
             // Not a valid URL: reqwest names the problem when the request is built.
-            None => self.client.post(url(d, call.endpoint)),
+            None => self.client.post(d.url(call.endpoint)),
         };
-        let req = req.headers(prepared.headers.clone()).json(&body);
+        let req = req.headers(prepared.headers().clone()).json(&body);
         let resp = req.send().await.map_err(|e| transport_error(d, &e))?;
         let status = resp.status().as_u16();
         if !(200..300).contains(&status) {
@@ -162,83 +153,6 @@ impl Providers {
             )),
         }
     }
-}
-
-/// What every upstream call of one deployment sends alike, built once with the deployment: the endpoint URLs
-/// (parsed) and the headers (credentials, extra headers). Parsing a URL and formatting the key header on
-/// every call took about a twentieth of the proxy's CPU.
-#[derive(Debug, Default)]
-pub(crate) struct Prepared {
-    /// Indexed by [`endpoint_index`]; `None` when the base does not make a valid URL.
-    urls: [Option<reqwest::Url>; 3],
-    headers: HeaderMap,
-}
-
-impl Prepared {
-    pub(crate) fn of(d: &Deployment) -> Prepared {
-        let endpoints = [
-            Endpoint::ChatCompletions,
-            Endpoint::Completions,
-            Endpoint::Embeddings,
-        ];
-        Prepared {
-            urls: endpoints.map(|e| reqwest::Url::parse(&url(d, e)).ok()),
-            headers: headers(d),
-        }
-    }
-
-    fn url(&self, endpoint: Endpoint) -> Option<&reqwest::Url> {
-        self.urls[endpoint_index(endpoint)].as_ref()
-    }
-}
-
-fn endpoint_index(endpoint: Endpoint) -> usize {
-    match endpoint {
-        Endpoint::ChatCompletions => 0,
-        Endpoint::Completions => 1,
-        Endpoint::Embeddings => 2,
-    }
-}
-
-/// The endpoint URL of a deployment.
-pub(crate) fn url(d: &Deployment, endpoint: Endpoint) -> String {
-    match d.kind {
-        ProviderKind::OpenAi => format!("{}{}", d.api_base, endpoint.path()),
-        ProviderKind::Azure => format!(
-            "{}/openai/deployments/{}{}?api-version={}",
-            d.api_base,
-            d.model,
-            endpoint.path(),
-            d.api_version.as_deref().unwrap_or_default()
-        ),
-    }
-}
-
-fn headers(d: &Deployment) -> HeaderMap {
-    let mut h = HeaderMap::new();
-    if let Some(key) = &d.api_key {
-        let (name, value) = match d.kind {
-            ProviderKind::OpenAi => (
-                HeaderName::from_static("authorization"),
-                format!("Bearer {}", key.expose()),
-            ),
-            ProviderKind::Azure => (HeaderName::from_static("api-key"), key.expose().to_owned()),
-        };
-        if let Ok(mut v) = HeaderValue::from_str(&value) {
-            v.set_sensitive(true);
-            h.insert(name, v);
-        }
-    }
-    // Validated at startup.
-    for (name, value) in &d.headers {
-        if let (Ok(n), Ok(v)) = (
-            HeaderName::from_bytes(name.as_bytes()),
-            HeaderValue::from_str(value),
-        ) {
-            h.insert(n, v);
-        }
-    }
-    h
 }
 
 /// The client's body with the deployment's model name, its parameter defaults and `extra_body`.
@@ -384,6 +298,18 @@ pub(crate) fn error_from_response(
     err
 }
 
+/// (total tokens, completion tokens) of a response's `usage`.
+pub(crate) fn usage_of(v: &Value) -> (Option<u64>, Option<u64>) {
+    let Some(u) = v.get("usage").filter(|u| u.is_object()) else {
+        return (None, None);
+    };
+    let get = |k: &str| u.get(k).and_then(Value::as_u64);
+    let completion = get("completion_tokens");
+    let total =
+        get("total_tokens").or_else(|| Some(get("prompt_tokens")? + completion.unwrap_or(0)));
+    (total, completion)
+}
+
 /// `retry-after-ms` (milliseconds) or `retry-after` (seconds).
 fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     let num = |name: &str| -> Option<f64> {
@@ -403,6 +329,8 @@ fn retry_after(headers: &HeaderMap) -> Option<Duration> {
 
 #[cfg(test)]
 mod tests {
+    use reqwest::header::HeaderValue;
+
     use super::*;
     use crate::config::{LitellmParams, ModelListEntry, RouterConfig, Secret};
 
@@ -424,25 +352,32 @@ mod tests {
             }],
             settings: Default::default(),
         };
-        let t = crate::deployment::build(&cfg).unwrap();
-        t.groups["g"].deployments[0].clone()
+        let t = crate::topology::build(&cfg).unwrap();
+        t.group("g").unwrap().deployments[0].clone()
+    }
+
+    #[test]
+    fn usage_is_read() {
+        let v = serde_json::json!({"usage": {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}});
+        assert_eq!(usage_of(&v), (Some(7), Some(4)));
+        assert_eq!(usage_of(&serde_json::json!({"usage": null})), (None, None));
     }
 
     #[test]
     fn urls() {
         let d = deployment("azure/gpt-dep", "https://r.openai.azure.com/");
         assert_eq!(
-            url(&d, Endpoint::ChatCompletions),
+            d.url(Endpoint::ChatCompletions),
             "https://r.openai.azure.com/openai/deployments/gpt-dep/chat/completions?api-version=2024-06-01"
         );
         let d = deployment("openai/gpt-4o", "http://localhost:8000/v1");
         assert_eq!(
-            url(&d, Endpoint::Embeddings),
+            d.url(Endpoint::Embeddings),
             "http://localhost:8000/v1/embeddings"
         );
         let d = deployment("ollama_chat/llama3", "http://localhost:11434");
         assert_eq!(
-            url(&d, Endpoint::ChatCompletions),
+            d.url(Endpoint::ChatCompletions),
             "http://localhost:11434/v1/chat/completions"
         );
         let d = deployment("hosted_vllm/meta-llama/Llama-3-8B", "http://h:8000/v1");

@@ -1,0 +1,21 @@
+//! The validated runtime model: deployments, model groups and the router policy, built from [`RouterConfig`].
+//!
+//! Validation names the key path of every problem (`model_list[2].litellm_params.rpm`).
+//!
+//! [`RouterConfig`]: crate::RouterConfig
+
+mod build;
+mod deployment;
+mod entry;
+mod groups;
+mod policy;
+mod provider_table;
+mod settings;
+mod values;
+
+pub(crate) use build::build;
+pub(crate) use deployment::Deployment;
+pub use entry::implements_litellm_param;
+pub(crate) use groups::{ModelGroup, Topology};
+pub(crate) use policy::CachePolicy;
+pub use policy::RedisFailureMode;

@@ -1,0 +1,270 @@
+//! The request walk: the response cache, the request's own controls, then the groups tried in order (the
+//! requested one, then fallbacks), each with its attempts.
+
+mod attempts;
+mod job;
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use queue_core::Priority;
+use serde_json::Value;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use usage_tracker::TokenEstimator;
+
+pub(crate) use attempts::Attempts;
+use job::{estimate_tokens, Job};
+
+use crate::cache::ResponseCache;
+use crate::error::{RouterError, UpstreamErrorKind};
+use crate::metrics::RouterMetrics;
+use crate::request::{
+    AnswerSource, Controls, Endpoint, ResponseBody, ResponseMeta, RouterRequest, RouterResponse,
+};
+use crate::topology::{ModelGroup, Topology};
+
+/// The request path of a router.
+pub(crate) struct Walk {
+    topology: Arc<Topology>,
+    cache: Option<ResponseCache>,
+    estimator: TokenEstimator,
+    metrics: Arc<RouterMetrics>,
+    shutdown: CancellationToken,
+    attempts: Attempts,
+}
+
+impl Walk {
+    pub(crate) fn new(
+        topology: Arc<Topology>,
+        cache: Option<ResponseCache>,
+        estimator: TokenEstimator,
+        metrics: Arc<RouterMetrics>,
+        shutdown: CancellationToken,
+        attempts: Attempts,
+    ) -> Self {
+        Self {
+            topology,
+            cache,
+            estimator,
+            metrics,
+            shutdown,
+            attempts,
+        }
+    }
+
+    /// Routes one request: cache, admission, upstream call, retries, fallbacks.
+    pub(crate) async fn completion(
+        &self,
+        req: RouterRequest,
+    ) -> Result<RouterResponse, RouterError> {
+        if self.shutdown.is_cancelled() {
+            return Err(RouterError::ShuttingDown);
+        }
+        let start = Instant::now();
+        let stream = req.is_stream();
+        let RouterRequest {
+            endpoint,
+            model,
+            mut body,
+            priority,
+            timeout,
+            force_queue,
+            cache,
+            overrides_allowed,
+        } = req;
+        let topology = &self.topology;
+        let Some(target) = topology.resolve(&model) else {
+            return Err(RouterError::ModelNotFound {
+                model,
+                known: topology.model_names().join(", "),
+            });
+        };
+        let group = target.group;
+        let controls = Controls::take(&mut body, &group.name, overrides_allowed)?;
+        let cache_control = if cache == Default::default() {
+            controls.cache.unwrap_or_default()
+        } else {
+            cache
+        };
+        let mut request_fallbacks = controls.fallbacks;
+        if let Some(list) = &request_fallbacks {
+            if let Some(unknown) = list.iter().find(|g| topology.group(g).is_none()) {
+                return Err(RouterError::BadRequest {
+                    message: format!("fallback model group `{unknown}` is not served here"),
+                    param: Some("fallbacks".into()),
+                });
+            }
+        }
+
+        // The key leaves out router-only fields: a request's own mock answer must not be served a cached one.
+        let cache_key = match &self.cache {
+            Some(_) if !stream && controls.mock_response.is_none() => {
+                Some(ResponseCache::key(&group.name, endpoint, &body))
+            }
+            _ => None,
+        };
+        if let (Some(c), Some(key)) = (&self.cache, &cache_key) {
+            if !cache_control.no_cache {
+                let hit = c.get(key, cache_control.s_maxage).await;
+                self.metrics.cache(hit.is_some());
+                if let Some(v) = hit {
+                    self.metrics.request(&group.name, 200, "");
+                    return Ok(RouterResponse {
+                        body: ResponseBody::Json(v),
+                        meta: ResponseMeta {
+                            model_group: group.name.clone(),
+                            cache_hit: true,
+                            source: AnswerSource::Cache,
+                            ..ResponseMeta::default()
+                        },
+                    });
+                }
+            }
+        }
+
+        let body = Value::Object(body);
+        let token_model = group
+            .deployments
+            .first()
+            .map_or("", |d| d.litellm_model.as_str());
+        let (estimate, body) = estimate_tokens(self.estimator, token_model, body).await?;
+        let est_tokens = if endpoint == Endpoint::Embeddings {
+            estimate.prompt_tokens
+        } else {
+            estimate.est_tokens
+        };
+        let timeout = timeout.or(controls.timeout);
+        let policy = topology.policy();
+        let mut job = Job {
+            endpoint,
+            body,
+            stream,
+            prompt_tokens: estimate.prompt_tokens,
+            est_tokens,
+            priority: priority.or(controls.priority).unwrap_or_else(|| {
+                Priority::new(policy.queue.default_priority).unwrap_or(Priority::MAX)
+            }),
+            deadline: start + timeout.unwrap_or(policy.timeout),
+            force_queue,
+            timeout,
+            stream_timeout: controls.stream_timeout,
+            num_retries: controls.num_retries,
+            mock_response: controls.mock_response,
+            mock_delay: controls.mock_delay,
+            attempts: 0,
+            queue_wait: Duration::ZERO,
+        };
+
+        // Groups in the order tried: the first, then fallbacks depth first (a failing fallback's own
+        // fallbacks come before its siblings), each group once, at most max_fallbacks of them.
+        let mut current: (&ModelGroup, Option<&[String]>) = (group, target.only);
+        let mut tried: HashSet<String> = HashSet::from([group.name.clone()]);
+        let mut pending: VecDeque<String> = VecDeque::new();
+        let mut used: Vec<String> = Vec::new();
+        let mut first_error: Option<RouterError> = None;
+        let result = loop {
+            match self
+                .attempts
+                .run_group(&mut job, current.0, current.1)
+                .await
+            {
+                Ok(answer) => break Ok(answer),
+                Err(e) => {
+                    let next = self.fallbacks_for(&e, &current.0.name, request_fallbacks.take());
+                    for g in next.into_iter().rev() {
+                        if !tried.contains(&g) && !pending.contains(&g) {
+                            pending.push_front(g);
+                        }
+                    }
+                    let stop = matches!(e, RouterError::ShuttingDown)
+                        || used.len()
+                            >= usize::try_from(policy.max_fallbacks).unwrap_or(usize::MAX);
+                    // The client gets the first group's error: it is about the model it asked for.
+                    let err = first_error.take().unwrap_or(e);
+                    let next_group = if stop { None } else { pending.pop_front() };
+                    let Some(next) = next_group.and_then(|g| topology.group(&g)) else {
+                        break Err(err);
+                    };
+                    first_error = Some(err);
+                    tracing::info!(from = %current.0.name, to = %next.name, "falling back");
+                    self.metrics.fallback();
+                    tried.insert(next.name.clone());
+                    used.push(next.name.clone());
+                    current = (next, None);
+                }
+            }
+        };
+
+        match result {
+            Ok(answer) => {
+                self.metrics
+                    .request(&group.name, 200, &answer.deployment_id);
+                if let (Some(c), Some(key), ResponseBody::Json(v)) =
+                    (&self.cache, &cache_key, &answer.body)
+                {
+                    if !cache_control.no_store {
+                        c.put(key, v, answer.source, cache_control.ttl).await;
+                    }
+                }
+                Ok(RouterResponse {
+                    body: answer.body,
+                    meta: ResponseMeta {
+                        model_group: answer.group,
+                        deployment_id: answer.deployment_id,
+                        attempts: job.attempts,
+                        fallbacks: used,
+                        cache_hit: false,
+                        queue_wait: job.queue_wait,
+                        upstream_latency: answer.upstream_latency,
+                        source: answer.source,
+                    },
+                })
+            }
+            Err(e) => {
+                self.metrics.request(&group.name, e.status_code(), "");
+                Err(e)
+            }
+        }
+    }
+
+    /// The groups to fall back to after `err` in `group`. Context-window and content-policy errors use their
+    /// own lists when configured; errors caused by the request itself do not fall back.
+    fn fallbacks_for(
+        &self,
+        err: &RouterError,
+        group: &str,
+        request: Option<Vec<String>>,
+    ) -> Vec<String> {
+        let policy = self.topology.policy();
+        if err.is_context_window() {
+            let list = policy.context_window_fallbacks.for_group(group);
+            if !list.is_empty() {
+                return list.to_vec();
+            }
+        } else if err.upstream_kind() == Some(UpstreamErrorKind::ContentPolicyViolation) {
+            let list = policy.content_policy_fallbacks.for_group(group);
+            if !list.is_empty() {
+                return list.to_vec();
+            }
+        } else {
+            let own_fault = matches!(
+                err,
+                RouterError::BadRequest { .. }
+                    | RouterError::ModelNotFound { .. }
+                    | RouterError::InvalidConfig { .. }
+                    | RouterError::Backend(_)
+                    | RouterError::ShuttingDown
+                    | RouterError::Internal(_)
+            ) || err.upstream_kind() == Some(UpstreamErrorKind::BadRequest);
+            if own_fault {
+                return Vec::new();
+            }
+        }
+        match request {
+            Some(list) => list,
+            None => policy.fallbacks.for_group(group).to_vec(),
+        }
+    }
+}
