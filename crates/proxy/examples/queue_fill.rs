@@ -74,7 +74,7 @@ async fn main() -> anyhow::Result<()> {
     );
     let options = EnqueueOptions {
         max_depth: 0,
-        owner_lease: lease,
+        liveness: lease,
     };
 
     let started = Instant::now();

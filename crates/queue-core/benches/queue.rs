@@ -34,7 +34,7 @@ fn entry() -> Entry {
 async fn enqueue_pop(queue: &dyn QueueOps, priority: Priority) {
     let options = EnqueueOptions {
         max_depth: 0,
-        owner_lease: Duration::from_secs(60),
+        liveness: Duration::from_secs(60),
     };
     queue
         .enqueue(GROUP, priority, &entry(), options)

@@ -36,7 +36,7 @@ pub trait QueueBackend: fmt::Debug + Send + Sync + 'static {
 #[async_trait]
 pub trait QueueOps: QueueBackend {
     /// Adds `entry` to `group` at `priority` and extends its owner's lease to at least now +
-    /// `options.owner_lease`. Fails with [`QueueError::QueueFull`] when `options.max_depth` entries wait.
+    /// `options.liveness`. Fails with [`QueueError::QueueFull`] when `options.max_depth` entries wait.
     async fn enqueue(
         &self,
         group: &str,

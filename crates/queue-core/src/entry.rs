@@ -308,14 +308,14 @@ pub struct EnqueueOptions {
     /// Refuse with [`QueueError::QueueFull`] when this many entries wait; 0 = unbounded.
     pub max_depth: u64,
     /// The owner's lease is extended to at least now + this, so the entry is alive from the start.
-    pub owner_lease: Duration,
+    pub liveness: Duration,
 }
 
 impl Default for EnqueueOptions {
     fn default() -> Self {
         Self {
             max_depth: 10_000,
-            owner_lease: Duration::from_secs(30),
+            liveness: Duration::from_secs(30),
         }
     }
 }

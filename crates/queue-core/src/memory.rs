@@ -85,7 +85,7 @@ impl QueueOps for MemoryQueue {
         state.touch_owner(
             group,
             entry.owner(),
-            now.saturating_add(millis(options.owner_lease)),
+            now.saturating_add(millis(options.liveness)),
         );
         Ok(enqueued)
     }

@@ -137,7 +137,7 @@ impl QueueOps for RedisQueue {
             .arg(priority.get())
             .arg(options.max_depth)
             .arg(entry.owner())
-            .arg(millis(options.owner_lease));
+            .arg(millis(options.liveness));
         // Reply: {1, score, rank} | {0, depth}
         let reply = array(self.eval(&invocation).await?)?;
         match reply.as_slice() {

@@ -20,8 +20,12 @@ async fn streams_chunks_as_they_arrive(backend: Backend) -> anyhow::Result<()> {
     let up = MockUpstream::start().await?;
     up.set_reply("one two three four five");
     up.set_behavior(Behavior::ok().with_token_latency(Duration::from_millis(100)));
+    // An hour-long window, so the reservation and its settlement read the same window's counters.
     let r = router(
-        json!({"model_list": [openai("g", "m", &up, json!({"tpm": 100000}))]}),
+        json!({
+            "model_list": [openai("g", "m", &up, json!({"tpm": 100000}))],
+            "router_settings": {"usage_window": 3600},
+        }),
         backend,
     )
     .await?;

@@ -1,6 +1,6 @@
 -- queue_enqueue v1 (body; runs after QUEUE_FRAGMENT)
 -- KEYS: 1 queue zset, 2 seq counter, 3 owners zset
--- ARGV: 1 member, 2 priority, 3 max_depth (0 = unbounded), 4 owner, 5 owner lease ms
+-- ARGV: 1 member, 2 priority, 3 max_depth (0 = unbounded), 4 owner, 5 owner liveness ms
 -- Reply: {1, score, rank} when queued (the owner's lease is extended to at least now + lease),
 --        {0, depth} when the queue is full.
 local t = redis.call('TIME')

@@ -64,7 +64,7 @@ pub(crate) fn entry_with(owner: &str, meta: EntryMeta) -> Entry {
 pub(crate) fn roomy() -> EnqueueOptions {
     EnqueueOptions {
         max_depth: 0,
-        owner_lease: Duration::from_secs(3600),
+        liveness: Duration::from_secs(3600),
     }
 }
 

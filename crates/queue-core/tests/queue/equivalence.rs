@@ -84,7 +84,7 @@ async fn apply(queue: &dyn QueueOps, op: &Op, entries: &[Entry]) -> Result<Outco
     let pick = |i: usize| entries.get(i % entries.len().max(1));
     let options = EnqueueOptions {
         max_depth: 12,
-        owner_lease: Duration::from_secs(3600),
+        liveness: Duration::from_secs(3600),
     };
     Ok(match op {
         Op::Enqueue { priority, .. } => {

@@ -42,7 +42,7 @@ async fn abandoned_entries_expire_renewed_ones_stay(
             let e = entry("replica-renewing");
             let options = EnqueueOptions {
                 max_depth: 0,
-                owner_lease: renewed_lease,
+                liveness: renewed_lease,
             };
             queue.enqueue(GROUP, priority, &e, options).await?;
             kept.push(e);
@@ -50,7 +50,7 @@ async fn abandoned_entries_expire_renewed_ones_stay(
             let e = entry("replica-crashed");
             let options = EnqueueOptions {
                 max_depth: 0,
-                owner_lease: abandoned_lease,
+                liveness: abandoned_lease,
             };
             queue.enqueue(GROUP, priority, &e, options).await?;
             abandoned.push(e);
@@ -127,7 +127,7 @@ async fn expire_owner_kills_entries_at_once(queue: Arc<dyn QueueOps>) -> anyhow:
     let group = "expire";
     let options = EnqueueOptions {
         max_depth: 0,
-        owner_lease: Duration::from_secs(3600),
+        liveness: Duration::from_secs(3600),
     };
     let gone = entry("replica-leaving");
     let stays = entry("replica-staying");

@@ -87,7 +87,7 @@ async fn operations_keep_their_contract(queue: &dyn QueueOps) -> anyhow::Result<
     // A full queue refuses at once and reports its depth.
     let full = EnqueueOptions {
         max_depth: 3,
-        owner_lease: Duration::from_secs(60),
+        liveness: Duration::from_secs(60),
     };
     let refused = queue
         .enqueue(group, p(0), &entry("replica-a"), full)
