@@ -5,9 +5,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{client, eventually, Proxy, KEY};
+use common::{client, eventually, mock_answering_after, shared_group_config, Proxy};
 use serde_json::{json, Value};
-use testkit::{Behavior, MockUpstream, MockUpstreamConfig, RedisServer};
+use testkit::RedisServer;
 
 fn post(http: &reqwest::Client, proxy: &Proxy, tag: &str) -> tokio::task::JoinHandle<Option<u16>> {
     let request = http.post(proxy.url("/v1/chat/completions")).json(&json!({
@@ -51,31 +51,13 @@ async fn an_outage_in_open_mode_serves_each_replicas_share_and_the_shared_limit_
     else {
         return;
     };
-    let upstream = MockUpstream::start_with(MockUpstreamConfig {
-        behavior: Behavior::ok().with_latency(Duration::from_millis(400)),
-        ..MockUpstreamConfig::default()
-    })
-    .await
-    .unwrap();
-    let config = format!(
-        r#"
-model_list:
-  - model_name: shared
-    litellm_params: {{ model: openai/gpt-4o, api_base: "{base}", api_key: sk-test, max_parallel_requests: 4 }}
-    model_info: {{ id: four }}
-router_settings:
-  redis_url: {url}
-  key_prefix: "{prefix}"
-  redis_failure_mode: open
-  polling_interval: 0.03
-  num_retries: 0
-  timeout: 30
-general_settings:
-  master_key: {KEY}
-"#,
-        base = upstream.base_url(),
-        url = redis.url(),
-        prefix = redis.prefix(),
+    let upstream = mock_answering_after(Duration::from_millis(400)).await;
+    let config = shared_group_config(
+        &upstream.base_url(),
+        &redis,
+        "four",
+        4,
+        "  redis_failure_mode: open\n",
     );
     let a = Proxy::start(&config, &[]).unwrap();
     let b = Proxy::start(&config, &[]).unwrap();

@@ -6,9 +6,9 @@ mod common;
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::{client, eventually, signal, Proxy, KEY};
+use common::{client, eventually, mock_answering_after, shared_group_config, signal, Proxy};
 use serde_json::{json, Value};
-use testkit::{Behavior, MockUpstream, MockUpstreamConfig, RecordedRequest, RedisServer};
+use testkit::{Behavior, RecordedRequest, RedisServer};
 
 /// The longest the group may stall after the kill: no upstream start while waiters exist and capacity is
 /// free (the default heartbeat of 0.25 s makes a replica dead after 0.75 s).
@@ -89,31 +89,8 @@ async fn queued(conn: &redis::aio::MultiplexedConnection, queue_key: &str, n: u6
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_replica_stalls_its_group_for_less_than_a_second() {
     let redis = RedisServer::start().await.unwrap();
-    let upstream = MockUpstream::start_with(MockUpstreamConfig {
-        behavior: Behavior::ok().with_latency(Duration::from_millis(20)),
-        ..MockUpstreamConfig::default()
-    })
-    .await
-    .unwrap();
-    let config = format!(
-        r#"
-model_list:
-  - model_name: shared
-    litellm_params: {{ model: openai/gpt-4o, api_base: "{base}", api_key: sk-test, max_parallel_requests: 1 }}
-    model_info: {{ id: solo }}
-router_settings:
-  redis_url: {url}
-  key_prefix: "{prefix}"
-  polling_interval: 0.03
-  num_retries: 0
-  timeout: 30
-general_settings:
-  master_key: {KEY}
-"#,
-        base = upstream.base_url(),
-        url = redis.url(),
-        prefix = redis.prefix(),
-    );
+    let upstream = mock_answering_after(Duration::from_millis(20)).await;
+    let config = shared_group_config(&upstream.base_url(), &redis, "solo", 1, "");
     let a = Proxy::start(&config, &[]).unwrap();
     let b = Proxy::start(&config, &[]).unwrap();
     let c = Proxy::start(&config, &[]).unwrap();

@@ -8,9 +8,9 @@ mod common;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use common::{client, eventually, Proxy, KEY};
+use common::{client, eventually, mock_answering_after, shared_group_config, Proxy};
 use serde_json::{json, Value};
-use testkit::{Behavior, MockUpstream, MockUpstreamConfig, RedisServer};
+use testkit::{Behavior, RedisServer};
 
 /// Both slots are held this long by the first two requests, across the restart.
 const HOLD: Duration = Duration::from_millis(2500);
@@ -59,31 +59,8 @@ async fn a_redis_restarted_empty_loses_no_waiter_and_keeps_the_parallel_limit() 
     else {
         return;
     };
-    let upstream = MockUpstream::start_with(MockUpstreamConfig {
-        behavior: Behavior::ok().with_latency(Duration::from_millis(100)),
-        ..MockUpstreamConfig::default()
-    })
-    .await
-    .unwrap();
-    let config = format!(
-        r#"
-model_list:
-  - model_name: shared
-    litellm_params: {{ model: openai/gpt-4o, api_base: "{base}", api_key: sk-test, max_parallel_requests: 2 }}
-    model_info: {{ id: pair }}
-router_settings:
-  redis_url: {url}
-  key_prefix: "{prefix}"
-  polling_interval: 0.03
-  num_retries: 0
-  timeout: 30
-general_settings:
-  master_key: {KEY}
-"#,
-        base = upstream.base_url(),
-        url = redis.url(),
-        prefix = redis.prefix(),
-    );
+    let upstream = mock_answering_after(Duration::from_millis(100)).await;
+    let config = shared_group_config(&upstream.base_url(), &redis, "pair", 2, "");
     let queue_key = format!("{}{{shared}}:q", redis.prefix());
     let a = Proxy::start(&config, &[]).unwrap();
     let b = Proxy::start(&config, &[]).unwrap();

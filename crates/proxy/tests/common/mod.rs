@@ -227,3 +227,43 @@ where
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// The config of the fault tests: one model group `shared` with one deployment `id` on `upstream_base`
+/// (`max_parallel_requests` as given) behind `redis` under its prefix; `extra_router_settings` are more
+/// `router_settings` lines (two-space indented).
+pub(crate) fn shared_group_config(
+    upstream_base: &str,
+    redis: &testkit::RedisServer,
+    id: &str,
+    max_parallel: u32,
+    extra_router_settings: &str,
+) -> String {
+    format!(
+        r#"
+model_list:
+  - model_name: shared
+    litellm_params: {{ model: openai/gpt-4o, api_base: "{upstream_base}", api_key: sk-test, max_parallel_requests: {max_parallel} }}
+    model_info: {{ id: {id} }}
+router_settings:
+  redis_url: {url}
+  key_prefix: "{prefix}"
+  polling_interval: 0.03
+  num_retries: 0
+  timeout: 30
+{extra_router_settings}general_settings:
+  master_key: {KEY}
+"#,
+        url = redis.url(),
+        prefix = redis.prefix(),
+    )
+}
+
+/// A mock upstream answering after `latency`.
+pub(crate) async fn mock_answering_after(latency: Duration) -> testkit::MockUpstream {
+    testkit::MockUpstream::start_with(testkit::MockUpstreamConfig {
+        behavior: testkit::Behavior::ok().with_latency(latency),
+        ..testkit::MockUpstreamConfig::default()
+    })
+    .await
+    .expect("mock upstream")
+}
