@@ -370,7 +370,7 @@ async fn mock_responses() -> anyhow::Result<()> {
         .await
         .err()
         .ok_or_else(|| anyhow!("expected a timeout"))?;
-    ensure!(err.status_code() == 504, "{err}");
+    ensure!(err.status_code() == 408, "{err}");
     // Streams of mocks end with [DONE].
     let resp = r
         .completion(chat_with("mock", json!({"stream": true})))
