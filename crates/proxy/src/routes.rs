@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Extension, Path, Request, State};
+use axum::extract::{DefaultBodyLimit, Extension, Path, Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -53,6 +53,9 @@ pub fn app(state: AppState) -> axum::Router {
         .route("/v1/models", get(models))
         .route("/models/{model}", get(model))
         .route("/v1/models/{model}", get(model))
+        .route("/model/info", get(model_info))
+        .route("/v1/model/info", get(model_info))
+        .route("/model_group/info", get(model_group_info))
         .route("/health", get(health))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
@@ -193,6 +196,8 @@ async fn inference(
     if state.serves(model) {
         tracker.model_group.clone_from(model);
     }
+    // Answers name the model as the client asked for it, as LiteLLM's proxy does (since 1.81.7).
+    let requested: std::sync::Arc<str> = model.as_str().into();
     let response = match state.router().completion(parsed.router_request).await {
         Ok(response) => response,
         Err(err) => return tracker.refuse(edge_error_counted(err, Some(&state))),
@@ -225,14 +230,17 @@ async fn inference(
     let headers = meta_headers(&meta, overhead);
 
     match response.body {
-        ResponseBody::Json(value) => (headers, Json(value)).into_response(),
+        ResponseBody::Json(mut value) => {
+            name_requested_model(&mut value, &requested);
+            (headers, Json(value)).into_response()
+        }
         ResponseBody::Stream(stream) => {
             // The tracker rides along with the stream: the request ends when the stream does.
             let group = meta.model_group.clone();
             let events = stream.map(move |item| {
                 let _tracker = &tracker;
                 Ok::<_, Infallible>(match item {
-                    Ok(bytes) => bytes,
+                    Ok(bytes) => chunk_naming_model(bytes, &requested),
                     Err(err) => {
                         let err = edge_error(err);
                         tracing::warn!(model_group = %group, error = %err, "stream broke");
@@ -251,6 +259,34 @@ async fn inference(
             h.insert("x-accel-buffering", HeaderValue::from_static("no"));
             response
         }
+    }
+}
+
+/// Sets an answer's `model` to the name the client asked for (the group or alias, not the deployment's
+/// upstream model): LiteLLM's proxy answers so, and clients compare it with what they sent.
+fn name_requested_model(value: &mut Value, requested: &str) {
+    if let Some(object) = value.as_object_mut() {
+        if object.contains_key("model") {
+            object.insert("model".to_owned(), Value::String(requested.to_owned()));
+        }
+    }
+}
+
+/// One streamed event (`data: {...}\n\n`) with its `model` named as the client asked; other events (`[DONE]`)
+/// and events without a `model` pass unchanged.
+fn chunk_naming_model(bytes: Bytes, requested: &str) -> Bytes {
+    let Some(data) = bytes
+        .strip_prefix(b"data: ")
+        .filter(|d| d.starts_with(b"{") && d.windows(7).any(|w| w == b"\"model\""))
+    else {
+        return bytes;
+    };
+    match serde_json::from_slice::<Value>(data.trim_ascii_end()) {
+        Ok(mut value) => {
+            name_requested_model(&mut value, requested);
+            Bytes::from(format!("data: {value}\n\n"))
+        }
+        Err(_) => bytes,
     }
 }
 
@@ -395,6 +431,22 @@ async fn model(
     }
 }
 
+/// `GET /model/info` (LiteLLM's shape: one entry per deployment, credentials left out).
+async fn model_info(State(state): State<AppState>) -> Json<Value> {
+    Json(crate::model_info::model_info(&state.router().deployments()))
+}
+
+/// `GET /model_group/info[?model_group=NAME]` (LiteLLM's `ModelGroupInfo` list).
+async fn model_group_info(
+    State(state): State<AppState>,
+    Query(query): Query<std::collections::HashMap<String, String>>,
+) -> Json<Value> {
+    Json(crate::model_info::model_group_info(
+        &state.router().deployments(),
+        query.get("model_group").map(String::as_str),
+    ))
+}
+
 fn model_object(id: &str, created: u64) -> Value {
     json!({ "id": id, "object": "model", "created": created, "owned_by": "llm-scheduler" })
 }
@@ -494,6 +546,18 @@ async fn method_not_allowed(request: Request) -> ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn answers_name_the_requested_model() {
+        let chunk = Bytes::from("data: {\"id\":\"c\",\"model\":\"gpt-4o-2024-08-06\"}\n\n");
+        let out = chunk_naming_model(chunk, "chat");
+        assert_eq!(&out[..], b"data: {\"id\":\"c\",\"model\":\"chat\"}\n\n");
+        let done = Bytes::from_static(b"data: [DONE]\n\n");
+        assert_eq!(chunk_naming_model(done.clone(), "chat"), done);
+        let mut value = json!({"object": "list", "data": []});
+        name_requested_model(&mut value, "chat");
+        assert!(value.get("model").is_none(), "{value}");
+    }
 
     #[test]
     fn millis_headers_have_three_decimals() {
