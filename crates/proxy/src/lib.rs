@@ -11,6 +11,7 @@
 //! - `routes`: [`app`], the axum router and its handlers; response headers.
 //! - `error`: [`ApiError`], the OpenAI-shaped error every handler answers with.
 //! - `metrics`: Prometheus metrics of the edge and the router.
+//! - `model_info`: LiteLLM's `/model/info` and `/model_group/info` shapes, without credentials.
 //! - `state`: [`AppState`], shared by handlers.
 //! - `server`: [`run`], serving until shutdown with a grace period; accepting under `max_connections`.
 //! - `connection`: one client connection (HTTP/1.1) with its header, keep-alive and body timeouts
@@ -35,6 +36,7 @@ mod connection;
 mod error;
 mod master_key;
 mod metrics;
+mod model_info;
 mod request;
 mod routes;
 mod server;

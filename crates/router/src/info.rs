@@ -38,6 +38,14 @@ pub struct DeploymentInfo {
     pub tags: Vec<String>,
     /// Answers with `mock_response`.
     pub mock: bool,
+    /// Azure `api-version`.
+    pub api_version: Option<String>,
+    /// Upstream timeout (`litellm_params.timeout`), if set.
+    pub timeout: Option<Duration>,
+    /// Timeout to the first streamed chunk, if set.
+    pub stream_timeout: Option<Duration>,
+    /// `model_info` as configured besides `id` and `max_input_tokens` (mode, costs, `base_model`, ...).
+    pub model_info: serde_json::Map<String, serde_json::Value>,
 }
 
 /// Requests waiting in one model group's queue at one priority.
@@ -99,6 +107,10 @@ pub(crate) fn deployments(topology: &Topology) -> Vec<DeploymentInfo> {
             weight: d.weight,
             tags: d.tags.clone(),
             mock: d.mock_response.is_some(),
+            api_version: d.api_version.clone(),
+            timeout: d.timeout,
+            stream_timeout: d.stream_timeout,
+            model_info: d.model_info.clone(),
         })
         .collect()
 }

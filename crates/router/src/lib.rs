@@ -34,6 +34,7 @@
 //!   shapes (serde; numeric strings accepted; secrets masked in `Debug`).
 //! - `environ`: [`resolve_env_reference`]: LiteLLM's `os.environ/NAME` references, the one resolver (the proxy's
 //!   config loader uses it too).
+//! - `params`: LiteLLM's `drop_params` and `additional_drop_params`: the body parameters a call keeps.
 //! - `provider`: HTTP clients for upstreams, SSE parsing, mock responses, upstream error mapping.
 //! - `cache`: the response cache (memory or Redis), keyed by a hash of the normalised request.
 //! - `request`: [`RouterRequest`] (with the caller's permission to override routing, [`OVERRIDE_FIELDS`]),
@@ -76,6 +77,7 @@ mod info;
 mod leases;
 mod metrics;
 mod order;
+mod params;
 mod provider;
 mod request;
 mod router;
@@ -93,6 +95,7 @@ pub use config::{
 pub use environ::{resolve_env_reference, EnvValue};
 pub use error::{RouterError, UpstreamError, UpstreamErrorKind};
 pub use info::{DeploymentHealth, DeploymentInfo, QueueDepth};
+pub use params::openai_params;
 pub use metrics::{Histogram, MetricsSnapshot, RouterMetrics, LATENCY_BUCKETS};
 pub use request::{
     AnswerSource, CacheControl, Endpoint, ResponseBody, ResponseMeta, RouterRequest,

@@ -40,7 +40,8 @@ pub struct Config {
     pub master_key: Option<MasterKey>,
     /// Largest accepted request body in bytes.
     pub max_request_size: usize,
-    /// Whether `/metrics` needs the master key (`general_settings.require_auth_for_metrics_endpoint`).
+    /// Whether `/metrics` needs the master key (`litellm_settings.require_auth_for_metrics_endpoint`, as LiteLLM
+    /// reads it; also accepted under `general_settings`). Open by default, as in LiteLLM.
     pub metrics_require_auth: bool,
     /// Whether callers may override routing from the body: `mock_response`, `mock_delay`, `fallbacks`,
     /// `num_retries` ([`router::OVERRIDE_FIELDS`]; `general_settings.allow_client_side_overrides`, default
@@ -82,6 +83,8 @@ struct LitellmSettings {
     set_verbose: Option<bool>,
     #[serde(default)]
     json_logs: Option<bool>,
+    #[serde(default)]
+    require_auth_for_metrics_endpoint: Option<bool>,
 }
 
 /// `general_settings` keys the proxy implements.
@@ -284,7 +287,11 @@ fn parse_mapping(
         backend,
         master_key,
         max_request_size,
-        metrics_require_auth: general.require_auth_for_metrics_endpoint.unwrap_or(false),
+        // LiteLLM reads it from `litellm_settings`; `general_settings` is accepted too (litellm_settings wins).
+        metrics_require_auth: litellm
+            .require_auth_for_metrics_endpoint
+            .or(general.require_auth_for_metrics_endpoint)
+            .unwrap_or(false),
         allow_client_side_overrides: general.allow_client_side_overrides.unwrap_or(false),
         verbose: litellm.set_verbose.unwrap_or(false),
         json_logs: litellm.json_logs.unwrap_or(false),

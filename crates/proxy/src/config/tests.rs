@@ -57,19 +57,23 @@ fn unimplemented_keys_are_collected_with_their_paths() {
         &format!(
             "{MINIMAL}      temperature: 0.2\n      vertex_project: p\n    custom_key: 1\n\
              router_settings:\n  provider_budget_config: {{}}\n\
-             litellm_settings:\n  success_callback: [langfuse]\n  drop_params: true\n\
+             litellm_settings:\n  success_callback: [langfuse]\n  drop_params: true\n  stream_timeout: 5\n\
+             \x20 require_auth_for_metrics_endpoint: true\n\
              general_settings:\n  database_url: postgres://x\n  master_key: sk-fine-and-random-0001\n\
              guardrails: []\n"
         ),
         &[],
     )
     .unwrap();
+    // drop_params, stream_timeout and require_auth_for_metrics_endpoint are LiteLLM settings read here.
+    assert!(config.metrics_require_auth);
+    assert_eq!(config.router.settings.drop_params, Some(true));
+    assert_eq!(config.router.settings.stream_timeout, Some(5.0));
     assert_eq!(
         config.unimplemented_keys,
         vec![
             "general_settings.database_url",
             "guardrails",
-            "litellm_settings.drop_params",
             "litellm_settings.success_callback",
             "model_list[0].custom_key",
             "model_list[0].litellm_params.vertex_project",

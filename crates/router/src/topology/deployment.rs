@@ -40,10 +40,17 @@ pub(crate) struct Deployment {
     pub(crate) timeout: Option<Duration>,
     pub(crate) stream_timeout: Option<Duration>,
     pub(crate) cooldown_time: Option<Duration>,
+    /// `num_retries`, else `max_retries`.
     pub(crate) num_retries: Option<u32>,
+    /// `drop_params` of the deployment (else the router's).
+    pub(crate) drop_params: Option<bool>,
+    /// `additional_drop_params`: body parameters never sent to this deployment.
+    pub(crate) additional_drop_params: Vec<String>,
     pub(crate) mock_response: Option<String>,
     pub(crate) mock_delay: Option<Duration>,
     pub(crate) tags: Vec<String>,
+    /// `model_info` as configured besides `id` and `max_input_tokens` (mode, costs, `base_model`, ...).
+    pub(crate) model_info: Map<String, Value>,
     /// Body parameters applied when the client did not send them.
     pub(crate) body_defaults: Map<String, Value>,
     /// `extra_body`: merged into every upstream body.

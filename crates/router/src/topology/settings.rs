@@ -161,12 +161,26 @@ pub(super) fn policy(
         ));
     }
 
+    let mut group_retry_policy = std::collections::HashMap::new();
+    for (group, policy) in s.model_group_retry_policy.iter().flatten() {
+        if !known(group) {
+            return Err(RouterError::config(
+                format!("router_settings.model_group_retry_policy.{group}"),
+                format!("unknown model group `{group}`"),
+            ));
+        }
+        group_retry_policy.insert(group.clone(), *policy);
+    }
+
     Ok(Policy {
         strategy,
         lowest_latency_buffer,
         latency_ttl,
         num_retries: count(s.num_retries, &p("num_retries"))?.unwrap_or(2),
         retry_policy: s.retry_policy.unwrap_or_default(),
+        group_retry_policy,
+        retry_after: secs_or_zero(s.retry_after, &p("retry_after"))?.unwrap_or(Duration::ZERO),
+        drop_params: s.drop_params.unwrap_or(false),
         cooldown: usage_tracker::CooldownPolicy {
             cooldown_time,
             allowed_fails: count(s.allowed_fails, &p("allowed_fails"))?.unwrap_or(3),

@@ -16,6 +16,7 @@ use crate::capacity::{Capacity, Held, Settlement};
 use crate::error::RouterError;
 use crate::metrics::RouterMetrics;
 use crate::order::GroupOrders;
+use crate::params;
 use crate::provider::{self, usage_of, Call, Providers, Reply};
 use crate::request::ResponseBody;
 use crate::stream;
@@ -162,12 +163,13 @@ impl Attempts {
                     "request body is not an object".into(),
                 ));
             };
+            let body = params::for_deployment(d, job.endpoint, body, policy.drop_params);
             let reply = self
                 .providers
                 .call(Call {
                     deployment: d,
                     endpoint: job.endpoint,
-                    body,
+                    body: &body,
                     stream: job.stream,
                     timeout: first_byte_timeout,
                     mock_response: job.mock_response.as_deref(),
@@ -244,7 +246,7 @@ impl Attempts {
                     }
                     let budget = e
                         .upstream_kind()
-                        .and_then(|k| policy.retry_policy.for_kind(k))
+                        .and_then(|k| policy.retry_policy_of(&group.name).for_kind(k))
                         .or(job.num_retries)
                         .or(d.num_retries)
                         .unwrap_or(policy.num_retries);
@@ -258,7 +260,10 @@ impl Attempts {
                     // reservation answers at once, with a 429 naming when to retry if all are cooling down.
                     let another_healthy = eligible.iter().any(|i| !failed.contains(i));
                     if !another_healthy && !cooled {
-                        let wait = e.retry_after().unwrap_or_else(|| backoff(retries - 1));
+                        let wait = e
+                            .retry_after()
+                            .unwrap_or_else(|| backoff(retries - 1))
+                            .max(policy.retry_after);
                         if Instant::now() + wait >= job.deadline {
                             return Err(e);
                         }
