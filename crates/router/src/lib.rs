@@ -15,6 +15,23 @@
 //! admission step, so freed capacity goes to the head of the queue with no extra round trip. The
 //! uncontended path costs two round trips: submit and release.
 //!
+//! Coming from LiteLLM's Python `Router`:
+//!
+//! | LiteLLM | here |
+//! | --- | --- |
+//! | `Router(model_list=..., **router_settings)` | [`Router::new`]`(`[`RouterConfig`]`, `[`Backend`]`)`; the config from `config.yaml` text ([`RouterConfig::from_yaml_str`]) or JSON ([`RouterConfig::from_json`]) |
+//! | `redis_host=`, `redis_port=`, `redis_password=` | [`BackendChoice::from_settings`] on the same [`RouterSettings`] keys (or `REDIS_URL`) gives the [`Backend`] |
+//! | `await router.schedule_acompletion(model=..., messages=..., priority=0)` | `router.completion(RouterRequest::from_json(Endpoint::ChatCompletions, json!({"model": ..., "messages": ..., "priority": 0}))?).await` |
+//! | `await router.acompletion(model=..., messages=..., priority=0)` | the same call: every request is scheduled, so `priority` always orders it when capacity is short (without one it gets `default_priority`) |
+//! | `timeout=` on the call or the router | the body's `timeout` (or [`RouterRequest::timeout`]), else `router_settings.timeout`: one deadline for the wait and the upstream calls |
+//! | `litellm.Timeout` / `RateLimitError` / ... | [`RouterError`]: [`RouterError::status_code`] is LiteLLM's status (408 for timeouts, 429, 500, ...) |
+//! | `router.aembedding(...)`, `router.atext_completion(...)` | [`Endpoint::Embeddings`], [`Endpoint::Completions`] |
+//! | `stream=True` | the body's `"stream": true`: [`ResponseBody::Stream`] yields the server-sent events |
+//!
+//! Runnable: `cargo run -p router --example quick_start` (LiteLLM's scheduler quick start: `rpm: 1`,
+//! `timeout: 2`, `polling_interval: 0.03`, `priority: 0`) and `cargo run -p router --example shared_queue`
+//! (the same on Redis, so several processes share one queue); both run in the test suite.
+//!
 //! Layout:
 //! - `router`: [`Router`], the public API: builds the parts below from the config and answers from them.
 //! - `walk`: the request path: the response cache, the request's controls, the groups tried in order with
