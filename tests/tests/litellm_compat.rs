@@ -17,6 +17,7 @@
 //! | 11 | `/model/info` and `/model_group/info` in LiteLLM's shapes, without credentials |
 //! | 12 | a form-encoded body (`curl -d` without `-H`) is read as JSON |
 //! | 13 | a client's `mock_response` is refused (403) unless overrides are allowed; an unknown model is a 400 |
+//! | 14 | `cache_params.host`/`port`/`password` name a cache Redis other than the router's |
 
 use std::time::{Duration, Instant};
 
@@ -362,5 +363,29 @@ async fn row_13_client_mock_response_is_refused_and_an_unknown_model_is_a_400() 
     let (status, body) = proxy.chat("nope", json!({})).await?;
     ensure!(status == 400 && body["error"]["param"] == "model", "{status} {body}");
     ensure!(upstream.request_count() == 0);
+    Ok(())
+}
+
+#[tokio::test]
+async fn row_14_cache_params_host_and_port_name_a_cache_redis_of_its_own() -> anyhow::Result<()> {
+    let redis = testkit::RedisServer::start().await?;
+    let upstream = MockUpstream::start().await?;
+    // Two replicas that share nothing but the cache's Redis (their admission state is in memory).
+    let mut config = one_group(&upstream, json!({}), json!({}));
+    config["litellm_settings"] = json!({
+        "cache": true,
+        "cache_params": {"type": "redis", "host": redis.host(), "port": redis.port(), "namespace": redis.prefix()},
+    });
+    let parsed = proxy::Config::from_yaml_str(&config.to_string())?;
+    ensure!(parsed.unimplemented_keys.is_empty(), "{:?}", parsed.unimplemented_keys);
+    ensure!(!parsed.backend.is_redis());
+    let (a, b) = (Proxy::start(config.clone()).await?, Proxy::start(config).await?);
+    let body = json!({"model": "chat", "messages": [{"role": "user", "content": "cached?"}]});
+    let first = a.post("/v1/chat/completions").json(&body).send().await?;
+    ensure!(first.status() == 200 && first.headers()[proxy::HEADER_CACHE_HIT] == "false");
+    let second = b.post("/v1/chat/completions").json(&body).send().await?;
+    ensure!(second.status() == 200 && second.headers()[proxy::HEADER_CACHE_HIT] == "true");
+    ensure!(upstream.request_count() == 1, "{}", upstream.request_count());
+    ensure!(!redis.keys().await?.is_empty());
     Ok(())
 }

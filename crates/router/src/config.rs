@@ -372,6 +372,18 @@ pub struct CacheSettings {
     /// Memory cache size bound in bytes (default 64 MiB).
     #[serde(default, deserialize_with = "lenient::opt_u64")]
     pub max_size_bytes: Option<u64>,
+    /// Host of a Redis of its own for the cache (with `port`, `password`), instead of the router's.
+    #[serde(default, deserialize_with = "lenient::opt_string")]
+    pub host: Option<String>,
+    /// Port of the cache's own Redis (default 6379).
+    #[serde(default, deserialize_with = "lenient::opt_u64")]
+    pub port: Option<u64>,
+    /// Password of the cache's own Redis (masked in `Debug`).
+    #[serde(default)]
+    pub password: Option<Secret>,
+    /// Key prefix in the cache's own Redis (LiteLLM's `namespace`; default: the router's `key_prefix`).
+    #[serde(default, deserialize_with = "lenient::opt_string")]
+    pub namespace: Option<String>,
     /// Other keys.
     #[serde(flatten)]
     pub extra: BTreeMap<String, Value>,

@@ -92,14 +92,17 @@ fn a_moved_key_is_reported_under_its_own_section() {
     let text = err.to_string();
     assert!(text.contains("litellm_settings.request_timeout"), "{text}");
     let config = load(
-        &format!("{MINIMAL}litellm_settings:\n  cache_params: {{type: redis, host: h}}\n"),
+        &format!(
+            "{MINIMAL}litellm_settings:\n  cache_params: {{type: redis, host: h, supported_call_types: [acompletion]}}\n"
+        ),
         &[],
     )
     .unwrap();
     assert_eq!(
         config.unimplemented_keys,
-        vec!["litellm_settings.cache_params.host"]
+        vec!["litellm_settings.cache_params.supported_call_types"]
     );
+
 }
 
 #[test]
@@ -317,4 +320,18 @@ fn connection_settings_have_defaults_and_are_checked() {
         .set_keepalive_secs("--keepalive-timeout", f64::NAN)
         .unwrap_err();
     assert!(err.to_string().contains("--keepalive-timeout"), "{err}");
+}
+
+#[tokio::test]
+async fn errors_of_the_caches_own_redis_name_the_cache_params() {
+    let config = load(
+        &format!(
+            "{MINIMAL}litellm_settings:\n  cache: true\n  cache_params: {{type: redis, host: h, port: 70000}}\n"
+        ),
+        &[],
+    )
+    .unwrap();
+    let err = config.build_router().await.err().expect("a bad port");
+    let text = err.to_string();
+    assert!(text.contains("litellm_settings.cache_params.port"), "{text}");
 }

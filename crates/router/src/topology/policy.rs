@@ -59,6 +59,8 @@ pub(crate) struct CachePolicy {
     pub(crate) redis: Option<bool>,
     pub(crate) ttl: Duration,
     pub(crate) max_size_bytes: u64,
+    /// `cache_params.host`/`port`/`password`: a Redis of the cache's own (its `Debug` masks the password).
+    pub(crate) own_redis: Option<store::RedisConfig>,
 }
 
 /// group -> fallback groups, plus the `*` entry.
