@@ -18,6 +18,7 @@
 //! | 12 | a form-encoded body (`curl -d` without `-H`) is read as JSON |
 //! | 13 | a client's `mock_response` is refused (403) unless overrides are allowed; an unknown model is a 400 |
 //! | 14 | `cache_params.host`/`port`/`password` name a cache Redis other than the router's |
+//! | 15 | streamed answers are cached and replayed as streams (and serve the same request without `stream`) |
 
 use std::time::{Duration, Instant};
 
@@ -71,11 +72,7 @@ impl Proxy {
         if let (Some(b), Value::Object(e)) = (body.as_object_mut(), extra) {
             b.extend(e);
         }
-        let r = self
-            .post("/v1/chat/completions")
-            .json(&body)
-            .send()
-            .await?;
+        let r = self.post("/v1/chat/completions").json(&body).send().await?;
         let status = r.status().as_u16();
         let text = r.text().await?;
         let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
@@ -131,7 +128,11 @@ async fn row_02_an_upstream_500_answers_500_after_the_retries() -> anyhow::Resul
     let proxy = Proxy::start(one_group(&upstream, json!({}), json!({"num_retries": 1}))).await?;
     let (status, body) = proxy.chat("chat", json!({})).await?;
     ensure!(status == 500, "{status} {body}");
-    ensure!(upstream.request_count() == 2, "{}", upstream.request_count());
+    ensure!(
+        upstream.request_count() == 2,
+        "{}",
+        upstream.request_count()
+    );
     Ok(())
 }
 
@@ -196,12 +197,17 @@ async fn row_05_max_retries_of_a_deployment_is_honoured() -> anyhow::Result<()> 
     let proxy = Proxy::start(one_group(&upstream, json!({"max_retries": 2}), json!({}))).await?;
     let (status, body) = proxy.chat("chat", json!({})).await?;
     ensure!(status == 200, "{status} {body}");
-    ensure!(upstream.request_count() == 3, "{}", upstream.request_count());
+    ensure!(
+        upstream.request_count() == 3,
+        "{}",
+        upstream.request_count()
+    );
     Ok(())
 }
 
 #[tokio::test]
-async fn row_06_model_group_retry_policy_replaces_retry_policy_for_its_group() -> anyhow::Result<()> {
+async fn row_06_model_group_retry_policy_replaces_retry_policy_for_its_group() -> anyhow::Result<()>
+{
     let upstream = MockUpstream::start().await?;
     upstream.set_behavior(Behavior::internal_error());
     let config = json!({
@@ -218,10 +224,18 @@ async fn row_06_model_group_retry_policy_replaces_retry_policy_for_its_group() -
     });
     let proxy = Proxy::start(config).await?;
     let (status, _) = proxy.chat("plain", json!({})).await?;
-    ensure!(status == 500 && upstream.request_count() == 1, "{status} {}", upstream.request_count());
+    ensure!(
+        status == 500 && upstream.request_count() == 1,
+        "{status} {}",
+        upstream.request_count()
+    );
     upstream.clear();
     let (status, _) = proxy.chat("retried", json!({})).await?;
-    ensure!(status == 500 && upstream.request_count() == 2, "{status} {}", upstream.request_count());
+    ensure!(
+        status == 500 && upstream.request_count() == 2,
+        "{status} {}",
+        upstream.request_count()
+    );
     Ok(())
 }
 
@@ -255,7 +269,11 @@ async fn row_08_litellm_settings_stream_timeout_bounds_the_first_chunk() -> anyh
     let started = Instant::now();
     let (status, body) = proxy.chat("chat", json!({"stream": true})).await?;
     ensure!(status == 408, "{status} {body}");
-    ensure!(started.elapsed() < Duration::from_secs(4), "{:?}", started.elapsed());
+    ensure!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
     Ok(())
 }
 
@@ -279,8 +297,14 @@ async fn row_09_drop_params_keeps_unsupported_parameters_from_the_upstream() -> 
     let sent = upstream.requests();
     ensure!(sent.len() == 2, "{sent:?}");
     let (dropping, named) = (&sent[0].body, &sent[1].body);
-    ensure!(dropping.get("top_k").is_none() && dropping["temperature"] == 0.1, "{dropping}");
-    ensure!(named.get("temperature").is_none() && named["top_k"] == 5, "{named}");
+    ensure!(
+        dropping.get("top_k").is_none() && dropping["temperature"] == 0.1,
+        "{dropping}"
+    );
+    ensure!(
+        named.get("temperature").is_none() && named["top_k"] == 5,
+        "{named}"
+    );
     Ok(())
 }
 
@@ -295,7 +319,12 @@ async fn row_10_metrics_are_open_unless_litellm_settings_require_auth() -> anyho
     let closed = Proxy::start(config).await?;
     let status = closed.get("/metrics").send().await?.status();
     ensure!(status == 401, "{status}");
-    let status = closed.get("/metrics").bearer_auth(KEY).send().await?.status();
+    let status = closed
+        .get("/metrics")
+        .bearer_auth(KEY)
+        .send()
+        .await?
+        .status();
     ensure!(status == 200, "{status}");
     Ok(())
 }
@@ -309,30 +338,58 @@ async fn row_11_model_info_and_model_group_info_in_litellm_shapes() -> anyhow::R
             deployment("chat", "gpt-4o-mini", &upstream, json!({"rpm": 5, "extra_headers": {"x-secret": "hdr-secret-77"}})),
         ],
     });
-    config["model_list"][0]["model_info"] = json!({"id": "dep-a", "mode": "chat", "input_cost_per_token": 1e-6});
+    config["model_list"][0]["model_info"] =
+        json!({"id": "dep-a", "mode": "chat", "input_cost_per_token": 1e-6});
     let proxy = Proxy::start(config).await?;
 
     let r = proxy.get("/model/info").bearer_auth(KEY).send().await?;
     ensure!(r.status() == 200);
     let text = r.text().await?;
-    ensure!(!text.contains("sk-upstream-secret-4242") && !text.contains("hdr-secret-77"), "{text}");
+    ensure!(
+        !text.contains("sk-upstream-secret-4242") && !text.contains("hdr-secret-77"),
+        "{text}"
+    );
     let info: Value = serde_json::from_str(&text)?;
     let data = info["data"].as_array().context("data")?;
     ensure!(data.len() == 2, "{info}");
-    let first = data.iter().find(|d| d["model_info"]["id"] == "dep-a").context("dep-a")?;
+    let first = data
+        .iter()
+        .find(|d| d["model_info"]["id"] == "dep-a")
+        .context("dep-a")?;
     ensure!(first["model_name"] == "chat", "{first}");
-    ensure!(first["litellm_params"]["model"] == "openai/gpt-4o-mini", "{first}");
+    ensure!(
+        first["litellm_params"]["model"] == "openai/gpt-4o-mini",
+        "{first}"
+    );
     ensure!(first["litellm_params"].get("api_key").is_none(), "{first}");
-    ensure!(first["model_info"]["input_cost_per_token"] == 1e-6, "{first}");
-    ensure!(first["model_info"]["litellm_provider"] == "openai", "{first}");
+    ensure!(
+        first["model_info"]["input_cost_per_token"] == 1e-6,
+        "{first}"
+    );
+    ensure!(
+        first["model_info"]["litellm_provider"] == "openai",
+        "{first}"
+    );
 
-    let r = proxy.get("/model_group/info").bearer_auth(KEY).send().await?;
+    let r = proxy
+        .get("/model_group/info")
+        .bearer_auth(KEY)
+        .send()
+        .await?;
     ensure!(r.status() == 200);
     let groups: Value = r.json().await?;
     let chat = &groups["data"][0];
-    ensure!(chat["model_group"] == "chat" && chat["providers"] == json!(["openai"]), "{groups}");
+    ensure!(
+        chat["model_group"] == "chat" && chat["providers"] == json!(["openai"]),
+        "{groups}"
+    );
     ensure!(chat["rpm"] == 15 && chat["mode"] == "chat", "{groups}");
-    ensure!(chat["supported_openai_params"].as_array().is_some_and(|p| p.contains(&json!("tools"))), "{groups}");
+    ensure!(
+        chat["supported_openai_params"]
+            .as_array()
+            .is_some_and(|p| p.contains(&json!("tools"))),
+        "{groups}"
+    );
     let status = proxy.get("/model/info").send().await?.status();
     ensure!(status == 401, "{status}");
     Ok(())
@@ -355,13 +412,22 @@ async fn row_12_a_form_encoded_body_is_read_as_json() -> anyhow::Result<()> {
 }
 
 #[tokio::test]
-async fn row_13_client_mock_response_is_refused_and_an_unknown_model_is_a_400() -> anyhow::Result<()> {
+async fn row_13_client_mock_response_is_refused_and_an_unknown_model_is_a_400() -> anyhow::Result<()>
+{
     let upstream = MockUpstream::start().await?;
     let proxy = Proxy::start(one_group(&upstream, json!({}), json!({}))).await?;
-    let (status, body) = proxy.chat("chat", json!({"mock_response": "planted"})).await?;
-    ensure!(status == 403 && body["error"]["param"] == "mock_response", "{status} {body}");
+    let (status, body) = proxy
+        .chat("chat", json!({"mock_response": "planted"}))
+        .await?;
+    ensure!(
+        status == 403 && body["error"]["param"] == "mock_response",
+        "{status} {body}"
+    );
     let (status, body) = proxy.chat("nope", json!({})).await?;
-    ensure!(status == 400 && body["error"]["param"] == "model", "{status} {body}");
+    ensure!(
+        status == 400 && body["error"]["param"] == "model",
+        "{status} {body}"
+    );
     ensure!(upstream.request_count() == 0);
     Ok(())
 }
@@ -377,15 +443,90 @@ async fn row_14_cache_params_host_and_port_name_a_cache_redis_of_its_own() -> an
         "cache_params": {"type": "redis", "host": redis.host(), "port": redis.port(), "namespace": redis.prefix()},
     });
     let parsed = proxy::Config::from_yaml_str(&config.to_string())?;
-    ensure!(parsed.unimplemented_keys.is_empty(), "{:?}", parsed.unimplemented_keys);
+    ensure!(
+        parsed.unimplemented_keys.is_empty(),
+        "{:?}",
+        parsed.unimplemented_keys
+    );
     ensure!(!parsed.backend.is_redis());
-    let (a, b) = (Proxy::start(config.clone()).await?, Proxy::start(config).await?);
+    let (a, b) = (
+        Proxy::start(config.clone()).await?,
+        Proxy::start(config).await?,
+    );
     let body = json!({"model": "chat", "messages": [{"role": "user", "content": "cached?"}]});
     let first = a.post("/v1/chat/completions").json(&body).send().await?;
     ensure!(first.status() == 200 && first.headers()[proxy::HEADER_CACHE_HIT] == "false");
     let second = b.post("/v1/chat/completions").json(&body).send().await?;
     ensure!(second.status() == 200 && second.headers()[proxy::HEADER_CACHE_HIT] == "true");
-    ensure!(upstream.request_count() == 1, "{}", upstream.request_count());
+    ensure!(
+        upstream.request_count() == 1,
+        "{}",
+        upstream.request_count()
+    );
     ensure!(!redis.keys().await?.is_empty());
+    Ok(())
+}
+
+/// The `content` of a chat answer's events, in order.
+fn streamed_text(text: &str) -> anyhow::Result<String> {
+    let mut out = String::new();
+    for data in text.lines().filter_map(|l| l.strip_prefix("data: ")) {
+        if data == "[DONE]" {
+            return Ok(out);
+        }
+        let chunk: Value = serde_json::from_str(data)?;
+        if let Some(piece) = chunk
+            .pointer("/choices/0/delta/content")
+            .and_then(Value::as_str)
+        {
+            out.push_str(piece);
+        }
+    }
+    anyhow::bail!("no [DONE]: {text}")
+}
+
+#[tokio::test]
+async fn row_15_streamed_answers_are_cached_and_replayed_as_streams() -> anyhow::Result<()> {
+    let upstream = MockUpstream::start().await?;
+    upstream.set_reply("one two three four");
+    let mut config = one_group(&upstream, json!({}), json!({}));
+    config["litellm_settings"] = json!({"cache": true});
+    let proxy = Proxy::start(config).await?;
+    let body = json!({"model": "chat", "stream": true, "messages": [{"role": "user", "content": "count"}]});
+    let mut texts = Vec::new();
+    for expect_hit in ["false", "true"] {
+        let r = proxy
+            .post("/v1/chat/completions")
+            .json(&body)
+            .send()
+            .await?;
+        ensure!(r.status() == 200 && r.headers()[proxy::HEADER_CACHE_HIT] == expect_hit);
+        ensure!(r.headers()["content-type"] == "text/event-stream");
+        texts.push(streamed_text(&r.text().await?)?);
+    }
+    ensure!(
+        texts[0] == "one two three four" && texts[0] == texts[1],
+        "{texts:?}"
+    );
+    // The same request without `stream` reads the same entry as a whole answer.
+    let mut whole = body.clone();
+    whole["stream"] = json!(false);
+    let r = proxy
+        .post("/v1/chat/completions")
+        .json(&whole)
+        .send()
+        .await?;
+    ensure!(r.headers()[proxy::HEADER_CACHE_HIT] == "true");
+    let answer: Value = r.json().await?;
+    ensure!(
+        answer["choices"][0]["message"]["content"] == "one two three four"
+            && answer["model"] == "chat",
+        "{answer}"
+    );
+    ensure!(
+        upstream.request_count() == 1,
+        "{}",
+        upstream.request_count()
+    );
     Ok(())
 }

@@ -412,12 +412,16 @@ mod tests {
         assert_eq!(e.code(), Some("context_length_exceeded"));
         let e = RouterError::upstream(UpstreamErrorKind::Timeout, "d1", None, "", None);
         assert_eq!((e.status_code(), e.error_type()), (408, "timeout_error"));
-        let status = |kind, status| RouterError::upstream(kind, "d1", status, "", None).status_code();
+        let status =
+            |kind, status| RouterError::upstream(kind, "d1", status, "", None).status_code();
         assert_eq!(status(UpstreamErrorKind::InternalServer, Some(500)), 500);
         assert_eq!(status(UpstreamErrorKind::InternalServer, Some(502)), 502);
         assert_eq!(status(UpstreamErrorKind::InternalServer, Some(409)), 500);
         assert_eq!(status(UpstreamErrorKind::Connection, None), 500);
-        assert_eq!(status(UpstreamErrorKind::ServiceUnavailable, Some(503)), 503);
+        assert_eq!(
+            status(UpstreamErrorKind::ServiceUnavailable, Some(503)),
+            503
+        );
     }
 
     #[test]

@@ -44,6 +44,7 @@
 //!   it back ([`SchedulerStats`]); cooldowns are applied there.
 //! - `leases`: the in-flight leases of this replica's requests and their renewal.
 //! - `stream`: relaying streams chunk by chunk and settling when they end.
+//! - `stream_cache`: streamed answers gathered for the response cache, cached answers replayed as streams.
 //! - `info`: [`DeploymentInfo`], [`DeploymentHealth`], [`QueueDepth`]: what the router reports about itself.
 //! - `topology`: the validated runtime model: `config` validated (key paths in errors) into deployments with
 //!   stable ids, model groups and the policy; the provider table (prefix -> how the upstream is spoken to).
@@ -100,6 +101,7 @@ mod request;
 mod router;
 mod strategy;
 mod stream;
+mod stream_cache;
 mod topology;
 mod walk;
 
@@ -112,8 +114,8 @@ pub use config::{
 pub use environ::{resolve_env_reference, EnvValue};
 pub use error::{RouterError, UpstreamError, UpstreamErrorKind};
 pub use info::{DeploymentHealth, DeploymentInfo, QueueDepth};
-pub use params::openai_params;
 pub use metrics::{Histogram, MetricsSnapshot, RouterMetrics, LATENCY_BUCKETS};
+pub use params::openai_params;
 pub use request::{
     AnswerSource, CacheControl, Endpoint, ResponseBody, ResponseMeta, RouterRequest,
     RouterResponse, CLIENT_CREDENTIAL_FIELDS, OVERRIDE_FIELDS, ROUTER_ONLY_FIELDS,

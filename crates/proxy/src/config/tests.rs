@@ -102,7 +102,6 @@ fn a_moved_key_is_reported_under_its_own_section() {
         config.unimplemented_keys,
         vec!["litellm_settings.cache_params.supported_call_types"]
     );
-
 }
 
 #[test]
@@ -333,5 +332,8 @@ async fn errors_of_the_caches_own_redis_name_the_cache_params() {
     .unwrap();
     let err = config.build_router().await.err().expect("a bad port");
     let text = err.to_string();
-    assert!(text.contains("litellm_settings.cache_params.port"), "{text}");
+    assert!(
+        text.contains("litellm_settings.cache_params.port"),
+        "{text}"
+    );
 }

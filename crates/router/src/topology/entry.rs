@@ -268,8 +268,11 @@ pub(super) fn deployment(
             .model_info
             .as_ref()
             .map(|i| {
-                let mut out: Map<String, Value> =
-                    i.extra.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+                let mut out: Map<String, Value> = i
+                    .extra
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
                 if let Some(base) = &i.base_model {
                     out.insert("base_model".into(), Value::String(base.clone()));
                 }
