@@ -19,6 +19,7 @@
 //! | 13 | a client's `mock_response` is refused (403) unless overrides are allowed; an unknown model is a 400 |
 //! | 14 | `cache_params.host`/`port`/`password` name a cache Redis other than the router's |
 //! | 15 | streamed answers are cached and replayed as streams (and serve the same request without `stream`) |
+//! | 16 | `/v1/completions` on a chat model (`openai/`, `azure/`) is sent as chat and answered as a text completion |
 
 use std::time::{Duration, Instant};
 
@@ -527,6 +528,60 @@ async fn row_15_streamed_answers_are_cached_and_replayed_as_streams() -> anyhow:
         upstream.request_count() == 1,
         "{}",
         upstream.request_count()
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn row_16_completions_on_a_chat_model_go_through_chat_and_back() -> anyhow::Result<()> {
+    let upstream = MockUpstream::start().await?;
+    upstream.set_reply("a time there was");
+    let proxy = Proxy::start(one_group(&upstream, json!({}), json!({}))).await?;
+    let r = proxy
+        .post("/v1/completions")
+        .json(&json!({"model": "chat", "prompt": "Once upon", "max_tokens": 8}))
+        .send()
+        .await?;
+    ensure!(r.status() == 200);
+    let v: Value = r.json().await?;
+    ensure!(
+        v["object"] == "text_completion" && v["model"] == "chat",
+        "{v}"
+    );
+    ensure!(v["choices"][0]["text"] == "a time there was", "{v}");
+    let sent = upstream.requests();
+    ensure!(sent[0].path == "/v1/chat/completions", "{}", sent[0].path);
+    ensure!(
+        sent[0].body["messages"] == json!([{"role": "user", "content": "Once upon"}]),
+        "{}",
+        sent[0].body
+    );
+    ensure!(
+        sent[0].body.get("prompt").is_none() && sent[0].body["max_tokens"] == 8,
+        "{}",
+        sent[0].body
+    );
+
+    let r = proxy
+        .post("/v1/completions")
+        .json(&json!({"model": "chat", "prompt": "Once upon", "stream": true}))
+        .send()
+        .await?;
+    ensure!(r.status() == 200);
+    let text = r.text().await?;
+    let mut streamed = String::new();
+    for data in text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter(|d| *d != "[DONE]")
+    {
+        let chunk: Value = serde_json::from_str(data)?;
+        ensure!(chunk["object"] == "text_completion", "{chunk}");
+        streamed.push_str(chunk["choices"][0]["text"].as_str().unwrap_or_default());
+    }
+    ensure!(
+        streamed == "a time there was" && text.ends_with("data: [DONE]\n\n"),
+        "{text}"
     );
     Ok(())
 }

@@ -44,6 +44,7 @@
 //!   it back ([`SchedulerStats`]); cooldowns are applied there.
 //! - `leases`: the in-flight leases of this replica's requests and their renewal.
 //! - `stream`: relaying streams chunk by chunk and settling when they end.
+//! - `text_completion`: `/v1/completions` on a chat-only deployment, sent as chat and answered as text.
 //! - `stream_cache`: streamed answers gathered for the response cache, cached answers replayed as streams.
 //! - `info`: [`DeploymentInfo`], [`DeploymentHealth`], [`QueueDepth`]: what the router reports about itself.
 //! - `topology`: the validated runtime model: `config` validated (key paths in errors) into deployments with
@@ -102,6 +103,7 @@ mod router;
 mod strategy;
 mod stream;
 mod stream_cache;
+mod text_completion;
 mod topology;
 mod walk;
 

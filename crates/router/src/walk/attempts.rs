@@ -18,8 +18,10 @@ use crate::metrics::RouterMetrics;
 use crate::order::GroupOrders;
 use crate::params;
 use crate::provider::{self, usage_of, Call, Providers, Reply};
+use crate::request::Endpoint;
 use crate::request::ResponseBody;
 use crate::stream;
+use crate::text_completion;
 use crate::topology::{Deployment, ModelGroup, Topology};
 
 /// What a request's attempts in a group use: the strategy's order, capacity, the upstream clients.
@@ -163,12 +165,24 @@ impl Attempts {
                     "request body is not an object".into(),
                 ));
             };
-            let body = params::for_deployment(d, job.endpoint, body, policy.drop_params);
+            let as_chat = job.endpoint == Endpoint::Completions && text_completion::through_chat(d);
+            let (endpoint, body) = if as_chat {
+                let chat = text_completion::chat_body(body)?;
+                let kept =
+                    params::for_deployment(d, Endpoint::ChatCompletions, &chat, policy.drop_params)
+                        .into_owned();
+                (Endpoint::ChatCompletions, std::borrow::Cow::Owned(kept))
+            } else {
+                (
+                    job.endpoint,
+                    params::for_deployment(d, job.endpoint, body, policy.drop_params),
+                )
+            };
             let reply = self
                 .providers
                 .call(Call {
                     deployment: d,
-                    endpoint: job.endpoint,
+                    endpoint,
                     body: &body,
                     stream: job.stream,
                     timeout: first_byte_timeout,
@@ -176,7 +190,14 @@ impl Attempts {
                     mock_delay: job.mock_delay,
                     prompt_tokens: job.prompt_tokens,
                 })
-                .await;
+                .await
+                .map(|reply| {
+                    if as_chat {
+                        text_completion::reply_as_text(reply)
+                    } else {
+                        reply
+                    }
+                });
             let latency = sent.elapsed();
             let source = provider::answer_source(d, job.mock_response.as_deref());
             match reply {
