@@ -20,6 +20,7 @@
 //! | 14 | `cache_params.host`/`port`/`password` name a cache Redis other than the router's |
 //! | 15 | streamed answers are cached and replayed as streams (and serve the same request without `stream`) |
 //! | 16 | `/v1/completions` on a chat model (`openai/`, `azure/`) is sent as chat and answered as a text completion |
+//! | 17 | `background_health_checks` with `health_check_interval` cool failing deployments down and fill `/health` |
 
 use std::time::{Duration, Instant};
 
@@ -582,6 +583,69 @@ async fn row_16_completions_on_a_chat_model_go_through_chat_and_back() -> anyhow
     ensure!(
         streamed == "a time there was" && text.ends_with("data: [DONE]\n\n"),
         "{text}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn row_17_background_health_checks_cool_failing_deployments_down() -> anyhow::Result<()> {
+    let (good, bad) = (MockUpstream::start().await?, MockUpstream::start().await?);
+    bad.set_behavior(Behavior::internal_error());
+    let mut config = json!({
+        "model_list": [
+            deployment("chat", "m", &good, json!({})),
+            deployment("chat", "m", &bad, json!({})),
+        ],
+        "router_settings": {"num_retries": 0, "cooldown_time": 60},
+        "general_settings": {"background_health_checks": true, "health_check_interval": 0.2},
+    });
+    config["model_list"][0]["model_info"] = json!({"id": "good"});
+    config["model_list"][1]["model_info"] = json!({"id": "bad"});
+    let proxy = Proxy::start(config).await?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let health = loop {
+        let health: Value = proxy
+            .get("/health")
+            .bearer_auth(KEY)
+            .send()
+            .await?
+            .json()
+            .await?;
+        let checks = &health["background_health_checks"];
+        let listed = |list: &str| checks[list].as_array().is_some_and(|l| l.len() == 1);
+        if listed("healthy_endpoints") && listed("unhealthy_endpoints") {
+            break health;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "no health check results: {health}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let checks = &health["background_health_checks"];
+    ensure!(checks["unhealthy_endpoints"][0]["id"] == "bad", "{health}");
+    ensure!(checks["healthy_endpoints"][0]["id"] == "good", "{health}");
+    let bad_state = health["deployments"]
+        .as_array()
+        .and_then(|d| d.iter().find(|d| d["id"] == "bad"))
+        .context("bad deployment")?;
+    ensure!(bad_state["healthy"] == false, "{health}");
+    // The cooled-down deployment gets no requests.
+    let before = bad.request_count();
+    for _ in 0..4 {
+        let r = proxy
+            .post("/v1/chat/completions")
+            .json(&json!({"model": "chat", "messages": [{"role": "user", "content": "hi"}]}))
+            .send()
+            .await?;
+        ensure!(r.status() == 200 && r.headers()[proxy::HEADER_DEPLOYMENT_ID] == "good");
+    }
+    let probes = bad.requests();
+    ensure!(
+        probes[before..]
+            .iter()
+            .all(|r| r.body["messages"][0]["content"] == "ping"),
+        "{probes:?}"
     );
     Ok(())
 }

@@ -482,12 +482,25 @@ async fn health(State(state): State<AppState>) -> Result<Json<Value>, ApiError> 
             })
         })
         .collect();
-    Ok(Json(json!({
+    let mut body = json!({
         "backend": state.backend_name(),
         "healthy_count": deployments.len() - cooling,
         "unhealthy_count": cooling,
         "deployments": deployments,
-    })))
+    });
+    if let Some((checked_at, checks)) = state.health_checks() {
+        // LiteLLM's names for its health check's endpoint lists.
+        let endpoint = |c: &router::HealthCheck| {
+            json!({"id": c.id, "model_name": c.group, "model": c.model, "api_base": c.api_base,
+                   "error": c.error, "cooldown_secs": c.cooldown.map(|d| d.as_secs_f64())})
+        };
+        body["background_health_checks"] = json!({
+            "checked_at": checked_at,
+            "healthy_endpoints": checks.iter().filter(|c| c.healthy).map(endpoint).collect::<Vec<_>>(),
+            "unhealthy_endpoints": checks.iter().filter(|c| !c.healthy).map(endpoint).collect::<Vec<_>>(),
+        });
+    }
+    Ok(Json(body))
 }
 
 /// `GET /health/readiness`: the backend answers and the replica is not shutting down.

@@ -46,6 +46,8 @@
 //! - `stream`: relaying streams chunk by chunk and settling when they end.
 //! - `text_completion`: `/v1/completions` on a chat-only deployment, sent as chat and answered as text.
 //! - `stream_cache`: streamed answers gathered for the response cache, cached answers replayed as streams.
+//! - `health_check`: [`HealthCheck`]: LiteLLM's health checks, a small call to every deployment, failures
+//!   cooling it down.
 //! - `info`: [`DeploymentInfo`], [`DeploymentHealth`], [`QueueDepth`]: what the router reports about itself.
 //! - `topology`: the validated runtime model: `config` validated (key paths in errors) into deployments with
 //!   stable ids, model groups and the policy; the provider table (prefix -> how the upstream is spoken to).
@@ -92,6 +94,7 @@ mod capacity;
 mod config;
 mod environ;
 mod error;
+mod health_check;
 mod info;
 mod leases;
 mod metrics;
@@ -115,6 +118,7 @@ pub use config::{
 };
 pub use environ::{resolve_env_reference, EnvValue};
 pub use error::{RouterError, UpstreamError, UpstreamErrorKind};
+pub use health_check::HealthCheck;
 pub use info::{DeploymentHealth, DeploymentInfo, QueueDepth};
 pub use metrics::{Histogram, MetricsSnapshot, RouterMetrics, LATENCY_BUCKETS};
 pub use params::openai_params;

@@ -11,6 +11,7 @@ use crate::backend::{Backend, BackendHandle};
 use crate::capacity::Capacity;
 use crate::config::RouterConfig;
 use crate::error::RouterError;
+use crate::health_check::{self, HealthCheck};
 use crate::info::{self, DeploymentHealth, DeploymentInfo, QueueDepth};
 use crate::leases::{renew_leases, Leases};
 use crate::metrics::RouterMetrics;
@@ -54,6 +55,8 @@ struct RouterInner {
     /// For readiness, health and queue depths.
     backend: BackendHandle,
     metrics: Arc<RouterMetrics>,
+    /// For health checks.
+    providers: Providers,
     shutdown: CancellationToken,
     /// The lease renewer, awaited on shutdown.
     renewer: Mutex<Option<tokio::task::JoinHandle<()>>>,
@@ -110,7 +113,7 @@ impl Router {
             topology.clone(),
             orders,
             capacity.clone(),
-            providers,
+            providers.clone(),
             metrics.clone(),
             shutdown.clone(),
             settling.clone(),
@@ -136,6 +139,7 @@ impl Router {
                 capacity,
                 backend,
                 metrics,
+                providers,
                 shutdown,
                 renewer: Mutex::new(Some(renewer)),
                 settling,
@@ -151,6 +155,18 @@ impl Router {
     /// The deployments, without secrets.
     pub fn deployments(&self) -> Vec<DeploymentInfo> {
         info::deployments(&self.inner.topology)
+    }
+
+    /// LiteLLM's health check: one small call (`ping`, one token) to every deployment at once, outside
+    /// admission (it does not count against rpm/tpm); a failure that counts against a deployment cools it
+    /// down for its `cooldown_time`, as a failed request would.
+    pub async fn check_health(&self) -> Vec<HealthCheck> {
+        health_check::check_all(
+            &self.inner.topology,
+            &self.inner.providers,
+            self.inner.backend.usage(),
+        )
+        .await
     }
 
     /// Usage and health of every deployment (one backend call per group).

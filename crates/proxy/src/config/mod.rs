@@ -61,6 +61,9 @@ pub struct Config {
     moves: Moves,
     /// Timeouts and the cap on open connections of the HTTP server.
     pub connections: ConnectionSettings,
+    /// `general_settings.background_health_checks` with `health_check_interval` (default 300 s): how often
+    /// every deployment gets a health check; `None` when off.
+    pub background_health_checks: Option<Duration>,
 }
 
 /// The top level of `config.yaml` (`environment_variables` is taken out before, it only feeds `os.environ/`).
@@ -108,6 +111,10 @@ struct GeneralSettings {
     body_read_timeout: Option<f64>,
     #[serde(default)]
     max_connections: Option<u64>,
+    #[serde(default)]
+    background_health_checks: Option<bool>,
+    #[serde(default)]
+    health_check_interval: Option<f64>,
 }
 
 impl Config {
@@ -273,6 +280,20 @@ fn parse_mapping(
     }
     .validate()?;
 
+    let background_health_checks = match general.background_health_checks {
+        Some(true) => {
+            let secs = general.health_check_interval.unwrap_or(300.0);
+            if !(secs.is_finite() && secs >= 0.1 && secs <= 86_400.0) {
+                return Err(ConfigError::invalid(
+                    "general_settings.health_check_interval",
+                    format!("expected seconds in [0.1, 86400], got {secs}"),
+                ));
+            }
+            Some(Duration::from_secs_f64(secs))
+        }
+        _ => None,
+    };
+
     let backend =
         BackendChoice::from_settings(&settings, |name| env.get(name)).map_err(|e| match e {
             RouterError::InvalidConfig { path, message } => ConfigError::invalid(path, message),
@@ -300,6 +321,7 @@ fn parse_mapping(
         grace_period: DEFAULT_GRACE_PERIOD,
         moves,
         connections,
+        background_health_checks,
     })
 }
 
