@@ -283,7 +283,7 @@ fn parse_mapping(
     let background_health_checks = match general.background_health_checks {
         Some(true) => {
             let secs = general.health_check_interval.unwrap_or(300.0);
-            if !(secs.is_finite() && secs >= 0.1 && secs <= 86_400.0) {
+            if !(secs.is_finite() && (0.1..=86_400.0).contains(&secs)) {
                 return Err(ConfigError::invalid(
                     "general_settings.health_check_interval",
                     format!("expected seconds in [0.1, 86400], got {secs}"),

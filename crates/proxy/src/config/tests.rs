@@ -330,7 +330,7 @@ async fn errors_of_the_caches_own_redis_name_the_cache_params() {
         &[],
     )
     .unwrap();
-    let err = config.build_router().await.err().expect("a bad port");
+    let err = config.build_router().await.expect_err("a bad port");
     let text = err.to_string();
     assert!(
         text.contains("litellm_settings.cache_params.port"),
