@@ -95,6 +95,7 @@
 
 mod error;
 mod failover;
+mod jobs;
 mod memory;
 mod redis;
 mod scheduler;
@@ -102,12 +103,16 @@ mod step;
 
 pub use error::AdmissionError;
 pub use failover::FailoverAdmission;
+pub use jobs::{
+    Claim, Claimed, InvalidJobId, JobCancel, JobEnd, JobErrors, JobGrant, JobId, JobState, JobStore,
+    JobView, NewJob,
+};
 pub use memory::MemoryAdmission;
 pub use redis::RedisAdmission;
 pub use scheduler::{AdmitRequest, GroupCandidates, GroupOrder, Scheduler, SchedulerStats};
 pub use step::{
     AdmissionBackend, AdmissionSettings, CancelOutcome, Grant, GrantPayload, Place, Polled,
-    Release, Restore, Restored, Step, StepReply, Submit, SubmitOutcome,
+    Release, Restore, Restored, Step, StepReply, Submit, SubmitOutcome, JOB_WAKE,
 };
 
 /// Locks a mutex, ignoring poisoning (critical sections never leave state half-changed across a panic).

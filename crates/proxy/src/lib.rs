@@ -33,6 +33,7 @@ mod check;
 mod config;
 mod connection;
 mod error;
+mod jobs;
 mod master_key;
 mod metrics;
 mod request;
