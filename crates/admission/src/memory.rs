@@ -21,8 +21,8 @@ use usage_tracker::{
 
 use crate::lock;
 use crate::step::{
-    reservation_on, JOB_WAKE, AdmissionBackend, CancelOutcome, Grant, GrantPayload, Place, Polled, Release,
-    Restore, Restored, Step, StepReply, Submit, SubmitOutcome,
+    lease_id, reservation_on, AdmissionBackend, CancelOutcome, Grant, GrantPayload, Place, Polled,
+    Release, Restore, Restored, Step, StepReply, Submit, SubmitOutcome, JOB_WAKE,
 };
 
 /// Queue and usage state of one process. Locks are taken queue first, then usage, and never held across
@@ -217,8 +217,13 @@ impl MemoryAdmission {
         }
     }
 
-    /// `s_heartbeat`.
-    fn heartbeat(step: &Step<'_>, queue: &mut QueueState, cx: &mut Context) {
+    /// `s_heartbeat`: renews this replica's liveness, forgets dead owners and ends their in-flight leases.
+    fn heartbeat(
+        step: &Step<'_>,
+        queue: &mut QueueState,
+        usage: &mut UsageState,
+        cx: &mut Context,
+    ) {
         if !queue.owner_alive(step.group, step.owner, cx.now) {
             cx.lapsed = true;
         }
@@ -227,7 +232,12 @@ impl MemoryAdmission {
             step.owner,
             cx.now + step.settings.liveness().as_millis() as u64,
         );
-        queue.forget_expired_owners(step.group, cx.now);
+        let dead = queue.forget_expired_owners(step.group, cx.now);
+        if !dead.is_empty() {
+            for c in step.candidates {
+                usage.end_leases_of(&c.deployment, |holder| dead.iter().any(|d| d == holder));
+            }
+        }
     }
 
     /// The common tail of every step: take this replica's grants, give back those of dead owners, then
@@ -309,8 +319,13 @@ impl MemoryAdmission {
             let payload = match payload {
                 Some(payload) => payload,
                 None => {
-                    let request =
+                    let mut request =
                         reserve_request(&entry, step.settings.inflight_lease, step.order);
+                    // A job's run is held by the claiming replica: its lease ends with that replica's
+                    // liveness.
+                    if entry.is_job() {
+                        request.reservation_id = job_lease_id(&entry, step.owner);
+                    }
                     match usage.try_reserve(now, step.candidates, &request) {
                         ReserveOutcome::Reserved(r) => GrantPayload::Granted {
                             deployment_id: r.deployment.id.to_string(),
@@ -371,10 +386,15 @@ impl MemoryAdmission {
     }
 }
 
+/// The in-flight lease id of a job's run on replica `runner` (`s_lease` with the runner as holder).
+pub(crate) fn job_lease_id(entry: &Entry, runner: &str) -> String {
+    format!("{}|{runner}", entry.id().simple())
+}
+
 fn reserve_request(entry: &Entry, lease: Duration, order: CandidateOrder) -> ReserveRequest {
     let meta = entry.meta();
     ReserveRequest {
-        reservation_id: entry.id().simple().to_string(),
+        reservation_id: lease_id(entry),
         est_tokens: meta.est_tokens,
         prompt_tokens: meta.prompt_tokens,
         lease,
@@ -407,7 +427,7 @@ impl AdmissionBackend for MemoryAdmission {
                 return Ok(StepReply::bare(granted, cx.generation));
             }
         }
-        Self::heartbeat(step, &mut queue, &mut cx);
+        Self::heartbeat(step, &mut queue, &mut usage, &mut cx);
         let max_depth = step.settings.max_queue_depth;
         let enqueued = match queue.enqueue(step.group, submit.priority, entry, max_depth) {
             Err(e) if e.is_queue_full() => {
@@ -445,7 +465,7 @@ impl AdmissionBackend for MemoryAdmission {
         let mut queue = lock(&self.queue);
         let mut usage = lock(&self.usage);
         let mut cx = self.context(step);
-        Self::heartbeat(step, &mut queue, &mut cx);
+        Self::heartbeat(step, &mut queue, &mut usage, &mut cx);
         let polled = Polled {
             replicas: queue.live_owners(step.group),
         };
@@ -461,7 +481,7 @@ impl AdmissionBackend for MemoryAdmission {
         let mut usage = lock(&self.usage);
         let mut cx = self.context(step);
         let now = cx.now;
-        Self::heartbeat(step, &mut queue, &mut cx);
+        Self::heartbeat(step, &mut queue, &mut usage, &mut cx);
         let start_seq = queue.seq(step.group);
         let mut seq = start_seq;
         let mut waiters = 0;
@@ -567,7 +587,7 @@ impl AdmissionBackend for MemoryAdmission {
             CancelOutcome::Grant
         } else {
             // A submit the request gave up on while it was on the way may have reserved on the fast path.
-            let id = entry.id().simple().to_string();
+            let id = lease_id(entry);
             let lease_ms = step.settings.inflight_lease.as_millis() as u64;
             let mut outcome = CancelOutcome::Absent;
             for c in step.candidates {
@@ -599,7 +619,7 @@ impl AdmissionBackend for MemoryAdmission {
         let mut jobs = lock(&self.jobs);
         let mut cx = self.context(step);
         let now = cx.now;
-        Self::heartbeat(step, &mut queue, &mut cx);
+        Self::heartbeat(step, &mut queue, &mut usage, &mut cx);
         let max_depth = step.settings.max_queue_depth;
         let enqueued = match queue.enqueue(step.group, job.priority, entry, max_depth) {
             Err(e) if e.is_queue_full() => {
@@ -655,7 +675,7 @@ impl AdmissionBackend for MemoryAdmission {
         let mut jobs = lock(&self.jobs);
         let mut cx = self.context(step);
         let now = cx.now;
-        Self::heartbeat(step, &mut queue, &mut cx);
+        Self::heartbeat(step, &mut queue, &mut usage, &mut cx);
         // Runs whose runner's lease lapsed: back at their place (at most 64 a step, in lease order).
         let g = jobs.group(step.group);
         let mut lapsed: Vec<(u64, String)> = g

@@ -390,7 +390,13 @@ impl Scheduler {
         Ok(granted
             .into_iter()
             .map(|grant| {
-                let reservation = grant.payload.reservation(&candidates, &grant.entry);
+                let reservation = grant
+                    .payload
+                    .reservation(&candidates, &grant.entry)
+                    .map(|r| Reservation {
+                        id: crate::memory::job_lease_id(&grant.entry, &inner.owner),
+                        ..r
+                    });
                 if let Some(reservation) = &reservation {
                     inner.hold(reservation);
                     inner.stats.queued_grants.fetch_add(1, Ordering::Relaxed);
