@@ -111,7 +111,7 @@ pub use memory::MemoryAdmission;
 pub use redis::RedisAdmission;
 pub use scheduler::{AdmitRequest, GroupCandidates, GroupOrder, Scheduler, SchedulerStats};
 pub use step::{
-    lease_id, AdmissionBackend, AdmissionSettings, CancelOutcome, Grant, GrantPayload, Place,
+    job_lease_id, lease_id, AdmissionBackend, AdmissionSettings, CancelOutcome, Grant, GrantPayload, Place,
     Polled, Release, Restore, Restored, Step, StepReply, Submit, SubmitOutcome, JOB_WAKE,
 };
 

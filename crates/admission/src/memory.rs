@@ -21,7 +21,7 @@ use usage_tracker::{
 
 use crate::lock;
 use crate::step::{
-    lease_id, reservation_on, AdmissionBackend, CancelOutcome, Grant, GrantPayload, Place, Polled,
+    job_lease_id, lease_id, reservation_on, AdmissionBackend, CancelOutcome, Grant, GrantPayload, Place, Polled,
     Release, Restore, Restored, Step, StepReply, Submit, SubmitOutcome, JOB_WAKE,
 };
 
@@ -386,11 +386,6 @@ impl MemoryAdmission {
     }
 }
 
-/// The in-flight lease id of a job's run on replica `runner` (`s_lease` with the runner as holder).
-pub(crate) fn job_lease_id(entry: &Entry, runner: &str) -> String {
-    format!("{}|{runner}", entry.id().simple())
-}
-
 fn reserve_request(entry: &Entry, lease: Duration, order: CandidateOrder) -> ReserveRequest {
     let meta = entry.meta();
     ReserveRequest {
@@ -619,6 +614,8 @@ impl AdmissionBackend for MemoryAdmission {
         let mut jobs = lock(&self.jobs);
         let mut cx = self.context(step);
         let now = cx.now;
+        // The submit step's head check (a job never takes the fast path, but dead head entries go).
+        queue.head(step.group, now, &mut Vec::new());
         Self::heartbeat(step, &mut queue, &mut usage, &mut cx);
         let max_depth = step.settings.max_queue_depth;
         let enqueued = match queue.enqueue(step.group, job.priority, entry, max_depth) {

@@ -394,7 +394,7 @@ impl Scheduler {
                     .payload
                     .reservation(&candidates, &grant.entry)
                     .map(|r| Reservation {
-                        id: crate::memory::job_lease_id(&grant.entry, &inner.owner),
+                        id: crate::step::job_lease_id(&grant.entry, &inner.owner),
                         ..r
                     });
                 if let Some(reservation) = &reservation {

@@ -192,6 +192,12 @@ pub fn lease_id(entry: &Entry) -> String {
     format!("{}|{}", entry.id().simple(), entry.owner())
 }
 
+/// The in-flight lease id of a durable job's run on replica `runner`: `<entry id>|<runner>` (the job's
+/// entry has no replica; its run's slot ends with the runner's liveness).
+pub fn job_lease_id(entry: &Entry, runner: &str) -> String {
+    format!("{}|{runner}", entry.id().simple())
+}
+
 /// The reservation of `entry` on deployment `deployment_id` of `candidates` in window `window_start_ms`.
 pub(crate) fn reservation_on(
     candidates: &[Candidate],
