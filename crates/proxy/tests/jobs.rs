@@ -268,3 +268,56 @@ async fn the_jobs_of_a_killed_replica_run_again_on_the_others() {
     assert_clean(&redis, &conn, "wide").await;
     drop((b, c));
 }
+
+// Waiting for A's exit blocks the test's thread: the mock upstream answers from another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_running_jobs_finish_within_the_grace_period_and_hands_back_the_rest() {
+    let redis = RedisServer::start().await.unwrap();
+    let upstream = mock_answering_after(Duration::from_millis(20)).await;
+    let extra = "  job_workers: 2\n";
+    let config = shared_group_config(&upstream.base_url(), &redis, "wide", 8, extra);
+    let http = client();
+    let conn = connect(&redis).await;
+
+    // On A: one job outlasts the grace period, one ends within it.
+    upstream.push_behavior(Behavior::ok().with_latency(Duration::from_secs(30)));
+    upstream.push_behavior(Behavior::ok().with_latency(Duration::from_millis(500)));
+    let mut a = Proxy::start_with_args(
+        &config,
+        &[("RUST_LOG", "info,router::jobs=debug")],
+        &["--grace-period", "1.5"],
+    )
+    .unwrap();
+    let long = submit(&http, &a, "long", 0).await;
+    assert!(upstream.wait_for_in_flight(1, Duration::from_secs(10)).await);
+    let short = submit(&http, &a, "short", 0).await;
+    assert!(upstream.wait_for_in_flight(2, Duration::from_secs(10)).await);
+    a.terminate();
+    let status = a
+        .wait_exit(Duration::from_secs(15))
+        .unwrap_or_else(|e| panic!("{e}; A's log:\n{}", a.output()));
+    assert!(status.success(), "A exited with {status}");
+    let log = a.output();
+    let signal_at = log.find("shutdown signal").unwrap_or(usize::MAX);
+    let short_end = log
+        .find(&format!("job run ended job={short}"))
+        .unwrap_or(0);
+    assert!(short_end > signal_at, "the short job did not end on A after the signal:\n{log}");
+    assert!(
+        log.contains(&format!("job handed back at its place in the queue job={long}")),
+        "A did not hand the long job back:\n{log}"
+    );
+
+    // The handed-back job waits in Redis for a replica: B, started after A stopped, runs it.
+    let b = Proxy::start(&config, &[]).unwrap();
+    let short_job = finished(&http, &b, &short, Duration::from_secs(10)).await;
+    assert_eq!(short_job["status_code"], 200, "{short_job}");
+    let long_job = finished(&http, &b, &long, Duration::from_secs(15)).await;
+    assert_eq!(long_job["status_code"], 200, "{long_job}");
+    // The run A stopped is not an attempt.
+    assert_eq!(long_job["attempts"], 1, "{long_job}");
+    let tags: Vec<String> = upstream.requests().iter().map(tag_of).collect();
+    assert_eq!(tags, ["long", "short", "long"], "upstream calls");
+    assert_clean(&redis, &conn, "wide").await;
+    drop(b);
+}

@@ -148,6 +148,35 @@ async fn the_seed_flow_submit_poll_and_read_the_result() {
     let id = ticket["id"].as_str().unwrap();
     let job = finished(&app, id, Duration::from_secs(10)).await;
     assert_eq!(job["result"]["object"], "list", "{job}");
+
+    // Jobs by group and outcome, and their wait, in /metrics (a worker counts a job just after it
+    // finished it: poll).
+    let lines = [
+        "llm_scheduler_jobs_finished_total{model_group=\"gpt-4o\",status=\"finished_ok\"} 1",
+        "llm_scheduler_jobs_finished_total{model_group=\"embed\",status=\"finished_ok\"} 1",
+        "llm_scheduler_jobs_submitted_total 2",
+        "llm_scheduler_job_runs_started_total 2",
+        "llm_scheduler_job_wait_seconds_sum",
+    ];
+    let until = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let response = app
+            .clone()
+            .oneshot(request(Method::GET, "/metrics", None, KEY))
+            .await
+            .unwrap();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        let text = String::from_utf8_lossy(&bytes).into_owned();
+        let missing: Vec<_> = lines.iter().filter(|l| !text.contains(*l)).collect();
+        if missing.is_empty() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < until,
+            "not in /metrics: {missing:?}\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test]

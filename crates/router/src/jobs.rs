@@ -587,6 +587,7 @@ impl Jobs {
                     }
                 };
                 self.stats.runs_started.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(job = %id, attempts = grant.attempts, "job run started");
                 let created = record
                     .get("created_ms")
                     .and_then(|v| v.parse::<u64>().ok())
@@ -650,6 +651,7 @@ impl Jobs {
             ok,
             body: &body,
         };
+        tracing::debug!(job = %id, status, "job run ended");
         match self.store.finish_job(id, entry, &job_end, self.settings.ttl).await {
             Ok(true) => self.stats.finished(id.group(), outcome),
             Ok(false) => {}
@@ -660,8 +662,9 @@ impl Jobs {
 
     async fn hand_back(&self, id: &JobId, entry: &Entry) {
         match self.store.hand_back_job(id, entry).await {
-            Ok(_) => {
+            Ok(held) => {
                 self.stats.handed_back.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(job = %id, held, "job handed back at its place in the queue");
             }
             Err(e) => tracing::warn!(job = %id, "handing a job back failed (its runner lease lapses): {e}"),
         }
