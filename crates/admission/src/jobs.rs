@@ -85,7 +85,7 @@ impl std::str::FromStr for JobId {
 
     fn from_str(s: &str) -> Result<JobId, InvalidJobId> {
         let (key, group) = s.split_once('.').ok_or(InvalidJobId)?;
-        if key.len() != 32 || group.len() % 2 != 0 || group.len() > 2048 {
+        if key.len() != 32 || !group.len().is_multiple_of(2) || group.len() > 2048 {
             return Err(InvalidJobId);
         }
         let key = uuid::Uuid::try_parse(key).map_err(|_| InvalidJobId)?;

@@ -104,15 +104,16 @@ mod step;
 pub use error::AdmissionError;
 pub use failover::FailoverAdmission;
 pub use jobs::{
-    Claim, Claimed, InvalidJobId, JobCancel, JobEnd, JobErrors, JobGrant, JobId, JobState, JobStore,
-    JobView, NewJob,
+    Claim, Claimed, InvalidJobId, JobCancel, JobEnd, JobErrors, JobGrant, JobId, JobState,
+    JobStore, JobView, NewJob,
 };
 pub use memory::MemoryAdmission;
 pub use redis::RedisAdmission;
 pub use scheduler::{AdmitRequest, GroupCandidates, GroupOrder, Scheduler, SchedulerStats};
 pub use step::{
-    job_lease_id, lease_id, AdmissionBackend, AdmissionSettings, CancelOutcome, Grant, GrantPayload, Place,
-    Polled, Release, Restore, Restored, Step, StepReply, Submit, SubmitOutcome, JOB_WAKE,
+    job_lease_id, lease_id, AdmissionBackend, AdmissionSettings, CancelOutcome, Grant,
+    GrantPayload, Place, Polled, Release, Restore, Restored, Step, StepReply, Submit,
+    SubmitOutcome, JOB_WAKE,
 };
 
 /// Locks a mutex, ignoring poisoning (critical sections never leave state half-changed across a panic).

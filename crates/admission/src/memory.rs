@@ -21,8 +21,8 @@ use usage_tracker::{
 
 use crate::lock;
 use crate::step::{
-    job_lease_id, lease_id, reservation_on, AdmissionBackend, CancelOutcome, Grant, GrantPayload, Place, Polled,
-    Release, Restore, Restored, Step, StepReply, Submit, SubmitOutcome, JOB_WAKE,
+    job_lease_id, lease_id, reservation_on, AdmissionBackend, CancelOutcome, Grant, GrantPayload,
+    Place, Polled, Release, Restore, Restored, Step, StepReply, Submit, SubmitOutcome, JOB_WAKE,
 };
 
 /// Queue and usage state of one process. Locks are taken queue first, then usage, and never held across
@@ -37,8 +37,11 @@ pub struct MemoryAdmission {
     /// usage lock, before the generations).
     jobs: Mutex<Jobs>,
     /// Called (with [`JOB_WAKE`] + group) when a job waits at a queue's head for a worker.
-    job_wake: Mutex<Option<Arc<dyn Fn(&str) + Send + Sync>>>,
+    job_wake: Mutex<Option<Wake>>,
 }
+
+/// A wake-up callback (the scheduler's).
+type Wake = Arc<dyn Fn(&str) + Send + Sync>;
 
 /// The twin of the job keys: per group the jobs hash and the job runs zset, and the records.
 #[derive(Debug, Default)]
@@ -88,7 +91,11 @@ impl Jobs {
     ) {
         let key = (id.group().to_owned(), id.key().simple().to_string());
         if let Some((fields, expiry)) = self.records.get_mut(&key) {
-            let (kind, other) = if ok { ("result", "error") } else { ("error", "result") };
+            let (kind, other) = if ok {
+                ("result", "error")
+            } else {
+                ("error", "result")
+            };
             fields.insert("status".into(), "finished".into());
             fields.insert("finished_ms".into(), now.to_string());
             fields.insert("status_code".into(), status.to_string());
@@ -346,10 +353,8 @@ impl MemoryAdmission {
                 let g = jobs.group(step.group);
                 if matches!(payload, GrantPayload::Granted { .. }) {
                     job_attempts += 1;
-                    g.jobs.insert(
-                        entry.member().to_owned(),
-                        (head.score.get(), job_attempts),
-                    );
+                    g.jobs
+                        .insert(entry.member().to_owned(), (head.score.get(), job_attempts));
                 }
                 if let Some((claim, out)) = claimed.as_mut() {
                     g.runs
@@ -441,7 +446,16 @@ impl AdmissionBackend for MemoryAdmission {
                     not_before_ms,
                     score: enqueued.score,
                 };
-                let mut reply = self.admit(step, &mut queue, &mut usage, &mut lock(&self.jobs), None, cx, queued, true)?;
+                let mut reply = self.admit(
+                    step,
+                    &mut queue,
+                    &mut usage,
+                    &mut lock(&self.jobs),
+                    None,
+                    cx,
+                    queued,
+                    true,
+                )?;
                 if let SubmitOutcome::Queued { position, .. } = &mut reply.outcome {
                     *position = queue.position(step.group, entry);
                 }
@@ -464,7 +478,16 @@ impl AdmissionBackend for MemoryAdmission {
         let polled = Polled {
             replicas: queue.live_owners(step.group),
         };
-        self.admit(step, &mut queue, &mut usage, &mut lock(&self.jobs), None, cx, polled, true)
+        self.admit(
+            step,
+            &mut queue,
+            &mut usage,
+            &mut lock(&self.jobs),
+            None,
+            cx,
+            polled,
+            true,
+        )
     }
 
     async fn restore(
@@ -535,7 +558,16 @@ impl AdmissionBackend for MemoryAdmission {
             waiters,
             reservations,
         };
-        self.admit(step, &mut queue, &mut usage, &mut lock(&self.jobs), None, cx, restored, true)
+        self.admit(
+            step,
+            &mut queue,
+            &mut usage,
+            &mut lock(&self.jobs),
+            None,
+            cx,
+            restored,
+            true,
+        )
     }
 
     async fn release(
@@ -557,7 +589,16 @@ impl AdmissionBackend for MemoryAdmission {
             (Outcome::Cancelled, None)
         };
         let report = usage.settle(now, reservation, actual, outcome, release.latency.as_ref());
-        self.admit(step, &mut queue, &mut usage, &mut lock(&self.jobs), None, cx, report, false)
+        self.admit(
+            step,
+            &mut queue,
+            &mut usage,
+            &mut lock(&self.jobs),
+            None,
+            cx,
+            report,
+            false,
+        )
     }
 
     async fn cancel(
@@ -600,7 +641,16 @@ impl AdmissionBackend for MemoryAdmission {
             }
             outcome
         };
-        self.admit(step, &mut queue, &mut usage, &mut lock(&self.jobs), None, cx, outcome, false)
+        self.admit(
+            step,
+            &mut queue,
+            &mut usage,
+            &mut lock(&self.jobs),
+            None,
+            cx,
+            outcome,
+            false,
+        )
     }
 
     async fn submit_job(
@@ -652,10 +702,17 @@ impl AdmissionBackend for MemoryAdmission {
         let meta = entry.meta();
         let queued = SubmitOutcome::Queued {
             position: None,
-            not_before_ms: usage.not_before(now, step.candidates, meta.est_tokens, meta.prompt_tokens),
+            not_before_ms: usage.not_before(
+                now,
+                step.candidates,
+                meta.est_tokens,
+                meta.prompt_tokens,
+            ),
             score: enqueued.score,
         };
-        let mut reply = self.admit(step, &mut queue, &mut usage, &mut jobs, None, cx, queued, true)?;
+        let mut reply = self.admit(
+            step, &mut queue, &mut usage, &mut jobs, None, cx, queued, true,
+        )?;
         if let SubmitOutcome::Queued { position, .. } = &mut reply.outcome {
             *position = queue.position(step.group, entry);
         }
@@ -783,7 +840,16 @@ impl JobStore for MemoryAdmission {
             match entry {
                 Some(entry) if queued => {
                     if entry.deadline_passed(now) {
-                        jobs.finish(&mut queue, id, &member, now, 408, false, errors.timeout, ttl);
+                        jobs.finish(
+                            &mut queue,
+                            id,
+                            &member,
+                            now,
+                            408,
+                            false,
+                            errors.timeout,
+                            ttl,
+                        );
                         JobState::Finished
                     } else {
                         JobState::Queued {
@@ -827,7 +893,16 @@ impl JobStore for MemoryAdmission {
             }
             Some(_) => {}
         }
-        jobs.finish(&mut queue, id, entry.member(), now, end.status, end.ok, end.body, ttl);
+        jobs.finish(
+            &mut queue,
+            id,
+            entry.member(),
+            now,
+            end.status,
+            end.ok,
+            end.body,
+            ttl,
+        );
         Ok(true)
     }
 

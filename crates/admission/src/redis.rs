@@ -14,14 +14,14 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use usage_tracker::{Candidate, Outcome, Reservation, SettleReport};
 
-use crate::lock;
 use crate::jobs::{
     Claim, Claimed, JobCancel, JobEnd, JobErrors, JobGrant, JobId, JobState, JobStore, JobView,
     NewJob,
 };
+use crate::lock;
 use crate::step::{
-    AdmissionBackend, JOB_WAKE, CancelOutcome, Grant, GrantPayload, Place, Polled, Release, Restore,
-    Restored, Step, StepReply, Submit, SubmitOutcome,
+    AdmissionBackend, CancelOutcome, Grant, GrantPayload, Place, Polled, Release, Restore,
+    Restored, Step, StepReply, Submit, SubmitOutcome, JOB_WAKE,
 };
 
 /// queue-core's and usage-tracker's fragments followed by admission's body: one atomic step, called as a
@@ -39,7 +39,11 @@ static ADMIT_STEP: LazyLock<StepFunction> = LazyLock::new(|| {
 
 /// queue-core's fragment followed by the steps on one job's record.
 static JOB_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| {
-    let source = [queue_core::lua::QUEUE_FRAGMENT, include_str!("lua/job_v1.lua")].join("\n");
+    let source = [
+        queue_core::lua::QUEUE_FRAGMENT,
+        include_str!("lua/job_v1.lua"),
+    ]
+    .join("\n");
     redis::Script::new(&source)
 });
 
@@ -168,7 +172,12 @@ impl RedisAdmission {
     }
 
     /// The `job_v1` invocation of `mode` on job `id` (member `member`, `""` where the script reads it).
-    fn job_invocation(&self, id: &JobId, mode: &str, member: &str) -> redis::ScriptInvocation<'static> {
+    fn job_invocation(
+        &self,
+        id: &JobId,
+        mode: &str,
+        member: &str,
+    ) -> redis::ScriptInvocation<'static> {
         let keys = self.keyspace.group(id.group());
         let mut inv = JOB_SCRIPT.prepare_invoke();
         inv.key(keys.job(&id.key().simple().to_string()))
@@ -566,7 +575,7 @@ pub(crate) fn record_fields(job: &NewJob<'_>) -> Vec<(String, String)> {
 
 /// `{field1, value1, ...}` from `start`, into a map.
 fn record_map(values: &[redis::Value]) -> Result<HashMap<String, String>, BackendError> {
-    if values.len() % 2 != 0 {
+    if !values.len().is_multiple_of(2) {
         return Err(bad("job record of odd length"));
     }
     values

@@ -23,8 +23,8 @@ use tokio_util::sync::CancellationToken;
 use usage_tracker::{Candidate, CandidateOrder, Outcome, Reservation, SettleReport};
 
 use crate::error::AdmissionError;
-use crate::lock;
 use crate::jobs::{Claim, JobGrant, NewJob};
+use crate::lock;
 use crate::step::{
     reservation_on, AdmissionBackend, AdmissionSettings, Grant, GrantPayload, Place, Release,
     Restore, Step, StepReply, Submit, SubmitOutcome, JOB_WAKE,

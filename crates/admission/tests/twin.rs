@@ -241,10 +241,22 @@ const ERRORS: JobErrors<'static> = JobErrors {
 async fn job_step(store: &dyn JobStore, id: &JobId, entry: &Entry, kind: u8, now: u64) -> String {
     let reply = match kind {
         0 => store
-            .finish_job(id, entry, &JobEnd { status: 200, ok: true, body: "{\"ok\":1}" }, JOB_TTL)
+            .finish_job(
+                id,
+                entry,
+                &JobEnd {
+                    status: 200,
+                    ok: true,
+                    body: "{\"ok\":1}",
+                },
+                JOB_TTL,
+            )
             .await
             .map(|r| format!("{r:?}")),
-        1 => store.hand_back_job(id, entry).await.map(|r| format!("{r:?}")),
+        1 => store
+            .hand_back_job(id, entry)
+            .await
+            .map(|r| format!("{r:?}")),
         2 => store
             .renew_job(id, entry, now + JOB_LEASE_MS)
             .await
@@ -511,9 +523,17 @@ async fn run_case(
                 let (redis_jobs, memory_jobs) = twins.job_keys().await.map_err(|e| fail(&e))?;
                 prop_assert_eq!(&redis_jobs, &memory_jobs, "jobs after step {} {:?}", i, op);
                 let redis_state = twins.redis_state().await.map_err(|e| fail(&e))?;
-                prop_assert_eq!(&redis_state, &twins.memory_state(), "state after step {} {:?}", i, op);
+                prop_assert_eq!(
+                    &redis_state,
+                    &twins.memory_state(),
+                    "state after step {} {:?}",
+                    i,
+                    op
+                );
                 let mut seen = lock(seen);
-                *seen.entry(JOB_STEPS[usize::from(*kind).min(5)]).or_default() += 1;
+                *seen
+                    .entry(JOB_STEPS[usize::from(*kind).min(5)])
+                    .or_default() += 1;
                 continue;
             }
             Op::Flush => {

@@ -67,11 +67,7 @@ pub(crate) fn job_caller(master_key: Option<&MasterKey>, headers: &HeaderMap) ->
         || "anonymous".to_owned(),
         |key| {
             let digest = ring::digest::digest(&ring::digest::SHA256, key.as_bytes());
-            digest
-                .as_ref()
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect()
+            digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
         },
     );
     let admin = match (master_key, key) {

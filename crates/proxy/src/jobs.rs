@@ -40,7 +40,8 @@ async fn submit_inner(
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Value, ApiError> {
-    let body = body.map_err(|rejection| crate::routes::body_error(&rejection, state.max_request_size()))?;
+    let body =
+        body.map_err(|rejection| crate::routes::body_error(&rejection, state.max_request_size()))?;
     let (endpoint, body) = split_endpoint(&body)?;
     let mut parsed = request::parse(endpoint, &body, false)?;
     parsed.router_request.overrides_allowed =

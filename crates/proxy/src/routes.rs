@@ -52,10 +52,7 @@ pub fn app(state: AppState) -> axum::Router {
         .route("/v1/queue/chat/completions", post(queue_chat_completions))
         .route("/queue/request", post(jobs::submit))
         .route("/v1/queue/request", post(jobs::submit))
-        .route(
-            "/queue/response/{id}",
-            get(jobs::read).delete(jobs::cancel),
-        )
+        .route("/queue/response/{id}", get(jobs::read).delete(jobs::cancel))
         .route(
             "/v1/queue/response/{id}",
             get(jobs::read).delete(jobs::cancel),

@@ -42,7 +42,11 @@ async fn count(conn: &redis::aio::MultiplexedConnection, cmd: &str, key: &str) -
 
 /// Nothing of the group's jobs is left in its queue, jobs hash, job runs or in-flight leases, and every job
 /// record has an expiry (`job_ttl`).
-async fn assert_clean(redis: &RedisServer, conn: &redis::aio::MultiplexedConnection, deployment: &str) {
+async fn assert_clean(
+    redis: &RedisServer,
+    conn: &redis::aio::MultiplexedConnection,
+    deployment: &str,
+) {
     let base = format!("{}{{shared}}", redis.prefix());
     let keys = [
         ("ZCARD", format!("{base}:q")),
@@ -67,7 +71,11 @@ async fn assert_clean(redis: &RedisServer, conn: &redis::aio::MultiplexedConnect
     let mut c = conn.clone();
     for key in redis.keys().await.unwrap() {
         if key.contains(":job:") {
-            let ttl: i64 = redis::cmd("PTTL").arg(&key).query_async(&mut c).await.unwrap();
+            let ttl: i64 = redis::cmd("PTTL")
+                .arg(&key)
+                .query_async(&mut c)
+                .await
+                .unwrap();
             assert!(ttl > 0, "job record {key} has no expiry ({ttl})");
         }
     }
@@ -167,7 +175,11 @@ async fn jobs_and_synchronous_requests_obey_one_priority_order() {
         }));
         tokio::spawn(async move { request.send().await.map(|r| r.status().as_u16()).ok() })
     };
-    assert!(upstream.wait_for_in_flight(1, Duration::from_secs(10)).await);
+    assert!(
+        upstream
+            .wait_for_in_flight(1, Duration::from_secs(10))
+            .await
+    );
     let started = Instant::now();
     let mut ids = Vec::new();
     for i in 0..20 {
@@ -178,10 +190,12 @@ async fn jobs_and_synchronous_requests_obey_one_priority_order() {
     }
     let mut sync = Vec::new();
     for i in 0..3 {
-        let request = http.post(replicas[i % 3].url("/v1/chat/completions")).json(&json!({
-            "model": "shared", "messages": [{"role": "user", "content": "now"}],
-            "user": format!("sync-p5-{i}"), "priority": 5,
-        }));
+        let request = http
+            .post(replicas[i % 3].url("/v1/chat/completions"))
+            .json(&json!({
+                "model": "shared", "messages": [{"role": "user", "content": "now"}],
+                "user": format!("sync-p5-{i}"), "priority": 5,
+            }));
         sync.push(tokio::spawn(async move {
             request.send().await.map(|r| r.status().as_u16()).ok()
         }));
@@ -230,10 +244,15 @@ async fn the_jobs_of_a_killed_replica_run_again_on_the_others() {
     let mut a = Proxy::start(&config, &[]).unwrap();
     let mut ids = Vec::new();
     for i in 0..30 {
-        ids.push((format!("job-{i:02}"), submit(&http, &a, &format!("job-{i:02}"), 0).await));
+        ids.push((
+            format!("job-{i:02}"),
+            submit(&http, &a, &format!("job-{i:02}"), 0).await,
+        ));
     }
     assert!(
-        upstream.wait_for_in_flight(4, Duration::from_secs(10)).await,
+        upstream
+            .wait_for_in_flight(4, Duration::from_secs(10))
+            .await,
         "A did not run four jobs"
     );
     let on_a: Vec<String> = upstream.requests().iter().map(tag_of).collect();
@@ -260,7 +279,11 @@ async fn the_jobs_of_a_killed_replica_run_again_on_the_others() {
         "the jobs took {took:?} after the kill"
     );
     let calls = upstream.request_count();
-    assert_eq!(calls, 30 + on_a.len(), "upstream calls beyond 30 are A's runs only");
+    assert_eq!(
+        calls,
+        30 + on_a.len(),
+        "upstream calls beyond 30 are A's runs only"
+    );
     for (tag, n) in &attempts {
         let want = if on_a.contains(tag) { 2 } else { 1 };
         assert_eq!(*n, want, "attempts of {tag} (A ran {on_a:?})");
@@ -289,9 +312,17 @@ async fn sigterm_lets_running_jobs_finish_within_the_grace_period_and_hands_back
     )
     .unwrap();
     let long = submit(&http, &a, "long", 0).await;
-    assert!(upstream.wait_for_in_flight(1, Duration::from_secs(10)).await);
+    assert!(
+        upstream
+            .wait_for_in_flight(1, Duration::from_secs(10))
+            .await
+    );
     let short = submit(&http, &a, "short", 0).await;
-    assert!(upstream.wait_for_in_flight(2, Duration::from_secs(10)).await);
+    assert!(
+        upstream
+            .wait_for_in_flight(2, Duration::from_secs(10))
+            .await
+    );
     a.terminate();
     let status = a
         .wait_exit(Duration::from_secs(15))
@@ -299,12 +330,15 @@ async fn sigterm_lets_running_jobs_finish_within_the_grace_period_and_hands_back
     assert!(status.success(), "A exited with {status}");
     let log = a.output();
     let signal_at = log.find("shutdown signal").unwrap_or(usize::MAX);
-    let short_end = log
-        .find(&format!("job run ended job={short}"))
-        .unwrap_or(0);
-    assert!(short_end > signal_at, "the short job did not end on A after the signal:\n{log}");
+    let short_end = log.find(&format!("job run ended job={short}")).unwrap_or(0);
     assert!(
-        log.contains(&format!("job handed back at its place in the queue job={long}")),
+        short_end > signal_at,
+        "the short job did not end on A after the signal:\n{log}"
+    );
+    assert!(
+        log.contains(&format!(
+            "job handed back at its place in the queue job={long}"
+        )),
         "A did not hand the long job back:\n{log}"
     );
 

@@ -60,7 +60,11 @@ async fn send(app: &axum::Router, req: Request<Body>) -> (StatusCode, Value) {
 }
 
 async fn submit(app: &axum::Router, body: Value) -> (StatusCode, Value) {
-    send(app, request(Method::POST, "/queue/request", Some(body), KEY)).await
+    send(
+        app,
+        request(Method::POST, "/queue/request", Some(body), KEY),
+    )
+    .await
 }
 
 async fn poll(app: &axum::Router, id: &str, wait: u32) -> (StatusCode, Value) {
@@ -91,7 +95,10 @@ fn assert_error(status: StatusCode, body: &Value, want: u16, needle: &str) {
         assert!(error.get(field).is_some(), "missing error.{field}: {body}");
     }
     let message = error["message"].as_str().unwrap_or_default();
-    assert!(message.contains(needle), "{message:?} should mention {needle:?}");
+    assert!(
+        message.contains(needle),
+        "{message:?} should mention {needle:?}"
+    );
 }
 
 fn chat(model: &str, extra: Value) -> Value {
@@ -124,7 +131,12 @@ async fn the_seed_flow_submit_poll_and_read_the_result() {
     // The same body on the synchronous route answers the same shape.
     let (status, sync) = send(
         &app,
-        request(Method::POST, "/v1/chat/completions", Some(chat("gpt-4o", json!({}))), KEY),
+        request(
+            Method::POST,
+            "/v1/chat/completions",
+            Some(chat("gpt-4o", json!({}))),
+            KEY,
+        ),
     )
     .await;
     assert_eq!(status, StatusCode::OK);
@@ -190,11 +202,19 @@ async fn cancels_timeouts_and_finished_jobs() {
     let (status, job) = poll(&app, &second, 0).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(job["status"], "queued", "{job}");
-    assert!(job["position"].as_u64().is_some() && job["eta"].as_f64().is_some(), "{job}");
+    assert!(
+        job["position"].as_u64().is_some() && job["eta"].as_f64().is_some(),
+        "{job}"
+    );
 
     let (status, cancelled) = send(
         &app,
-        request(Method::DELETE, &format!("/queue/response/{second}"), None, KEY),
+        request(
+            Method::DELETE,
+            &format!("/queue/response/{second}"),
+            None,
+            KEY,
+        ),
     )
     .await;
     assert_eq!(status, StatusCode::OK, "{cancelled}");
@@ -202,7 +222,10 @@ async fn cancels_timeouts_and_finished_jobs() {
     assert_eq!(cancelled["error"]["code"], "cancelled", "{cancelled}");
 
     let done = finished(&app, &first, Duration::from_secs(10)).await;
-    assert_eq!(done["result"]["choices"][0]["message"]["content"], "slow answer");
+    assert_eq!(
+        done["result"]["choices"][0]["message"]["content"],
+        "slow answer"
+    );
     // The cancelled job never ran: its poll still answers the cancellation.
     let (_, again) = poll(&app, &second, 0).await;
     assert_eq!(again["error"]["code"], "cancelled", "{again}");
@@ -211,7 +234,12 @@ async fn cancels_timeouts_and_finished_jobs() {
     // Cancelling a finished job is a clear 409.
     let (status, body) = send(
         &app,
-        request(Method::DELETE, &format!("/queue/response/{first}"), None, KEY),
+        request(
+            Method::DELETE,
+            &format!("/queue/response/{first}"),
+            None,
+            KEY,
+        ),
     )
     .await;
     assert_error(status, &body, 409, "finished already");
@@ -223,7 +251,12 @@ async fn cancels_timeouts_and_finished_jobs() {
     let job = finished(&app, &late, Duration::from_secs(10)).await;
     assert_eq!(job["status_code"], 408, "{job}");
     assert_eq!(job["error"]["type"], "timeout_error", "{job}");
-    finished(&app, holder["id"].as_str().unwrap(), Duration::from_secs(10)).await;
+    finished(
+        &app,
+        holder["id"].as_str().unwrap(),
+        Duration::from_secs(10),
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -231,9 +264,17 @@ async fn bad_input_gets_openai_shaped_errors() {
     let app = app_for_test().await;
     let cases = [
         (json!({"model": "gpt-4o"}), 400, "messages"),
-        (chat("gpt-4o", json!({"stream": true})), 400, "jobs return whole answers"),
+        (
+            chat("gpt-4o", json!({"stream": true})),
+            400,
+            "jobs return whole answers",
+        ),
         (chat("gpt-4o", json!({"priority": -1})), 400, "priority"),
-        (chat("gpt-4o", json!({"endpoint": "images"})), 400, "endpoint"),
+        (
+            chat("gpt-4o", json!({"endpoint": "images"})),
+            400,
+            "endpoint",
+        ),
         (chat("no-such-model", json!({})), 400, "no-such-model"),
     ];
     for (body, want, needle) in cases {
@@ -251,13 +292,23 @@ async fn bad_input_gets_openai_shaped_errors() {
     assert_error(status, &body, 404, "no job");
     let (status, body) = send(
         &app,
-        request(Method::DELETE, &format!("/queue/response/{unknown}"), None, KEY),
+        request(
+            Method::DELETE,
+            &format!("/queue/response/{unknown}"),
+            None,
+            KEY,
+        ),
     )
     .await;
     assert_error(status, &body, 404, "no job");
     let (status, body) = send(
         &app,
-        request(Method::GET, &format!("/queue/response/{unknown}?wait=soon"), None, KEY),
+        request(
+            Method::GET,
+            &format!("/queue/response/{unknown}?wait=soon"),
+            None,
+            KEY,
+        ),
     )
     .await;
     assert_error(status, &body, 400, "wait");
@@ -265,13 +316,23 @@ async fn bad_input_gets_openai_shaped_errors() {
     // Without the master key nothing is read or submitted.
     let (status, _) = send(
         &app,
-        request(Method::POST, "/queue/request", Some(chat("gpt-4o", json!({}))), "sk-wrong"),
+        request(
+            Method::POST,
+            "/queue/request",
+            Some(chat("gpt-4o", json!({}))),
+            "sk-wrong",
+        ),
     )
     .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     let (status, _) = send(
         &app,
-        request(Method::GET, &format!("/queue/response/{unknown}"), None, "sk-wrong"),
+        request(
+            Method::GET,
+            &format!("/queue/response/{unknown}"),
+            None,
+            "sk-wrong",
+        ),
     )
     .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);

@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use crate::entry::{Enqueued, JOB_OWNER, Entry, Grant, Popped, Priority, Queued, Score};
+use crate::entry::{Enqueued, Entry, Grant, Popped, Priority, Queued, Score, JOB_OWNER};
 use crate::QueueError;
 
 /// All groups' queues, owner leases and grants of one process; the in-memory twin of the Redis keys.
@@ -47,13 +47,12 @@ impl GroupState {
         owner == JOB_OWNER
             || self
                 .owners
-            .get(owner)
-            .is_some_and(|&expiry| expiry >= now_ms)
+                .get(owner)
+                .is_some_and(|&expiry| expiry >= now_ms)
     }
 
     fn is_live(&self, entry: &Entry, now_ms: u64) -> bool {
-        entry.is_job()
-            || !entry.deadline_passed(now_ms) && self.owner_alive(entry.owner(), now_ms)
+        entry.is_job() || !entry.deadline_passed(now_ms) && self.owner_alive(entry.owner(), now_ms)
     }
 
     fn remove(&mut self, member: &str) -> Option<(u64, Entry)> {
@@ -351,7 +350,7 @@ impl QueueState {
         owner == JOB_OWNER
             || self
                 .group(group)
-            .is_some_and(|g| g.owner_alive(owner, now_ms))
+                .is_some_and(|g| g.owner_alive(owner, now_ms))
     }
 
     /// The stored state of one group, in the form both twins can be read into (the twin property tests

@@ -247,24 +247,27 @@ impl BackendHandle {
                     RedisAdmission::new(connection.clone(), client, keyspace.clone(), window);
                 let (admission, jobs, failover): (Arc<dyn AdmissionBackend>, Arc<dyn JobStore>, _) =
                     match failure_mode {
-                    RedisFailureMode::Closed => {
-                        let redis_admission = Arc::new(redis_admission);
-                        (redis_admission.clone(), redis_admission, None)
-                    }
-                    RedisFailureMode::Open => {
-                        let local = MemoryAdmission::new(
-                            Arc::new(Mutex::new(QueueState::new())),
-                            Arc::new(Mutex::new(usage_tracker::UsageState::new(
-                                window,
-                                UsageSettings::default().latency_ewma_alpha,
-                            ))),
-                            Clock::new(),
-                        );
-                        let failover =
-                            Arc::new(FailoverAdmission::new(redis_admission, local, probe_every));
-                        (failover.clone(), failover.clone(), Some(failover))
-                    }
-                };
+                        RedisFailureMode::Closed => {
+                            let redis_admission = Arc::new(redis_admission);
+                            (redis_admission.clone(), redis_admission, None)
+                        }
+                        RedisFailureMode::Open => {
+                            let local = MemoryAdmission::new(
+                                Arc::new(Mutex::new(QueueState::new())),
+                                Arc::new(Mutex::new(usage_tracker::UsageState::new(
+                                    window,
+                                    UsageSettings::default().latency_ewma_alpha,
+                                ))),
+                                Clock::new(),
+                            );
+                            let failover = Arc::new(FailoverAdmission::new(
+                                redis_admission,
+                                local,
+                                probe_every,
+                            ));
+                            (failover.clone(), failover.clone(), Some(failover))
+                        }
+                    };
                 let queue = RedisQueue::from_connection(
                     connection.clone(),
                     RedisQueueSettings {

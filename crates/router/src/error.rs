@@ -111,7 +111,9 @@ pub enum RouterError {
     #[error("the job was cancelled")]
     JobCancelled,
     /// Every run a job may start (`job_max_attempts`) was started and none ended (its runners stopped).
-    #[error("the job was started {attempts} times and its runner stopped each time (job_max_attempts)")]
+    #[error(
+        "the job was started {attempts} times and its runner stopped each time (job_max_attempts)"
+    )]
     JobAttemptsExhausted {
         /// Runs started.
         attempts: u32,

@@ -306,7 +306,13 @@ impl Jobs {
                 self.stats.refused.fetch_add(1, Ordering::Relaxed);
                 Err(RouterError::QueueFull {
                     group: group.to_string(),
-                    retry_after: Some(self.topology.policy().queue.polling_interval.max(Duration::from_secs(1))),
+                    retry_after: Some(
+                        self.topology
+                            .policy()
+                            .queue
+                            .polling_interval
+                            .max(Duration::from_secs(1)),
+                    ),
                 })
             }
             SubmitOutcome::Granted { .. } => Err(RouterError::Internal(
@@ -446,10 +452,7 @@ impl Jobs {
         let mut starts = lock(&self.starts);
         let seen = starts.entry(group.to_owned()).or_default();
         let horizon = Duration::from_secs(60);
-        while seen
-            .front()
-            .is_some_and(|t| t.elapsed() > horizon)
-        {
+        while seen.front().is_some_and(|t| t.elapsed() > horizon) {
             seen.pop_front();
         }
         let rate = match seen.front() {
@@ -496,9 +499,10 @@ impl Jobs {
                 if self.stop.is_cancelled() {
                     return;
                 }
-                let free = self.settings.workers.saturating_sub(
-                    u32::try_from(self.running()).unwrap_or(u32::MAX),
-                );
+                let free = self
+                    .settings
+                    .workers
+                    .saturating_sub(u32::try_from(self.running()).unwrap_or(u32::MAX));
                 if free == 0 {
                     break;
                 }
@@ -519,7 +523,12 @@ impl Jobs {
         }
     }
 
-    fn spawn_run(self: &Arc<Self>, group: Arc<str>, grant: JobGrant, reservation: Option<Reservation>) {
+    fn spawn_run(
+        self: &Arc<Self>,
+        group: Arc<str>,
+        grant: JobGrant,
+        reservation: Option<Reservation>,
+    ) {
         let id = JobId::of_entry(&grant.entry, &group);
         let key = id.to_string();
         let entry = grant.entry.clone();
@@ -549,9 +558,7 @@ impl Jobs {
         let end = match grant.payload {
             GrantPayload::Expired => Err(RouterError::QueueTimeout {
                 group: group.to_string(),
-                waited: Duration::from_millis(
-                    now_ms().saturating_sub(entry.meta().deadline_ms),
-                ),
+                waited: Duration::from_millis(now_ms().saturating_sub(entry.meta().deadline_ms)),
             }),
             GrantPayload::Exhausted => Err(RouterError::JobAttemptsExhausted {
                 attempts: grant.attempts,
@@ -564,7 +571,14 @@ impl Jobs {
             }),
             GrantPayload::Granted { .. } => {
                 let Some(reservation) = reservation else {
-                    self.finish(&id, entry, Err(RouterError::Internal("the job's grant names an unknown deployment".into()))).await;
+                    self.finish(
+                        &id,
+                        entry,
+                        Err(RouterError::Internal(
+                            "the job's grant names an unknown deployment".into(),
+                        )),
+                    )
+                    .await;
                     return;
                 };
                 self.capacity.adopt(&reservation);
@@ -575,7 +589,16 @@ impl Jobs {
                         self.capacity.give_back(&reservation).await;
                         let _ = self
                             .store
-                            .finish_job(&id, entry, &JobEnd { status: 499, ok: false, body: "{}" }, self.settings.ttl)
+                            .finish_job(
+                                &id,
+                                entry,
+                                &JobEnd {
+                                    status: 499,
+                                    ok: false,
+                                    body: "{}",
+                                },
+                                self.settings.ttl,
+                            )
                             .await;
                         return;
                     }
@@ -652,7 +675,11 @@ impl Jobs {
             body: &body,
         };
         tracing::debug!(job = %id, status, "job run ended");
-        match self.store.finish_job(id, entry, &job_end, self.settings.ttl).await {
+        match self
+            .store
+            .finish_job(id, entry, &job_end, self.settings.ttl)
+            .await
+        {
             Ok(true) => self.stats.finished(id.group(), outcome),
             Ok(false) => {}
             // The runner lease lapses; the job runs again (at-least-once).
@@ -666,7 +693,9 @@ impl Jobs {
                 self.stats.handed_back.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(job = %id, held, "job handed back at its place in the queue");
             }
-            Err(e) => tracing::warn!(job = %id, "handing a job back failed (its runner lease lapses): {e}"),
+            Err(e) => {
+                tracing::warn!(job = %id, "handing a job back failed (its runner lease lapses): {e}")
+            }
         }
     }
 
@@ -721,7 +750,10 @@ fn cache_json(c: &CacheControl) -> Value {
 }
 
 /// The request a job's record describes, with what is left of its deadline as its timeout.
-fn request_of(record: &HashMap<String, String>, entry: &Entry) -> Result<RouterRequest, RouterError> {
+fn request_of(
+    record: &HashMap<String, String>,
+    entry: &Entry,
+) -> Result<RouterRequest, RouterError> {
     let bad = |what: &str| RouterError::Internal(format!("the job's record has no valid {what}"));
     let endpoint = match record.get("endpoint").map(String::as_str) {
         Some("chat_completions") => Endpoint::ChatCompletions,
@@ -741,7 +773,10 @@ fn request_of(record: &HashMap<String, String>, entry: &Entry) -> Result<RouterR
         .get("priority")
         .and_then(|p| p.parse::<u32>().ok())
         .and_then(|p| Priority::new(p).ok());
-    req.cache = match record.get("cache").map(|c| serde_json::from_str::<Value>(c)) {
+    req.cache = match record
+        .get("cache")
+        .map(|c| serde_json::from_str::<Value>(c))
+    {
         Some(Ok(v)) => CacheControl::from_json(&v)?,
         _ => CacheControl::default(),
     };

@@ -137,10 +137,16 @@ pub(super) fn policy(
         },
     };
     if queue.jobs.max_attempts == 0 {
-        return Err(RouterError::config(p("job_max_attempts"), "must be at least 1"));
+        return Err(RouterError::config(
+            p("job_max_attempts"),
+            "must be at least 1",
+        ));
     }
     if queue.jobs.lease < Duration::from_millis(300) {
-        return Err(RouterError::config(p("job_lease"), "must be at least 0.3 seconds"));
+        return Err(RouterError::config(
+            p("job_lease"),
+            "must be at least 0.3 seconds",
+        ));
     }
     if queue.polling_interval.is_zero() {
         return Err(RouterError::config(

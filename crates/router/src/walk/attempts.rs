@@ -131,20 +131,21 @@ impl Attempts {
             };
             let (reservation, waited) = match granted {
                 Some(reservation) => (reservation, Duration::ZERO),
-                None => self
-                .capacity
-                .acquire(AdmitRequest {
-                    group: group.name.as_str().into(),
-                    candidates,
-                    order,
-                    est_tokens: job.est_tokens,
-                    prompt_tokens: job.prompt_tokens,
-                    priority: job.priority,
-                    deadline: job.deadline,
-                    force_queue: job.force_queue,
-                    retry: job.attempts > 0,
-                })
-                .await?,
+                None => {
+                    self.capacity
+                        .acquire(AdmitRequest {
+                            group: group.name.as_str().into(),
+                            candidates,
+                            order,
+                            est_tokens: job.est_tokens,
+                            prompt_tokens: job.prompt_tokens,
+                            priority: job.priority,
+                            deadline: job.deadline,
+                            force_queue: job.force_queue,
+                            retry: job.attempts > 0,
+                        })
+                        .await?
+                }
             };
             job.queue_wait += waited;
             // From here the request may be dropped at any await (client gone): the guard settles it.

@@ -63,7 +63,8 @@ impl Walk {
         }
         if req.is_stream() {
             return Err(RouterError::BadRequest {
-                message: "`stream` is not supported for queued jobs: jobs return whole answers".into(),
+                message: "`stream` is not supported for queued jobs: jobs return whole answers"
+                    .into(),
                 param: Some("stream".into()),
             });
         }
