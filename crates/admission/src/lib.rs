@@ -1,9 +1,9 @@
 //! Priority admission across replicas: the one place requests take and give back deployment capacity.
 //!
-//! Every request for a model group asks for capacity in one atomic **step** on the shared store. The steps
-//! (`submit`, `poll`, `release`, `cancel`, `restore`, `claim`); each is one run of `admit_v2.lua` on Redis (queue-core's
-//! and usage-tracker's Lua fragments followed by admission's body), or the same logic under one lock in
-//! memory. The step:
+//! Every request for a model group asks for capacity in one atomic **step** on the shared store. Each
+//! step (`submit`, `poll`, `release`, `cancel`, `restore`, `claim`) is one run of `admit_v2.lua` on Redis
+//! (queue-core's and usage-tracker's Lua fragments followed by admission's body), or the same logic under
+//! one lock in memory. The step:
 //! - `submit`: the fast path reserves a deployment at once when nobody of equal or better priority waits and
 //!   a deployment has headroom; otherwise the request is enqueued in the group's sorted set;
 //! - every step but the fast path then takes this replica's grants, gives back grants of replicas whose
