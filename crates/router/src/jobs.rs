@@ -174,6 +174,8 @@ pub(crate) struct Jobs {
     draining: std::sync::atomic::AtomicBool,
     /// A worker ended: claim again.
     kick: Notify,
+    /// A job finished here: long polls on this replica look again at once.
+    finished: Notify,
     /// Job starts this replica saw in the last minute, by group (for `eta`).
     starts: Mutex<HashMap<String, VecDeque<Instant>>>,
     stats: Arc<JobStats>,
@@ -221,6 +223,7 @@ impl Jobs {
             stop: CancellationToken::new(),
             draining: std::sync::atomic::AtomicBool::new(false),
             kick: Notify::new(),
+            finished: Notify::new(),
             starts: Mutex::new(HashMap::new()),
             stats: Arc::new(JobStats::default()),
             claimer: Mutex::new(None),
@@ -335,8 +338,11 @@ impl Jobs {
             if matches!(report.phase, JobPhase::Finished(_)) || Instant::now() >= until {
                 return Ok(report);
             }
+            // Jobs finished by this replica wake the poll at once; others are seen within WAIT_POLL.
+            let finished = self.finished.notified();
             tokio::select! {
                 () = tokio::time::sleep(WAIT_POLL.min(until.saturating_duration_since(Instant::now()))) => {}
+                () = finished => {}
                 () = self.stop.cancelled() => return Ok(report),
             }
         }
@@ -680,7 +686,10 @@ impl Jobs {
             .finish_job(id, entry, &job_end, self.settings.ttl)
             .await
         {
-            Ok(true) => self.stats.finished(id.group(), outcome),
+            Ok(true) => {
+                self.stats.finished(id.group(), outcome);
+                self.finished.notify_waiters();
+            }
             Ok(false) => {}
             // The runner lease lapses; the job runs again (at-least-once).
             Err(e) => tracing::warn!(job = %id, "finishing a job failed: {e}"),
