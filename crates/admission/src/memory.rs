@@ -257,11 +257,12 @@ impl MemoryAdmission {
         usage: &mut UsageState,
         jobs: &mut Jobs,
         claim: Option<(&Claim, &mut Vec<JobGrant>)>,
-        cx: Context,
+        mut cx: Context,
         outcome: T,
         read_depth: bool,
     ) -> Result<StepReply<T>, BackendError> {
         let now = cx.now;
+        let mut claimer_alive = false;
         let (mut slots, mut claimed) = match claim {
             Some((claim, out)) => (claim.slots, Some((claim, out))),
             None => (0, None),
@@ -316,6 +317,11 @@ impl MemoryAdmission {
                     job_waits = true;
                     break;
                 };
+                // The run's lease carries this replica: it must be alive in the group from now on.
+                if !claimer_alive {
+                    Self::heartbeat(step, queue, usage, &mut cx);
+                    claimer_alive = true;
+                }
                 job_attempts = attempts;
                 if entry.deadline_passed(now) {
                     payload = Some(GrantPayload::Expired);
@@ -727,9 +733,8 @@ impl AdmissionBackend for MemoryAdmission {
         let mut queue = lock(&self.queue);
         let mut usage = lock(&self.usage);
         let mut jobs = lock(&self.jobs);
-        let mut cx = self.context(step);
+        let cx = self.context(step);
         let now = cx.now;
-        Self::heartbeat(step, &mut queue, &mut usage, &mut cx);
         // Runs whose runner's lease lapsed: back at their place (at most 64 a step, in lease order).
         let g = jobs.group(step.group);
         let mut lapsed: Vec<(u64, String)> = g

@@ -341,3 +341,82 @@ async fn bad_input_gets_openai_shaped_errors() {
 fn hex(s: &str) -> String {
     s.bytes().map(|b| format!("{b:02x}")).collect()
 }
+
+/// Without a master key the API is open, and a job belongs to the key it was submitted with: another key
+/// (or none) gets 404, never the job.
+#[tokio::test]
+async fn another_key_never_sees_a_job() {
+    let config = Config::from_yaml_str(
+        r#"
+model_list:
+  - model_name: gpt-4o
+    litellm_params: { model: openai/gpt-4o, mock_response: "mine" }
+"#,
+    )
+    .unwrap();
+    let router = Router::new(config.router.clone(), Backend::Memory)
+        .await
+        .unwrap();
+    let app = app(AppState::new(router, &config));
+    let (status, ticket) = send(
+        &app,
+        request(
+            Method::POST,
+            "/queue/request",
+            Some(chat("gpt-4o", json!({}))),
+            "sk-owner",
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{ticket}");
+    let id = ticket["id"].as_str().unwrap();
+    let path = format!("/queue/response/{id}?wait=5");
+    let (status, job) = send(&app, request(Method::GET, &path, None, "sk-owner")).await;
+    assert_eq!(status, StatusCode::OK, "{job}");
+    assert_eq!(job["status"], "finished", "{job}");
+    for other in ["sk-someone-else", ""] {
+        let (status, body) = send(&app, request(Method::GET, &path, None, other)).await;
+        assert_error(status, &body, 404, "no job");
+        let cancel = format!("/queue/response/{id}");
+        let (status, body) = send(&app, request(Method::DELETE, &cancel, None, other)).await;
+        assert_error(status, &body, 404, "no job");
+    }
+}
+
+/// `max_queue_depth` counts jobs: a full queue answers 429 with Retry-After at once.
+#[tokio::test]
+async fn a_full_queue_refuses_jobs_with_429() {
+    let config = Config::from_yaml_str(&format!(
+        r#"
+model_list:
+  - model_name: gpt-4o
+    litellm_params: {{ model: openai/gpt-4o, mock_response: "x" }}
+router_settings:
+  max_queue_depth: 2
+  job_workers: 0
+general_settings:
+  master_key: {KEY}
+"#
+    ))
+    .unwrap();
+    let router = Router::new(config.router.clone(), Backend::Memory)
+        .await
+        .unwrap();
+    let app = app(AppState::new(router, &config));
+    for _ in 0..2 {
+        let (status, ticket) = submit(&app, chat("gpt-4o", json!({}))).await;
+        assert_eq!(status, StatusCode::OK, "{ticket}");
+    }
+    let response = app
+        .clone()
+        .oneshot(request(
+            Method::POST,
+            "/queue/request",
+            Some(chat("gpt-4o", json!({}))),
+            KEY,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(response.headers().contains_key(header::RETRY_AFTER));
+}

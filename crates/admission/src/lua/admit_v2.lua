@@ -203,7 +203,8 @@ if mode == 'submit' then
   status = 'queued'
   fields = { -1, u_not_before(cands, now, window_ms, entry.est, entry.prompt), score }
 elseif mode == 'claim' then
-  s_heartbeat()
+  -- The claimer heartbeats only when it takes a job (below): replicas that look for jobs and find none do
+  -- not join the group.
   job_slots, job_lease, job_max = tonumber(ARGV[e + 1]), tonumber(ARGV[e + 2]), tonumber(ARGV[e + 3])
   -- Runs whose runner's lease lapsed (the runner died or lost Redis): back at their place, so the head of
   -- the queue reaches them again in order; their attempts stay counted.
@@ -341,6 +342,7 @@ local granted = 0
 local woken = {}
 local jobs_out = {}
 local job_waits = false
+local claimer_alive = false
 if paused then next_ms = paused_until end
 while granted < max_grants and not paused do
   local member, score = q_head(k_q, k_owners, now, {})
@@ -360,6 +362,11 @@ while granted < max_grants and not paused do
       job_waits = true
       break
     else
+      -- The run's lease carries this replica: it must be alive in the group from now on.
+      if not claimer_alive then
+        s_heartbeat()
+        claimer_alive = true
+      end
       local _, attempts = s_job_meta(meta)
       job_attempts = attempts
       if entry.deadline ~= 0 and entry.deadline < now then
