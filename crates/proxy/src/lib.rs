@@ -6,7 +6,10 @@
 //!   router settings, unimplemented keys collected, the backend chosen by the router's
 //!   [`router::BackendChoice`] with this config's environment.
 //! - `master_key`: the master key ([`MasterKey`]), refused when publicly known, compared in constant time.
-//! - `auth`: the request check against the master key (the middleware of the protected routes).
+//! - `auth`: the request check (the middleware of the protected routes): the master key or a live virtual
+//!   key; who the caller is ([`Caller`], [`CallerIdentity`]).
+//! - `key_routes`: `/key/generate`, `/key/info`, `/key/update`, `/key/delete`, `/key/list`, and a virtual
+//!   key's rules on inference requests (models, priority floor and default, budget, limits, spend).
 //! - `request`: reading and validating inference bodies (`priority`, `timeout`, `cache`).
 //! - `routes`: [`app`], the axum router and its handlers; response headers.
 //! - `error`: [`ApiError`], the OpenAI-shaped error every handler answers with.
@@ -33,6 +36,7 @@ mod check;
 mod config;
 mod connection;
 mod error;
+mod key_routes;
 mod master_key;
 mod metrics;
 mod request;
@@ -40,6 +44,7 @@ mod routes;
 mod server;
 mod state;
 
+pub use auth::{Caller, CallerIdentity};
 pub use check::check_config;
 pub use config::{Config, ConfigError, ConnectionSettings};
 pub use error::ApiError;
