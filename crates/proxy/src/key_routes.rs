@@ -510,3 +510,99 @@ pub(crate) fn settle(
         keys.forget(&id);
     });
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use keys::{KeyId, KeyRecord};
+    use router::{Backend, Endpoint, Router, RouterRequest};
+    use serde_json::json;
+
+    use super::*;
+    use crate::auth::CallerIdentity;
+    use crate::config::Config;
+
+    async fn state() -> AppState {
+        let config = Config::from_yaml_str(
+            "model_list:\n  - model_name: g\n    litellm_params: { model: openai/g, mock_response: hi }\n\
+             router_settings: { default_priority: 128 }\ngeneral_settings: { master_key: sk-unit-test-master-1 }\n",
+        )
+        .unwrap();
+        let router = Router::new(config.router.clone(), Backend::Memory)
+            .await
+            .unwrap();
+        AppState::new(router, &config)
+    }
+
+    fn caller(floor: Option<u32>, default: Option<u32>) -> Caller {
+        let id = KeyId::of_secret("sk-unit-test-key-000");
+        Caller {
+            identity: CallerIdentity::Key(id.clone()),
+            key: Some(Arc::new(KeyRecord {
+                token: Some(id),
+                priority_floor: floor,
+                default_priority: default,
+                ..KeyRecord::default()
+            })),
+            overrides_allowed: false,
+        }
+    }
+
+    async fn priority_after(caller: &Caller, asked: Option<u32>) -> Result<Option<u32>, ApiError> {
+        let state = state().await;
+        let mut body = json!({"model": "g", "messages": [{"role": "user", "content": "hi"}]});
+        if let Some(p) = asked {
+            body["priority"] = json!(p);
+        }
+        let mut request = RouterRequest::from_json(Endpoint::ChatCompletions, body).unwrap();
+        request.priority = asked.map(|p| Priority::new(p).unwrap());
+        admit(&state, caller, &mut request).await?;
+        Ok(request.priority.map(Priority::get))
+    }
+
+    #[tokio::test]
+    async fn a_request_without_priority_gets_the_keys_default_or_the_floor() {
+        assert_eq!(
+            priority_after(&caller(None, Some(200)), None)
+                .await
+                .unwrap(),
+            Some(200)
+        );
+        assert_eq!(
+            priority_after(&caller(Some(50), None), None).await.unwrap(),
+            Some(128)
+        );
+        assert_eq!(
+            priority_after(&caller(Some(300), None), None)
+                .await
+                .unwrap(),
+            Some(300)
+        );
+        assert_eq!(
+            priority_after(&caller(None, None), None).await.unwrap(),
+            None
+        );
+        assert_eq!(
+            priority_after(&caller(Some(50), Some(60)), Some(50))
+                .await
+                .unwrap(),
+            Some(50)
+        );
+        let err = priority_after(&caller(Some(50), None), Some(0))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (err.status().as_u16(), err.param()),
+            (403, Some("priority"))
+        );
+    }
+
+    #[test]
+    fn token_estimates_count_text_and_max_tokens() {
+        let body = json!({"model": "g", "messages": [{"role": "user", "content": "hello world"}], "max_tokens": 100});
+        let request = RouterRequest::from_json(Endpoint::ChatCompletions, body).unwrap();
+        let est = estimate_tokens(&request);
+        assert!((110..130).contains(&est), "{est}");
+    }
+}

@@ -24,7 +24,10 @@ async fn generate(http: &reqwest::Client, proxy: &Proxy, body: Value) -> String 
         .json()
         .await
         .unwrap();
-    v["key"].as_str().unwrap_or_else(|| panic!("{v}")).to_owned()
+    v["key"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{v}"))
+        .to_owned()
 }
 
 /// A chat request with `key` to `proxy`: (status, when it was answered).
@@ -46,7 +49,9 @@ async fn keys_hold_across_replicas() {
     // Answers at once until the parallel part.
     let upstream = mock_answering_after(Duration::ZERO).await;
     let config = shared_group_config(&upstream.base_url(), &redis, "d1", 100, "");
-    let replicas: Vec<Proxy> = (0..3).map(|_| Proxy::start(&config, &[]).unwrap()).collect();
+    let replicas: Vec<Proxy> = (0..3)
+        .map(|_| Proxy::start(&config, &[]).unwrap())
+        .collect();
     let (a, b, c) = (&replicas[0], &replicas[1], &replicas[2]);
     let http = client();
     let mut secrets = Vec::new();
@@ -67,11 +72,18 @@ async fn keys_hold_across_replicas() {
     loop {
         let (status, at) = chat(a, &key).await;
         if status == 401 {
-            assert!(at - deleted_at < Duration::from_secs(1), "refused after {:?}", at - deleted_at);
+            assert!(
+                at - deleted_at < Duration::from_secs(1),
+                "refused after {:?}",
+                at - deleted_at
+            );
             break;
         }
         assert_eq!(status, 200);
-        assert!(deleted_at.elapsed() < Duration::from_secs(1), "A still serves the deleted key");
+        assert!(
+            deleted_at.elapsed() < Duration::from_secs(1),
+            "A still serves the deleted key"
+        );
     }
 
     // duration "2s": refused once it expired, on every replica.
@@ -90,8 +102,16 @@ async fn keys_hold_across_replicas() {
         async move { chat(proxy, &key).await.0 }
     });
     let statuses = futures::future::join_all(tries).await;
-    assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 5, "{statuses:?}");
-    assert_eq!(statuses.iter().filter(|s| **s == 429).count(), 10, "{statuses:?}");
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        5,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 429).count(),
+        10,
+        "{statuses:?}"
+    );
     assert_eq!(upstream.request_count(), 5);
 
     // max_parallel_requests 1: its three requests run one after another while another key's three run
@@ -105,15 +125,28 @@ async fn keys_hold_across_replicas() {
     let serial_runs = futures::future::join_all((0..3).map(|i| chat(&replicas[i], &serial)));
     let free_runs = futures::future::join_all((0..3).map(|i| chat(&replicas[i], &free)));
     let (serial_done, free_done) = tokio::join!(serial_runs, free_runs);
-    assert!(serial_done.iter().chain(&free_done).all(|(s, _)| *s == 200), "{serial_done:?} {free_done:?}");
+    assert!(
+        serial_done.iter().chain(&free_done).all(|(s, _)| *s == 200),
+        "{serial_done:?} {free_done:?}"
+    );
     let mut ends: Vec<Duration> = serial_done.iter().map(|(_, at)| *at - started).collect();
     ends.sort();
     for pair in ends.windows(2) {
-        assert!(pair[1] - pair[0] >= LATENCY - Duration::from_millis(50), "overlapping: {ends:?}");
+        assert!(
+            pair[1] - pair[0] >= LATENCY - Duration::from_millis(50),
+            "overlapping: {ends:?}"
+        );
     }
     let free_last = free_done.iter().map(|(_, at)| *at - started).max().unwrap();
-    assert!(free_last < ends[1], "the other key waited: {free_last:?} vs {ends:?}");
-    assert!(upstream.peak_in_flight() <= 4, "peak {}", upstream.peak_in_flight());
+    assert!(
+        free_last < ends[1],
+        "the other key waited: {free_last:?} vs {ends:?}"
+    );
+    assert!(
+        upstream.peak_in_flight() <= 4,
+        "peak {}",
+        upstream.peak_in_flight()
+    );
 
     // The short key expired by now (or soon): refused everywhere.
     while made.elapsed() < Duration::from_secs(2) {
@@ -128,7 +161,10 @@ async fn keys_hold_across_replicas() {
     for secret in &secrets {
         assert!(!stored.contains(&secret[3..]), "a secret is in Redis");
         for proxy in &replicas {
-            assert!(!proxy.output().contains(&secret[3..]), "a secret is in a log");
+            assert!(
+                !proxy.output().contains(&secret[3..]),
+                "a secret is in a log"
+            );
         }
     }
     assert!(!stored.contains(KEY) && replicas.iter().all(|p| !p.output().contains(KEY)));
