@@ -17,6 +17,9 @@ pub enum KeyError {
     /// A key given to generate exists already.
     #[error("a key with this secret exists already")]
     Exists,
+    /// A secret could not be encrypted or decrypted (wrong salt key, damaged value).
+    #[error("sealed secret: {0}")]
+    Sealing(&'static str),
     /// The store (Redis) failed or did not answer.
     #[error("key store: {0}")]
     Backend(#[from] BackendError),
@@ -35,7 +38,7 @@ impl KeyError {
         match self {
             Self::Invalid { param, .. } => *param,
             Self::Exists => Some("key"),
-            Self::Backend(_) => None,
+            Self::Backend(_) | Self::Sealing(_) => None,
         }
     }
 

@@ -22,6 +22,7 @@
 //! - `spec`: [`KeySpec`], reading `/key/generate` and `/key/update` bodies (400s name the field).
 //! - `store`: the [`KeyStore`] trait and the reservation types.
 //! - `memory`, `redis`: [`MemoryKeys`], [`RedisKeys`] (Lua scripts under `src/lua/`).
+//! - `seal`: [`seal`], [`open`]: upstream secrets of a key's own deployments, encrypted with a salt key.
 //! - `keys`: [`Keys`], the cache and [`Keys::acquire`] / [`Permit`].
 //! - `error`: [`KeyError`].
 //!
@@ -48,6 +49,7 @@ mod keys;
 mod memory;
 mod record;
 mod redis;
+mod seal;
 mod spec;
 mod store;
 
@@ -56,5 +58,6 @@ pub use keys::{Keys, Permit, Refusal, CACHE_TTL, SLOT_LEASE, SLOT_POLL, WINDOW};
 pub use memory::MemoryKeys;
 pub use record::{generate_secret, iso8601, key_name, KeyId, KeyLimits, KeyRecord};
 pub use redis::RedisKeys;
+pub use seal::{is_sealed, open, seal};
 pub use spec::{parse_duration, KeySpec, MAX_PRIORITY};
 pub use store::{KeyStore, KeyUsage, Release, Reservation, Reserve, UPDATABLE_FIELDS};

@@ -141,6 +141,10 @@ pub struct KeyRecord {
     pub priority_floor: Option<u32>,
     /// Priority of the key's requests that name none.
     pub default_priority: Option<u32>,
+    /// The key's own deployments (`{"model_list": [...]}`), served to this key only; literal upstream
+    /// `api_key`s in it are stored encrypted (see the proxy's `key_config`), `os.environ/` references as
+    /// they are.
+    pub config: Option<Value>,
 }
 
 impl KeyRecord {

@@ -37,6 +37,8 @@ pub struct KeySpec {
     pub priority_floor: Option<Option<u32>>,
     /// `default_priority`.
     pub default_priority: Option<Option<u32>>,
+    /// `config`: a JSON object (its `model_list` is checked by the caller, who knows the deployments).
+    pub config: Option<Option<Value>>,
     /// Body fields this server does not know (LiteLLM clients send `team_id`, `user_id`, ...).
     pub ignored_fields: Vec<String>,
 }
@@ -104,11 +106,14 @@ impl KeySpec {
                 "rpm_limit" => spec.rpm_limit = Some(nullable(value, "rpm_limit", count)?),
                 "tpm_limit" => spec.tpm_limit = Some(nullable(value, "tpm_limit", count)?),
                 "max_parallel_requests" => {
-                    spec.max_parallel_requests =
-                        Some(nullable(value, "max_parallel_requests", |v| match count(v)? {
+                    spec.max_parallel_requests = Some(nullable(
+                        value,
+                        "max_parallel_requests",
+                        |v| match count(v)? {
                             0 => Err("at least 1 (0 would block every request)".to_owned()),
                             n => Ok(n),
-                        })?);
+                        },
+                    )?);
                 }
                 "max_budget" => {
                     spec.max_budget = Some(nullable(value, "max_budget", |v| match v.as_f64() {
@@ -135,11 +140,12 @@ impl KeySpec {
                     spec.default_priority = Some(nullable(value, "default_priority", priority)?);
                 }
                 "config" => {
-                    return Err(KeyError::invalid(
-                        Some("config"),
-                        "per-key deployments (`config`) are not supported by this server yet; \
-                         add the deployment to the proxy's model_list and list its group in `models`",
-                    ))
+                    spec.config = Some(nullable(value, "config", |v| match v {
+                        Value::Object(m) if m.get("model_list").is_some_and(Value::is_array) => {
+                            Ok(v.clone())
+                        }
+                        _ => Err("an object with a `model_list` list".to_owned()),
+                    })?);
                 }
                 other if for_update && IDENTIFYING.contains(&other) => {}
                 other => spec.ignored_fields.push(other.to_owned()),
@@ -186,6 +192,9 @@ impl KeySpec {
         }
         if let Some(v) = self.default_priority {
             record.default_priority = v;
+        }
+        if let Some(v) = &self.config {
+            record.config.clone_from(v);
         }
         record.updated_at_ms = now_ms;
         if let (Some(floor), Some(default)) = (record.priority_floor, record.default_priority) {

@@ -118,5 +118,6 @@ pub const UPDATABLE_FIELDS: &[&str] = &[
     "metadata",
     "priority_floor",
     "default_priority",
+    "config",
     "updated_at_ms",
 ];

@@ -15,6 +15,7 @@ use serde_json::{json, Value};
 
 use crate::auth::Caller;
 use crate::error::ApiError;
+use crate::key_config;
 use crate::state::AppState;
 
 /// Only the master key manages keys; a proxy without one has no key management.
@@ -77,6 +78,8 @@ fn record_json(record: &KeyRecord, usage: Option<KeyUsage>, now_ms: u64) -> Valu
         "metadata": record.metadata,
         "priority_floor": record.priority_floor,
         "default_priority": record.default_priority,
+        // The key's own deployments by group (their api_keys stay in the store, encrypted).
+        "config_models": key_config::groups(record),
         "usage": usage.map(|u| json!({
             "in_flight": u.in_flight,
             "rpm_used": u.rpm_used,
@@ -86,10 +89,25 @@ fn record_json(record: &KeyRecord, usage: Option<KeyUsage>, now_ms: u64) -> Valu
     })
 }
 
-/// Model groups named in `models` that this proxy does not serve (a typo would lock the key out).
-fn check_models(state: &AppState, spec: &KeySpec) -> Result<(), ApiError> {
+/// Checks `models` (each a group the proxy or the key's config serves: a typo would lock the key out) and
+/// prepares `config` for the store (see `key_config::prepare`).
+async fn check_models(state: &AppState, spec: &mut KeySpec) -> Result<(), ApiError> {
+    if let Some(Some(config)) = &spec.config {
+        let prepared = key_config::prepare(state, config).await?;
+        spec.config = Some(Some(prepared));
+    }
+    let own = match &spec.config {
+        Some(Some(config)) => key_config::groups(&KeyRecord {
+            config: Some(config.clone()),
+            ..KeyRecord::default()
+        }),
+        _ => Vec::new(),
+    };
     if let Some(models) = &spec.models {
-        if let Some(unknown) = models.iter().find(|m| *m != "*" && !state.serves(m)) {
+        if let Some(unknown) = models
+            .iter()
+            .find(|m| *m != "*" && !state.serves(m) && !own.contains(m))
+        {
             return Err(ApiError::bad_request(
                 format!(
                     "`models` names `{unknown}`, which this proxy does not serve; known models: {}",
@@ -110,8 +128,8 @@ pub(crate) async fn generate(
 ) -> Result<Json<Value>, ApiError> {
     require_master(&state, &caller)?;
     let body = json_body(body)?;
-    let spec = KeySpec::parse(&body, false).map_err(|e| key_error(&state, e))?;
-    check_models(&state, &spec)?;
+    let mut spec = KeySpec::parse(&body, false).map_err(|e| key_error(&state, e))?;
+    check_models(&state, &mut spec).await?;
     let secret = spec.key.clone().unwrap_or_else(keys::generate_secret);
     if state.master_key().is_some_and(|m| m.matches(&secret)) {
         return Err(ApiError::bad_request(
@@ -208,8 +226,8 @@ pub(crate) async fn update(
         ));
     };
     let id = KeyId::from_secret_or_id(key);
-    let spec = KeySpec::parse(&body, true).map_err(|e| key_error(&state, e))?;
-    check_models(&state, &spec)?;
+    let mut spec = KeySpec::parse(&body, true).map_err(|e| key_error(&state, e))?;
+    check_models(&state, &mut spec).await?;
     let store = state.keys().store();
     let mut record = store
         .get(&id)
@@ -263,6 +281,7 @@ fn changed_fields(spec: &KeySpec) -> Vec<&'static str> {
     add(spec.metadata.is_some(), &["metadata"]);
     add(spec.priority_floor.is_some(), &["priority_floor"]);
     add(spec.default_priority.is_some(), &["default_priority"]);
+    add(spec.config.is_some(), &["config"]);
     fields
 }
 
@@ -370,7 +389,7 @@ pub(crate) async fn admit(
     let Some(key) = caller.key.as_ref() else {
         return Ok(None);
     };
-    if !key.allows_model(&request.model) {
+    if !key.allows_model(&request.model) && !key_config::groups(key).contains(&request.model) {
         return Err(ApiError::forbidden(
             "key_model_access_denied",
             format!(
@@ -469,7 +488,7 @@ pub(crate) fn settle(
     state: &AppState,
     caller: &Caller,
     permit: Option<&mut Permit>,
-    deployment: &str,
+    price: Option<(f64, f64)>,
     body: &Value,
 ) {
     let Some(key) = caller.key.as_ref() else {
@@ -482,7 +501,7 @@ pub(crate) fn settle(
     if let (Some(permit), Some(total)) = (permit, count("total_tokens")) {
         permit.settle(total);
     }
-    let Some((input, output)) = state.price(deployment) else {
+    let Some((input, output)) = price else {
         return;
     };
     #[allow(clippy::cast_precision_loss)]

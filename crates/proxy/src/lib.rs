@@ -8,6 +8,8 @@
 //! - `master_key`: the master key ([`MasterKey`]), refused when publicly known, compared in constant time.
 //! - `auth`: the request check (the middleware of the protected routes): the master key or a live virtual
 //!   key; who the caller is ([`Caller`], [`CallerIdentity`]).
+//! - `key_config`: a key's own deployments (`config.model_list`): checked, literal `api_key`s encrypted with
+//!   `LITELLM_SALT_KEY`, served by a router of the key's own.
 //! - `key_routes`: `/key/generate`, `/key/info`, `/key/update`, `/key/delete`, `/key/list`, and a virtual
 //!   key's rules on inference requests (models, priority floor and default, budget, limits, spend).
 //! - `request`: reading and validating inference bodies (`priority`, `timeout`, `cache`).
@@ -36,6 +38,7 @@ mod check;
 mod config;
 mod connection;
 mod error;
+mod key_config;
 mod key_routes;
 mod master_key;
 mod metrics;

@@ -17,6 +17,7 @@ use serde_json::{json, Value};
 use crate::auth::{self, Caller};
 use crate::connection::BodyReadTimeout;
 use crate::error::ApiError;
+use crate::key_config;
 use crate::key_routes;
 use crate::metrics::RequestLabels;
 use crate::request;
@@ -207,7 +208,21 @@ async fn inference(
         },
         None => None,
     };
-    let response = match state.router().completion(parsed.router_request).await {
+    // A key's own deployments are served by its own router.
+    let own_router = match caller.as_ref().and_then(|c| c.key.as_ref()) {
+        Some(key)
+            if key.config.is_some()
+                && key_config::groups(key).contains(&parsed.router_request.model) =>
+        {
+            match state.key_routers().get(&state, key).await {
+                Ok(router) => Some(router),
+                Err(err) => return tracker.refuse(err),
+            }
+        }
+        _ => None,
+    };
+    let router = own_router.as_ref().unwrap_or(state.router());
+    let response = match router.completion(parsed.router_request).await {
         Ok(response) => response,
         Err(err) => {
             // Refused before any upstream call (queue full, timeout in the queue, ...): the key's rpm and
@@ -250,7 +265,20 @@ async fn inference(
     match response.body {
         ResponseBody::Json(value) => {
             if let Some(caller) = &caller {
-                key_routes::settle(&state, caller, permit.as_mut(), &meta.deployment_id, &value);
+                let price = state.price(&meta.deployment_id).or_else(|| {
+                    own_router.as_ref().and_then(|r| {
+                        r.deployments()
+                            .into_iter()
+                            .find(|d| d.id == meta.deployment_id)
+                            .map(|d| {
+                                (
+                                    d.input_cost_per_token.unwrap_or(0.0),
+                                    d.output_cost_per_token.unwrap_or(0.0),
+                                )
+                            })
+                    })
+                });
+                key_routes::settle(&state, caller, permit.as_mut(), price, &value);
             }
             drop(permit);
             (headers, Json(value)).into_response()
@@ -405,11 +433,13 @@ fn millis_header(d: Duration) -> HeaderValue {
 async fn models(State(state): State<AppState>, caller: Option<Extension<Caller>>) -> Json<Value> {
     let created = state.started_epoch_secs();
     let key = caller.and_then(|Extension(c)| c.key);
-    let data: Vec<Value> = state
-        .router()
-        .model_groups()
+    let mut groups = state.router().model_groups();
+    groups.retain(|id| key.as_ref().is_none_or(|k| k.allows_model(id)));
+    if let Some(key) = &key {
+        groups.extend(key_config::groups(key));
+    }
+    let data: Vec<Value> = groups
         .into_iter()
-        .filter(|id| key.as_ref().is_none_or(|k| k.allows_model(id)))
         .map(|id| model_object(&id, created))
         .collect();
     Json(json!({ "object": "list", "data": data }))
@@ -424,6 +454,9 @@ async fn model(
     let key = caller.and_then(|Extension(c)| c.key);
     let mut groups = state.router().model_groups();
     groups.retain(|g| key.as_ref().is_none_or(|k| k.allows_model(g)));
+    if let Some(key) = &key {
+        groups.extend(key_config::groups(key));
+    }
     if groups.contains(&id) {
         Ok(Json(model_object(&id, state.started_epoch_secs())))
     } else {

@@ -61,6 +61,7 @@ pub async fn run(
         }
     }
     let state = AppState::new(router.clone(), &config);
+    let key_state = state.clone();
     let connections = state.metrics().connections().clone();
     tracing::info!("listening on http://{addr}");
 
@@ -105,6 +106,7 @@ pub async fn run(
         }
     };
     router.shutdown().await;
+    key_state.shutdown_key_routers().await;
     tracing::info!("stopped");
     result
 }

@@ -9,7 +9,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use std::collections::HashMap;
 
 use keys::Keys;
-use router::{Backend, Router};
+use router::{Backend, Router, RouterSettings};
+
+use crate::key_config::KeyRouters;
 
 use crate::config::Config;
 use crate::master_key::MasterKey;
@@ -33,6 +35,11 @@ struct Inner {
     metrics: EdgeMetrics,
     /// Virtual keys, in the router's store (Redis or memory).
     keys: Keys,
+    /// Routers of keys with deployments of their own.
+    key_routers: KeyRouters,
+    /// The backend and router settings, for the routers of keys' own deployments.
+    backend_choice: Backend,
+    router_settings: RouterSettings,
     /// USD per (prompt, completion) token by deployment id, for key spend.
     prices: HashMap<String, (f64, f64)>,
     /// The priority of requests that name none (`router_settings.default_priority`).
@@ -74,6 +81,9 @@ impl AppState {
                 },
                 metrics: EdgeMetrics::new(),
                 keys: key_store(&config.backend.backend),
+                key_routers: KeyRouters::default(),
+                backend_choice: config.backend.backend.clone(),
+                router_settings: config.router.settings.clone(),
                 prices,
                 default_priority: settings
                     .default_priority
@@ -136,6 +146,23 @@ impl AppState {
 
     pub(crate) fn keys(&self) -> &Keys {
         &self.inner.keys
+    }
+
+    pub(crate) fn key_routers(&self) -> &KeyRouters {
+        &self.inner.key_routers
+    }
+
+    pub(crate) fn backend(&self) -> &Backend {
+        &self.inner.backend_choice
+    }
+
+    pub(crate) fn router_settings(&self) -> &RouterSettings {
+        &self.inner.router_settings
+    }
+
+    /// Shuts down the routers of keys' own deployments (the proxy's router is shut down by its owner).
+    pub async fn shutdown_key_routers(&self) {
+        self.inner.key_routers.shutdown().await;
     }
 
     /// USD per (prompt, completion) token of a deployment, when it has prices.

@@ -421,3 +421,111 @@ both!(models_and_priorities_follow_the_key);
 both!(a_spent_budget_refuses);
 both!(an_expired_key_is_refused);
 both!(a_key_over_its_rpm_gets_429_at_once);
+
+async fn a_keys_own_deployments_serve_it_alone(h: Harness) {
+    let upstream = testkit::MockUpstream::start().await.unwrap();
+    let literal = "sk-upstream-literal-0123456789";
+    let config = json!({"model_list": [{
+        "model_name": "private",
+        "litellm_params": {"model": "openai/private", "api_base": upstream.base_url(), "api_key": literal},
+        "model_info": {"id": "private-1", "input_cost_per_token": 0.5},
+    }]});
+    // A literal upstream key is refused without a salt key, and a group of the proxy cannot be merged into.
+    std::env::remove_var("LITELLM_SALT_KEY");
+    let a = h
+        .call(
+            Method::POST,
+            "/key/generate",
+            MASTER,
+            Some(json!({"config": config})),
+        )
+        .await;
+    a.assert_error(400, "invalid_request_error", Some("config"));
+    assert!(a.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("LITELLM_SALT_KEY"));
+    assert!(!a.text.contains(literal));
+    std::env::set_var("LITELLM_SALT_KEY", "salt-of-this-test-0001");
+    let shadow = json!({"model_list": [{"model_name": "gpt-4o", "litellm_params": {"model": "openai/x", "mock_response": "x"}}]});
+    let a = h
+        .call(
+            Method::POST,
+            "/key/generate",
+            MASTER,
+            Some(json!({"config": shadow})),
+        )
+        .await;
+    a.assert_error(400, "invalid_request_error", Some("config"));
+
+    let (own, token) = h
+        .generate(json!({"config": config, "key_alias": "owner"}))
+        .await;
+    let (other, _) = h.generate(json!({})).await;
+    let ask = |key: String| {
+        let h = &h;
+        async move {
+            h.call(
+                Method::POST,
+                "/v1/chat/completions",
+                &key,
+                Some(json!({"model": "private", "messages": [{"role": "user", "content": "hi"}]})),
+            )
+            .await
+        }
+    };
+    let a = ask(own.clone()).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+    assert_eq!(upstream.request_count(), 1);
+    let sent = upstream.requests();
+    assert_eq!(
+        sent[0].header("authorization"),
+        Some(&format!("Bearer {literal}") as &str)
+    );
+
+    // Invisible to the master key and to other keys.
+    for key in [MASTER, other.as_str()] {
+        let models = h.call(Method::GET, "/v1/models", key, None).await.text;
+        assert!(!models.contains("private"), "{models}");
+        assert_eq!(ask(key.to_owned()).await.status, StatusCode::BAD_REQUEST);
+    }
+    let models = h.call(Method::GET, "/v1/models", &own, None).await.text;
+    assert!(
+        models.contains("private") && models.contains("gpt-4o"),
+        "{models}"
+    );
+    assert_eq!(upstream.request_count(), 1);
+
+    // Spend from the key's deployment's price; the literal is nowhere in Redis or the info.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    loop {
+        let info = h
+            .call(Method::GET, &format!("/key/info?key={token}"), MASTER, None)
+            .await;
+        assert!(!info.text.contains(literal));
+        if info.json()["info"]["spend"].as_f64().unwrap() > 0.0 {
+            assert_eq!(info.json()["info"]["config_models"], json!(["private"]));
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no spend: {}",
+            info.text
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    if let Some(redis) = &h.redis {
+        let text = redis.dump_text().await.unwrap();
+        assert!(
+            text.contains("enc:v1:") && !text.contains(literal),
+            "{text}"
+        );
+    }
+}
+
+/// One test for both backends: it sets `LITELLM_SALT_KEY`, which `cargo test` threads would share.
+#[tokio::test]
+async fn a_keys_own_deployments_serve_it_alone_on_both_backends() {
+    a_keys_own_deployments_serve_it_alone(harness(false).await).await;
+    a_keys_own_deployments_serve_it_alone(harness(true).await).await;
+}
