@@ -445,7 +445,14 @@ pub(crate) async fn admit(
         .acquire(id, limits, estimate_tokens(request), deadline)
         .await
     {
-        Ok(permit) => Ok(Some(permit)),
+        Ok(permit) => {
+            // Time spent waiting for the key's slot counts against the request's own timeout.
+            if request.timeout.is_some() {
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                request.timeout = Some(left.max(std::time::Duration::from_millis(1)));
+            }
+            Ok(Some(permit))
+        }
         Err(Refusal::RateLimited {
             retry_after,
             tokens,

@@ -219,7 +219,7 @@ fn log_config(config: &Config) {
         "client connections"
     );
     match &config.master_key {
-        Some(_) => tracing::info!("master key set: every API route needs it"),
+        Some(_) => tracing::info!("master key set: every API route needs it or a virtual key (/key/generate)"),
         None => tracing::warn!(
             "no master key (general_settings.master_key): the API is open to anyone who can reach this port"
         ),

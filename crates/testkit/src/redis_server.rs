@@ -651,6 +651,30 @@ fn redis_server_bin() -> anyhow::Result<PathBuf> {
         .context("redis-server is not installed (not on PATH and REDIS_SERVER_BIN unset); run scripts/setup.sh, or point TEST_REDIS_URL at a running Redis")
 }
 
+/// Appends the text of a reply (bulk strings as lossy UTF-8) to `out`.
+fn text_of(value: &redis::Value, out: &mut String) {
+    match value {
+        redis::Value::BulkString(bytes) => out.push_str(&String::from_utf8_lossy(bytes)),
+        redis::Value::SimpleString(s) => out.push_str(s),
+        redis::Value::Int(n) => out.push_str(&n.to_string()),
+        redis::Value::Array(items) | redis::Value::Set(items) => {
+            for item in items {
+                text_of(item, out);
+                out.push(' ');
+            }
+        }
+        redis::Value::Map(pairs) => {
+            for (k, v) in pairs {
+                text_of(k, out);
+                out.push(' ');
+                text_of(v, out);
+                out.push(' ');
+            }
+        }
+        other => out.push_str(&format!("{other:?}")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -676,29 +700,5 @@ mod tests {
             assert!(err.to_string().contains("6.2"), "{err}");
         }
         assert!(check_version("# Server\r\n").is_err());
-    }
-}
-
-/// Appends the text of a reply (bulk strings as lossy UTF-8) to `out`.
-fn text_of(value: &redis::Value, out: &mut String) {
-    match value {
-        redis::Value::BulkString(bytes) => out.push_str(&String::from_utf8_lossy(bytes)),
-        redis::Value::SimpleString(s) => out.push_str(s),
-        redis::Value::Int(n) => out.push_str(&n.to_string()),
-        redis::Value::Array(items) | redis::Value::Set(items) => {
-            for item in items {
-                text_of(item, out);
-                out.push(' ');
-            }
-        }
-        redis::Value::Map(pairs) => {
-            for (k, v) in pairs {
-                text_of(k, out);
-                out.push(' ');
-                text_of(v, out);
-                out.push(' ');
-            }
-        }
-        other => out.push_str(&format!("{other:?}")),
     }
 }
