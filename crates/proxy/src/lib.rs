@@ -21,6 +21,7 @@
 //! - `connection`: one client connection (HTTP/1.1) with its header, keep-alive and body timeouts
 //!   ([`ConnectionSettings`]).
 //! - `check`: [`check_config`], the `check-config` subcommand.
+//! - `keys_cli`: [`keys_command`], the `keys generate|list|delete` subcommand against a running proxy.
 //!
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {
@@ -40,6 +41,7 @@ mod connection;
 mod error;
 mod key_config;
 mod key_routes;
+mod keys_cli;
 mod master_key;
 mod metrics;
 mod request;
@@ -51,6 +53,7 @@ pub use auth::{Caller, CallerIdentity};
 pub use check::check_config;
 pub use config::{Config, ConfigError, ConnectionSettings};
 pub use error::ApiError;
+pub use keys_cli::{keys_command, KeysAction, KeysCliError, KeysCommand};
 pub use master_key::MasterKey;
 pub use routes::{
     app, HEADER_ATTEMPTS, HEADER_CACHE_HIT, HEADER_DEPLOYMENT_ID, HEADER_FALLBACKS,

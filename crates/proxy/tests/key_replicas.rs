@@ -169,3 +169,87 @@ async fn keys_hold_across_replicas() {
     }
     assert!(!stored.contains(KEY) && replicas.iter().all(|p| !p.output().contains(KEY)));
 }
+
+#[tokio::test]
+async fn the_keys_command_manages_a_running_proxy() {
+    let config = format!(
+        "model_list:\n  - model_name: m\n    litellm_params: {{ model: openai/m, mock_response: hi }}\n\
+         general_settings:\n  master_key: {KEY}\n"
+    );
+    let proxy = Proxy::start(&config, &[]).unwrap();
+    let url = proxy.url("");
+    let keys = |args: Vec<String>| {
+        let url = url.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut all = vec!["keys".to_owned(), "--url".to_owned(), url];
+            all.extend(args);
+            let refs: Vec<&str> = all.iter().map(String::as_str).collect();
+            common::run(&refs, &[("LITELLM_MASTER_KEY", KEY)])
+        })
+    };
+    let (code, out, err) = keys(vec![
+        "generate".into(),
+        "--alias".into(),
+        "cli".into(),
+        "--rpm-limit".into(),
+        "7".into(),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(code, 0, "{err}");
+    let generated: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (
+            generated["key_alias"].as_str(),
+            generated["rpm_limit"].as_u64()
+        ),
+        (Some("cli"), Some(7))
+    );
+    let secret = generated["key"].as_str().unwrap().to_owned();
+    let token = generated["token"].as_str().unwrap().to_owned();
+    assert_eq!(chat_model(&proxy, &secret, "m").await, 200);
+
+    let (code, out, _) = keys(vec!["list".into()]).await.unwrap();
+    assert_eq!(code, 0);
+    assert!(out.contains(&token) && !out.contains(&secret), "{out}");
+    let (code, out, _) = keys(vec!["delete".into(), secret.clone()]).await.unwrap();
+    assert_eq!(code, 0);
+    assert!(out.contains(&token), "{out}");
+    assert_eq!(chat_model(&proxy, &secret, "m").await, 401);
+
+    // A wrong master key: a non-zero exit naming the refusal, without the key.
+    let (code, _, err) = tokio::task::spawn_blocking({
+        let url = proxy.url("");
+        move || {
+            common::run(
+                &[
+                    "keys",
+                    "--url",
+                    &url,
+                    "--master-key",
+                    "sk-wrong-master-key-1",
+                    "list",
+                ],
+                &[],
+            )
+        }
+    })
+    .await
+    .unwrap();
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("401") && !err.contains("sk-wrong-master-key-1"),
+        "{err}"
+    );
+}
+
+async fn chat_model(proxy: &Proxy, key: &str, model: &str) -> u16 {
+    reqwest::Client::new()
+        .post(proxy.url("/v1/chat/completions"))
+        .bearer_auth(key)
+        .json(&json!({"model": model, "messages": [{"role": "user", "content": "hi"}]}))
+        .timeout(Duration::from_secs(30))
+        .send()
+        .await
+        .map_or(0, |r| r.status().as_u16())
+}
