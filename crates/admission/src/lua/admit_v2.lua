@@ -9,7 +9,8 @@
 --       only) the job's record hash; all under the group's hash tag.
 -- ARGV: [1] mode: "submit" | "poll" | "release" | "cancel" | "restore" | "claim"
 --       [2] owner (this replica)       [3] liveness ms (owner lease a heartbeat renews)
---       [4] usage window ms            [5] inflight_lease ms     [6] candidate order mode
+--       [4] usage window: "<ms>" (fixed windows) or "<ms>r" (rolling)
+--       [5] inflight_lease ms          [6] candidate order mode
 --       [7] max grants per call        [8] wake channel prefix   [9] group name
 --       [10] now ms (-1: Redis TIME; tests pin it)               [11] generation this replica knows ("" none)
 --       [12] pause ms after the store lost its state              [13] n candidates
@@ -63,7 +64,7 @@ end
 local mode = ARGV[1]
 local owner = ARGV[2]
 local liveness = tonumber(ARGV[3])
-local window_ms = tonumber(ARGV[4])
+local win = u_window_spec(ARGV[4])
 local inflight_lease = tonumber(ARGV[5])
 local order_mode = tonumber(ARGV[6])
 local max_grants = tonumber(ARGV[7])
@@ -147,7 +148,7 @@ local function s_give_back_grant(entry, payload)
   local dep_id, w = s_parse_payload(payload)
   for _, c in ipairs(cands) do
     if c.id == dep_id then
-      u_give_back(c.dep, c.inflight, s_lease(entry), w, entry.est)
+      u_give_back(c.dep, c.inflight, s_lease(entry), w, entry.est, now, win)
       return true
     end
   end
@@ -175,7 +176,7 @@ if mode == 'submit' then
   -- Only an entry of equal or better priority blocks the fast path.
   local blocked = head and head_score < q_score(priority + 1, 0)
   if not force and not blocked and not paused then
-    local i, w = u_try_reserve(now, window_ms, cands, order_mode, entry.est, entry.prompt, s_lease(entry),
+    local i, w = u_try_reserve(now, win, cands, order_mode, entry.est, entry.prompt, s_lease(entry),
       inflight_lease)
     if i then
       return { 'granted', -1, -1, gen, 0, cands[i].id, w }
@@ -201,7 +202,7 @@ if mode == 'submit' then
     redis.call('HSET', k_jobs, member, q_num(score) .. ':0')
   end
   status = 'queued'
-  fields = { -1, u_not_before(cands, now, window_ms, entry.est, entry.prompt), score }
+  fields = { -1, u_not_before(cands, now, win, entry.est, entry.prompt), score }
 elseif mode == 'claim' then
   -- The claimer heartbeats only when it takes a job (below): replicas that look for jobs and find none do
   -- not join the group.
@@ -260,7 +261,7 @@ elseif mode == 'restore' then
     local res_id = ARGV[o + 1 + 3 * j]
     local c = cands[tonumber(ARGV[o + 2 + 3 * j])]
     if c and not redis.call('ZSCORE', c.inflight, res_id) then
-      u_charge(c, now, window_ms, tonumber(ARGV[o + 3 + 3 * j]), res_id, inflight_lease)
+      u_charge(c, now, win, tonumber(ARGV[o + 3 + 3 * j]), res_id, inflight_lease)
       registered = registered + 1
     end
   end
@@ -271,12 +272,12 @@ elseif mode == 'release' then
   local c = cands[tonumber(ARGV[e + 2])]
   local outcome = tonumber(ARGV[e + 6])
   if outcome == 0 then
-    u_give_back(c.dep, c.inflight, ARGV[e + 1], tonumber(ARGV[e + 3]), tonumber(ARGV[e + 4]))
+    u_give_back(c.dep, c.inflight, ARGV[e + 1], tonumber(ARGV[e + 3]), tonumber(ARGV[e + 4]), now, win)
   elseif outcome == 3 then
     outcome = 0
   end
   local requests, failures = u_settle(c.dep, c.inflight, ARGV[e + 1], tonumber(ARGV[e + 3]),
-    tonumber(ARGV[e + 4]), tonumber(ARGV[e + 5]), outcome, now, window_ms, tonumber(ARGV[e + 7]),
+    tonumber(ARGV[e + 4]), tonumber(ARGV[e + 5]), outcome, now, win, tonumber(ARGV[e + 7]),
     tonumber(ARGV[e + 8]), tonumber(ARGV[e + 9]))
   status = 'released'
   fields = { requests, failures }
@@ -300,8 +301,8 @@ elseif mode == 'cancel' then
       for _, c in ipairs(cands) do
         local expiry = redis.call('ZSCORE', c.inflight, lease)
         if expiry then
-          local w = u_window_start(tonumber(expiry) - inflight_lease, window_ms)
-          if u_give_back(c.dep, c.inflight, lease, w, entry.est) == 1 then what = 'fast_path' end
+          local w = u_window_start(tonumber(expiry) - inflight_lease, win)
+          if u_give_back(c.dep, c.inflight, lease, w, entry.est, now, win) == 1 then what = 'fast_path' end
         end
       end
     end
@@ -381,7 +382,7 @@ while granted < max_grants and not paused do
       -- A job's run is held by the claiming replica: its lease ends with that replica's liveness.
       local lease = s_lease(entry)
       if entry.owner == JOB then lease = entry.id .. '|' .. owner end
-      local i, w = u_try_reserve(now, window_ms, cands, order_mode, entry.est, entry.prompt, lease,
+      local i, w = u_try_reserve(now, win, cands, order_mode, entry.est, entry.prompt, lease,
         inflight_lease)
       if i then
         payload = s_payload(cands[i].id, w)
