@@ -92,6 +92,25 @@ pub struct Caller {
     pub(crate) overrides_allowed: bool,
 }
 
+/// Who owns and may see a durable job: the SHA-256 (hex) of the key the request presented, never the key
+/// (`anonymous` without one); the master key sees every job. Built on the presented key so that virtual keys
+/// plug in: a job belongs to the key that created it.
+pub(crate) fn job_caller(master_key: Option<&MasterKey>, headers: &HeaderMap) -> router::JobCaller {
+    let key = presented_key(headers);
+    let identity = key.map_or_else(
+        || "anonymous".to_owned(),
+        |key| {
+            let digest = ring::digest::digest(&ring::digest::SHA256, key.as_bytes());
+            digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+        },
+    );
+    let admin = match (master_key, key) {
+        (Some(master), Some(key)) => master.matches(key),
+        _ => false,
+    };
+    router::JobCaller { identity, admin }
+}
+
 impl Caller {
     fn master(overrides_allowed: bool) -> Self {
         Self {

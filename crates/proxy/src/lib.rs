@@ -39,6 +39,7 @@ mod check;
 mod config;
 mod connection;
 mod error;
+mod jobs;
 mod key_config;
 mod key_routes;
 mod keys_cli;

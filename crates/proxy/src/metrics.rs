@@ -297,6 +297,12 @@ struct QueueLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct JobLabels {
+    model_group: String,
+    status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct SourceLabels {
     source: String,
 }
@@ -344,6 +350,62 @@ pub(crate) async fn router_registry(
         "admission_refused",
         "Requests refused by admission: queue full, or no capacity before their deadline",
         scheduler.refused.load(Relaxed),
+    );
+
+    let jobs = router.job_stats();
+    let job_states = Family::<JobLabels, Counter>::default();
+    for ((group, outcome), n) in jobs.finished_by_group() {
+        job_states
+            .get_or_create(&JobLabels {
+                model_group: group,
+                status: format!("finished_{outcome}"),
+            })
+            .inc_by(n);
+    }
+    registry.register(
+        "jobs_finished",
+        "Durable jobs this replica finished, by model group and outcome (ok, error; cancelled where the \
+         cancel was asked)",
+        job_states,
+    );
+    counter(
+        &mut registry,
+        "jobs_submitted",
+        "Durable jobs submitted through this replica",
+        jobs.submitted.load(Relaxed),
+    );
+    counter(
+        &mut registry,
+        "jobs_refused",
+        "Durable jobs refused at submission (queue full)",
+        jobs.refused.load(Relaxed),
+    );
+    counter(
+        &mut registry,
+        "job_runs_started",
+        "Durable job runs this replica started",
+        jobs.runs_started.load(Relaxed),
+    );
+    counter(
+        &mut registry,
+        "job_runs_handed_back",
+        "Durable job runs this replica handed back at their place (shutdown)",
+        jobs.handed_back.load(Relaxed),
+    );
+    let running = Gauge::<i64>::default();
+    running.set(gauge_value(router.jobs_running() as u64));
+    registry.register(
+        "jobs_running",
+        "Durable jobs running on this replica",
+        running,
+    );
+    let wait = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+    wait.set(jobs.wait_ms_total.load(Relaxed) as f64 / 1000.0);
+    registry.register(
+        "job_wait_seconds_sum",
+        "Sum over the job runs this replica started of the time from submission to the start (divide by \
+         job_runs_started for the mean wait)",
+        wait,
     );
 
     let requests = Family::<RouterRequestLabels, Counter>::default();

@@ -17,6 +17,7 @@ use serde_json::{json, Value};
 use crate::auth::{self, Caller};
 use crate::connection::BodyReadTimeout;
 use crate::error::ApiError;
+use crate::jobs;
 use crate::key_config;
 use crate::key_routes;
 use crate::metrics::RequestLabels;
@@ -51,6 +52,13 @@ pub fn app(state: AppState) -> axum::Router {
         .route("/v1/embeddings", post(embeddings))
         .route("/queue/chat/completions", post(queue_chat_completions))
         .route("/v1/queue/chat/completions", post(queue_chat_completions))
+        .route("/queue/request", post(jobs::submit))
+        .route("/v1/queue/request", post(jobs::submit))
+        .route("/queue/response/{id}", get(jobs::read).delete(jobs::cancel))
+        .route(
+            "/v1/queue/response/{id}",
+            get(jobs::read).delete(jobs::cancel),
+        )
         .route("/models", get(models))
         .route("/v1/models", get(models))
         .route("/models/{model}", get(model))
@@ -319,7 +327,7 @@ fn edge_error(err: RouterError) -> ApiError {
 }
 
 /// [`edge_error`], counting backend (Redis) failures.
-fn edge_error_counted(err: RouterError, state: Option<&AppState>) -> ApiError {
+pub(crate) fn edge_error_counted(err: RouterError, state: Option<&AppState>) -> ApiError {
     if let (RouterError::Backend(_), Some(state)) = (&err, state) {
         state.metrics().backend_errors().inc();
     }
@@ -339,7 +347,7 @@ fn edge_error_counted(err: RouterError, state: Option<&AppState>) -> ApiError {
 }
 
 /// The body could not be read: too large (413), not whole in time (408) or broken.
-fn body_error(rejection: &BytesRejection, limit: usize) -> ApiError {
+pub(crate) fn body_error(rejection: &BytesRejection, limit: usize) -> ApiError {
     if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
         ApiError::payload_too_large(limit)
     } else if let Some(timeout) = find_source::<BodyReadTimeout>(rejection) {

@@ -105,6 +105,17 @@ pub async fn run(
             }
         }
     };
+    // The server may have ended on its own at the signal (no connection open): durable jobs running here
+    // still get the grace period; a second shutdown hands back those still running.
+    if tokio::time::timeout(grace, router.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            grace_secs = grace.as_secs_f64(),
+            "grace period over; handing back the jobs still running"
+        );
+    }
     router.shutdown().await;
     key_state.shutdown_key_routers().await;
     tracing::info!("stopped");

@@ -205,6 +205,20 @@ pub struct RouterSettings {
     /// request runs; a crashed replica's slots come back after this). Default 30.
     #[serde(default, deserialize_with = "lenient::opt_f64")]
     pub inflight_lease: Option<f64>,
+    /// Durable jobs (`/queue/request`): jobs this replica runs at once (default 4; 0 = this replica runs
+    /// none, others must). Not a LiteLLM setting.
+    #[serde(default, deserialize_with = "lenient::opt_u64")]
+    pub job_workers: Option<u64>,
+    /// Runs a durable job may start before it is finished with an error (its runners died; default 3).
+    #[serde(default, deserialize_with = "lenient::opt_u64")]
+    pub job_max_attempts: Option<u64>,
+    /// Seconds a finished job's result is kept (default 86400).
+    #[serde(default, deserialize_with = "lenient::opt_f64")]
+    pub job_ttl: Option<f64>,
+    /// Seconds a running job's runner lease survives without renewal (renewed every third of it; a job
+    /// whose runner died runs again after this). Default 10.
+    #[serde(default, deserialize_with = "lenient::opt_f64")]
+    pub job_lease: Option<f64>,
     /// Length of the RPM/TPM window in seconds (default 60).
     #[serde(default, deserialize_with = "lenient::opt_f64")]
     pub usage_window: Option<f64>,

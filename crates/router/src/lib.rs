@@ -73,6 +73,7 @@ mod config;
 mod environ;
 mod error;
 mod info;
+mod jobs;
 mod leases;
 mod metrics;
 mod order;
@@ -93,6 +94,7 @@ pub use config::{
 pub use environ::{resolve_env_reference, EnvValue};
 pub use error::{RouterError, UpstreamError, UpstreamErrorKind};
 pub use info::{DeploymentHealth, DeploymentInfo, QueueDepth};
+pub use jobs::{JobCaller, JobOutcome, JobPhase, JobReport, JobStats, JobTicket, CLAIM_EVERY};
 pub use metrics::{Histogram, MetricsSnapshot, RouterMetrics, LATENCY_BUCKETS};
 pub use request::{
     AnswerSource, CacheControl, Endpoint, ResponseBody, ResponseMeta, RouterRequest,

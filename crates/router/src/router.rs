@@ -12,6 +12,7 @@ use crate::capacity::Capacity;
 use crate::config::RouterConfig;
 use crate::error::RouterError;
 use crate::info::{self, DeploymentHealth, DeploymentInfo, QueueDepth};
+use crate::jobs::{JobCaller, JobReport, JobStats, JobTicket, Jobs};
 use crate::leases::{renew_leases, Leases};
 use crate::metrics::RouterMetrics;
 use crate::order::GroupOrders;
@@ -49,7 +50,9 @@ impl std::fmt::Debug for Router {
 struct RouterInner {
     topology: Arc<Topology>,
     /// The request path.
-    walk: Walk,
+    walk: Arc<Walk>,
+    /// Durable jobs: submissions, reads, this replica's workers.
+    jobs: Arc<Jobs>,
     capacity: Arc<Capacity>,
     /// For readiness, health and queue depths.
     backend: BackendHandle,
@@ -116,14 +119,21 @@ impl Router {
             shutdown.clone(),
             settling.clone(),
         );
-        let walk = Walk::new(
+        let walk = Arc::new(Walk::new(
             topology.clone(),
             cache,
             estimator,
             metrics.clone(),
             shutdown.clone(),
             attempts,
+        ));
+        let jobs = Jobs::new(
+            topology.clone(),
+            walk.clone(),
+            capacity.clone(),
+            backend.jobs().clone(),
         );
+        jobs.start();
         let renewer = tokio::spawn(renew_leases(
             Arc::downgrade(&leases),
             backend.usage().clone(),
@@ -134,6 +144,7 @@ impl Router {
             inner: Arc::new(RouterInner {
                 topology,
                 walk,
+                jobs,
                 capacity,
                 backend,
                 metrics,
@@ -175,8 +186,14 @@ impl Router {
 
     /// Stops taking requests (new and retrying requests fail with [`RouterError::ShuttingDown`]), stops
     /// the queue pollers and cancels this replica's queued requests so other replicas proceed.
+    ///
+    /// Durable jobs: this replica stops taking them; the first call waits for the running ones (the
+    /// caller bounds it with the grace period), a later call hands back those still running, at their
+    /// place in the queue.
     pub async fn shutdown(&self) {
+        self.inner.jobs.stop_claiming();
         self.inner.shutdown.cancel();
+        self.inner.jobs.shutdown().await;
         self.inner.settling.close();
         self.inner.settling.wait().await;
         self.inner.capacity.shutdown().await;
@@ -215,6 +232,43 @@ impl Router {
     /// The router's counters.
     pub fn metrics(&self) -> &RouterMetrics {
         &self.inner.metrics
+    }
+
+    /// Enqueues `req` as a durable job of `caller` (checked like [`Router::completion`]; `stream: true` is
+    /// refused) and answers its id, place and an estimate of its start.
+    pub async fn submit_job(
+        &self,
+        req: RouterRequest,
+        caller: &JobCaller,
+    ) -> Result<JobTicket, RouterError> {
+        self.inner.jobs.submit(req, caller).await
+    }
+
+    /// Job `id` as `caller` sees it (another key's job is [`RouterError::JobNotFound`]); waits up to `wait`
+    /// for it to finish.
+    pub async fn job(
+        &self,
+        id: &str,
+        caller: &JobCaller,
+        wait: std::time::Duration,
+    ) -> Result<JobReport, RouterError> {
+        self.inner.jobs.read(id, caller, wait).await
+    }
+
+    /// Cancels job `id` of `caller`: a queued job never runs, a running one's result is discarded; a
+    /// finished one is [`RouterError::JobFinished`].
+    pub async fn cancel_job(&self, id: &str, caller: &JobCaller) -> Result<JobReport, RouterError> {
+        self.inner.jobs.cancel(id, caller).await
+    }
+
+    /// Durable jobs' counters on this replica.
+    pub fn job_stats(&self) -> Arc<JobStats> {
+        self.inner.jobs.stats()
+    }
+
+    /// Durable jobs running on this replica now.
+    pub fn jobs_running(&self) -> usize {
+        self.inner.jobs.running()
     }
 
     /// Routes one request: cache, admission, upstream call, retries, fallbacks.

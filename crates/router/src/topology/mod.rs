@@ -17,5 +17,5 @@ pub(crate) use build::build;
 pub(crate) use deployment::Deployment;
 pub use entry::implements_litellm_param;
 pub(crate) use groups::{ModelGroup, Topology};
-pub(crate) use policy::CachePolicy;
 pub use policy::RedisFailureMode;
+pub(crate) use policy::{CachePolicy, JobSettings};

@@ -46,6 +46,16 @@ pub(crate) struct QueueSettings {
     /// What admission does while Redis does not answer.
     pub(crate) failure_mode: RedisFailureMode,
     pub(crate) default_max_tokens: Option<u64>,
+    pub(crate) jobs: JobSettings,
+}
+
+/// Durable jobs: this replica's workers, the runner lease, the attempt cap and how long results stay.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct JobSettings {
+    pub(crate) workers: u32,
+    pub(crate) max_attempts: u32,
+    pub(crate) ttl: Duration,
+    pub(crate) lease: Duration,
 }
 
 /// Response cache settings.

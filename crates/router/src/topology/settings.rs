@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 
 use super::groups::ModelGroup;
-use super::policy::{CachePolicy, Fallbacks, Policy, QueueSettings, RedisFailureMode};
+use super::policy::{CachePolicy, Fallbacks, JobSettings, Policy, QueueSettings, RedisFailureMode};
 use super::values::{count, secs, secs_or_zero};
 use crate::config::{FallbackTargets, LitellmParams, RouterSettings};
 use crate::error::RouterError;
@@ -139,7 +139,25 @@ pub(super) fn policy(
             }
         },
         default_max_tokens: s.default_max_tokens,
+        jobs: JobSettings {
+            workers: count(s.job_workers, &p("job_workers"))?.unwrap_or(4),
+            max_attempts: count(s.job_max_attempts, &p("job_max_attempts"))?.unwrap_or(3),
+            ttl: secs(s.job_ttl, &p("job_ttl"))?.unwrap_or(Duration::from_secs(86_400)),
+            lease: secs(s.job_lease, &p("job_lease"))?.unwrap_or(Duration::from_secs(10)),
+        },
     };
+    if queue.jobs.max_attempts == 0 {
+        return Err(RouterError::config(
+            p("job_max_attempts"),
+            "must be at least 1",
+        ));
+    }
+    if queue.jobs.lease < Duration::from_millis(300) {
+        return Err(RouterError::config(
+            p("job_lease"),
+            "must be at least 0.3 seconds",
+        ));
+    }
     if queue.polling_interval.is_zero() {
         return Err(RouterError::config(
             p("polling_interval"),
