@@ -40,7 +40,7 @@ mod routes;
 mod server;
 mod state;
 
-pub use check::check_config;
+pub use check::{check_config, ConfigReport};
 pub use config::{Config, ConfigError, ConnectionSettings};
 pub use error::ApiError;
 pub use master_key::MasterKey;

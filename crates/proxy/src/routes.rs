@@ -430,11 +430,19 @@ async fn health(State(state): State<AppState>) -> Result<Json<Value>, ApiError> 
             })
         })
         .collect();
+    // Entries not served (unsupported provider prefix), as the startup warning named them.
+    let skipped: Vec<Value> = state
+        .router()
+        .skipped_deployments()
+        .into_iter()
+        .map(|s| json!({"entry": s.path, "model_group": s.model_name, "model": s.model, "reason": s.reason}))
+        .collect();
     Ok(Json(json!({
         "backend": state.backend_name(),
         "healthy_count": deployments.len() - cooling,
         "unhealthy_count": cooling,
         "deployments": deployments,
+        "skipped_deployments": skipped,
     })))
 }
 

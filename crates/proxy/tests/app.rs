@@ -27,6 +27,8 @@ model_list:
     litellm_params: {{ model: openai/text-embedding-3-small, mock_response: "x" }}
   - model_name: limited
     litellm_params: {{ model: openai/x, mock_response: "litellm.RateLimitError", num_retries: 0 }}
+  - model_name: legacy
+    litellm_params: {{ model: bedrock/anthropic.claude-v2 }}
 router_settings:
   num_retries: 0
 {general}"#
@@ -204,6 +206,12 @@ async fn every_endpoint_answers() {
         .unwrap()
         .iter()
         .any(|d| d["id"] == "mock-a" && d["model_group"] == "gpt-4o" && d["healthy"] == true));
+    // The entry with an unsupported provider prefix is listed, not served.
+    let skipped = &health["skipped_deployments"];
+    assert_eq!(skipped.as_array().map(Vec::len), Some(1), "{health}");
+    assert_eq!(skipped[0]["entry"], "model_list[3]");
+    assert_eq!(skipped[0]["model"], "bedrock/anthropic.claude-v2");
+    assert!(skipped[0]["reason"].as_str().unwrap().contains("`bedrock`"));
 
     let a = send(&app, get("/metrics")).await;
     assert_eq!(a.status, StatusCode::OK);

@@ -100,4 +100,7 @@ pub use request::{
 };
 pub use router::Router;
 pub use strategy::RoutingStrategy;
-pub use topology::{implements_litellm_param, RedisFailureMode};
+pub use topology::{
+    implements_litellm_param, provider_table_markdown, providers, ProviderInfo, RedisFailureMode,
+    SkippedDeployment,
+};
