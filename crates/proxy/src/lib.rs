@@ -9,6 +9,7 @@
 //! - `auth`: the request check against the master key (the middleware of the protected routes).
 //! - `request`: reading and validating inference bodies (`priority`, `timeout`, `cache`).
 //! - `routes`: [`app`], the axum router and its handlers; response headers.
+//! - `messages`: `POST /v1/messages`, Anthropic's Messages API translated to and from a chat completion.
 //! - `error`: [`ApiError`], the OpenAI-shaped error every handler answers with.
 //! - `metrics`: Prometheus metrics of the edge and the router.
 //! - `state`: [`AppState`], shared by handlers.
@@ -34,6 +35,7 @@ mod config;
 mod connection;
 mod error;
 mod master_key;
+mod messages;
 mod metrics;
 mod request;
 mod routes;

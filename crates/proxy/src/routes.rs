@@ -47,6 +47,7 @@ pub fn app(state: AppState) -> axum::Router {
         .route("/v1/completions", post(completions))
         .route("/embeddings", post(embeddings))
         .route("/v1/embeddings", post(embeddings))
+        .route("/v1/messages", post(crate::messages::messages))
         .route("/queue/chat/completions", post(queue_chat_completions))
         .route("/v1/queue/chat/completions", post(queue_chat_completions))
         .route("/models", get(models))
@@ -170,7 +171,7 @@ impl Drop for Tracker {
 
 /// One inference request, start to end. The router call is awaited here, never spawned: when the client
 /// disconnects the server drops this future, which drops the router's and cancels a queued entry.
-async fn inference(
+pub(crate) async fn inference(
     state: AppState,
     endpoint: Endpoint,
     force_queue: bool,

@@ -169,34 +169,35 @@ fn content_blocks(content: Option<&Value>, i: usize) -> Result<Vec<Value>, Route
     let mut out = Vec::with_capacity(parts.len());
     for part in parts {
         let kind = part.get("type").and_then(Value::as_str).unwrap_or("text");
-        let mut block =
-            match kind {
-                "text" => json!({
-                    "type": "text",
-                    "text": part.get("text").and_then(Value::as_str).unwrap_or_default(),
-                }),
-                "image_url" => {
-                    let url = part
-                        .get("image_url")
-                        .and_then(|u| u.get("url").or(Some(u)))
-                        .and_then(Value::as_str)
-                        .ok_or_else(|| {
-                            bad(
-                                format!("messages[{i}]: an image_url part needs `image_url.url`"),
-                                "messages",
-                            )
-                        })?;
-                    json!({"type": "image", "source": image_source(url)})
-                }
-                // Already Anthropic blocks (clients of `/v1/messages`, or a client that speaks both).
-                "image" | "document" | "tool_use" | "tool_result" | "thinking" => part.clone(),
-                other => return Err(bad(
+        let mut block = match kind {
+            "text" => json!({
+                "type": "text",
+                "text": part.get("text").and_then(Value::as_str).unwrap_or_default(),
+            }),
+            "image_url" => {
+                let url = part
+                    .get("image_url")
+                    .and_then(|u| u.get("url").or(Some(u)))
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| {
+                        bad(
+                            format!("messages[{i}]: an image_url part needs `image_url.url`"),
+                            "messages",
+                        )
+                    })?;
+                json!({"type": "image", "source": image_source(url)})
+            }
+            // Already Anthropic blocks (clients of `/v1/messages`, or a client that speaks both).
+            "image" | "document" | "tool_use" | "tool_result" | "thinking" => part.clone(),
+            other => {
+                return Err(bad(
                     format!(
                         "messages[{i}]: content part type `{other}` is not supported by Anthropic"
                     ),
                     "messages",
-                )),
-            };
+                ))
+            }
+        };
         if let (Some(cc), Some(b)) = (part.get("cache_control"), block.as_object_mut()) {
             b.insert("cache_control".into(), cc.clone());
         }
