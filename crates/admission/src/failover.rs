@@ -25,8 +25,8 @@ use crate::lock;
 use crate::memory::MemoryAdmission;
 use crate::redis::RedisAdmission;
 use crate::step::{
-    AdmissionBackend, CancelOutcome, GrantPayload, Polled, Release, Restore, Restored, Step,
-    StepReply, Submit, SubmitOutcome,
+    lease_id, AdmissionBackend, CancelOutcome, GrantPayload, Polled, Release, Restore, Restored,
+    Step, StepReply, Submit, SubmitOutcome,
 };
 
 /// Redis with a memory fallback for outages.
@@ -134,7 +134,7 @@ impl FailoverAdmission {
         let mut local = lock(&self.local);
         for grant in &reply.grants {
             if matches!(grant.payload, GrantPayload::Granted { .. }) {
-                local.insert(grant.entry.id().simple().to_string());
+                local.insert(lease_id(&grant.entry));
             }
         }
     }
@@ -168,7 +168,7 @@ impl AdmissionBackend for FailoverAdmission {
             .submit(&with_candidates(step, &share), submit)
             .await?;
         if matches!(reply.outcome, SubmitOutcome::Granted { .. }) {
-            lock(&self.local).insert(submit.entry.id().simple().to_string());
+            lock(&self.local).insert(lease_id(submit.entry));
         }
         self.note_local(&reply);
         Ok(reply)

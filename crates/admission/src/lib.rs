@@ -106,8 +106,8 @@ pub use memory::MemoryAdmission;
 pub use redis::RedisAdmission;
 pub use scheduler::{AdmitRequest, GroupCandidates, GroupOrder, Scheduler, SchedulerStats};
 pub use step::{
-    AdmissionBackend, AdmissionSettings, CancelOutcome, Grant, GrantPayload, Place, Polled,
-    Release, Restore, Restored, Step, StepReply, Submit, SubmitOutcome,
+    lease_id, AdmissionBackend, AdmissionSettings, CancelOutcome, Grant, GrantPayload, Place,
+    Polled, Release, Restore, Restored, Step, StepReply, Submit, SubmitOutcome,
 };
 
 /// Locks a mutex, ignoring poisoning (critical sections never leave state half-changed across a panic).

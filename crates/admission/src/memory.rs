@@ -16,8 +16,8 @@ use usage_tracker::{
 
 use crate::lock;
 use crate::step::{
-    reservation_on, AdmissionBackend, CancelOutcome, Grant, GrantPayload, Place, Polled, Release,
-    Restore, Restored, Step, StepReply, Submit, SubmitOutcome,
+    lease_id, reservation_on, AdmissionBackend, CancelOutcome, Grant, GrantPayload, Place, Polled,
+    Release, Restore, Restored, Step, StepReply, Submit, SubmitOutcome,
 };
 
 /// Queue and usage state of one process. Locks are taken queue first, then usage, and never held across
@@ -121,8 +121,13 @@ impl MemoryAdmission {
         }
     }
 
-    /// `s_heartbeat`.
-    fn heartbeat(step: &Step<'_>, queue: &mut QueueState, cx: &mut Context) {
+    /// `s_heartbeat`: renews this replica's liveness, forgets dead owners and ends their in-flight leases.
+    fn heartbeat(
+        step: &Step<'_>,
+        queue: &mut QueueState,
+        usage: &mut UsageState,
+        cx: &mut Context,
+    ) {
         if !queue.owner_alive(step.group, step.owner, cx.now) {
             cx.lapsed = true;
         }
@@ -131,7 +136,12 @@ impl MemoryAdmission {
             step.owner,
             cx.now + step.settings.liveness().as_millis() as u64,
         );
-        queue.forget_expired_owners(step.group, cx.now);
+        let dead = queue.forget_expired_owners(step.group, cx.now);
+        if !dead.is_empty() {
+            for c in step.candidates {
+                usage.end_leases_of(&c.deployment, |holder| dead.iter().any(|d| d == holder));
+            }
+        }
     }
 
     /// The common tail of every step: take this replica's grants, give back those of dead owners, then
@@ -215,7 +225,7 @@ impl MemoryAdmission {
 fn reserve_request(entry: &Entry, lease: Duration, order: CandidateOrder) -> ReserveRequest {
     let meta = entry.meta();
     ReserveRequest {
-        reservation_id: entry.id().simple().to_string(),
+        reservation_id: lease_id(entry),
         est_tokens: meta.est_tokens,
         prompt_tokens: meta.prompt_tokens,
         lease,
@@ -248,7 +258,7 @@ impl AdmissionBackend for MemoryAdmission {
                 return Ok(StepReply::bare(granted, cx.generation));
             }
         }
-        Self::heartbeat(step, &mut queue, &mut cx);
+        Self::heartbeat(step, &mut queue, &mut usage, &mut cx);
         let max_depth = step.settings.max_queue_depth;
         let enqueued = match queue.enqueue(step.group, submit.priority, entry, max_depth) {
             Err(e) if e.is_queue_full() => {
@@ -286,7 +296,7 @@ impl AdmissionBackend for MemoryAdmission {
         let mut queue = lock(&self.queue);
         let mut usage = lock(&self.usage);
         let mut cx = self.context(step);
-        Self::heartbeat(step, &mut queue, &mut cx);
+        Self::heartbeat(step, &mut queue, &mut usage, &mut cx);
         let polled = Polled {
             replicas: queue.live_owners(step.group),
         };
@@ -302,7 +312,7 @@ impl AdmissionBackend for MemoryAdmission {
         let mut usage = lock(&self.usage);
         let mut cx = self.context(step);
         let now = cx.now;
-        Self::heartbeat(step, &mut queue, &mut cx);
+        Self::heartbeat(step, &mut queue, &mut usage, &mut cx);
         let start_seq = queue.seq(step.group);
         let mut seq = start_seq;
         let mut waiters = 0;
@@ -408,7 +418,7 @@ impl AdmissionBackend for MemoryAdmission {
             CancelOutcome::Grant
         } else {
             // A submit the request gave up on while it was on the way may have reserved on the fast path.
-            let id = entry.id().simple().to_string();
+            let id = lease_id(entry);
             let lease_ms = step.settings.inflight_lease.as_millis() as u64;
             let mut outcome = CancelOutcome::Absent;
             for c in step.candidates {

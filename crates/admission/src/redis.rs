@@ -1,4 +1,5 @@
-//! Admission on Redis: every step is one run of the composite `admit_v2` script.
+//! Admission on Redis: every step is one call of the composite `admit_v2` step (a Redis Function, or a
+//! script where the server has no Functions).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -8,7 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use futures::StreamExt;
 use queue_core::{Entry, Score};
-use store::{BackendError, GroupKeys, Keyspace, RedisConnection};
+use store::{BackendError, GroupKeys, Keyspace, RedisConnection, StepCall, StepFunction};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use usage_tracker::{Candidate, Outcome, Reservation, SettleReport};
@@ -19,15 +20,17 @@ use crate::step::{
     Restored, Step, StepReply, Submit, SubmitOutcome,
 };
 
-/// queue-core's and usage-tracker's fragments followed by admission's body: one atomic step.
-static ADMIT_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| {
-    let source = [
-        queue_core::lua::QUEUE_FRAGMENT,
-        usage_tracker::lua::USAGE_FRAGMENT,
+/// queue-core's and usage-tracker's fragments followed by admission's body: one atomic step, called as a
+/// Redis Function (the fragments' helpers are then defined once, at load, not on every call).
+static ADMIT_STEP: LazyLock<StepFunction> = LazyLock::new(|| {
+    StepFunction::new(
+        "admit_v2",
+        &[
+            queue_core::lua::QUEUE_FRAGMENT,
+            usage_tracker::lua::USAGE_FRAGMENT,
+        ],
         include_str!("lua/admit_v2.lua"),
-    ]
-    .join("\n");
-    redis::Script::new(&source)
+    )
 });
 
 /// EWMA weight of one latency sample.
@@ -92,8 +95,8 @@ impl RedisAdmission {
     }
 
     /// KEYS and the group-wide ARGV of one step.
-    fn invocation(&self, step: &Step<'_>, mode: &str) -> redis::ScriptInvocation<'static> {
-        let mut inv = ADMIT_SCRIPT.prepare_invoke();
+    fn invocation(&self, step: &Step<'_>, mode: &str) -> StepCall {
+        let mut inv = StepCall::new();
         {
             let mut cache = lock(&self.keys);
             if !cache.contains_key(step.group) {
@@ -154,16 +157,16 @@ impl RedisAdmission {
 
     async fn run<T>(
         &self,
-        inv: redis::ScriptInvocation<'static>,
+        inv: StepCall,
         outcome: impl FnOnce(&str, &[redis::Value]) -> Result<T, BackendError>,
     ) -> Result<StepReply<T>, BackendError> {
-        let reply = self.connection.invoke(&inv).await?;
+        let reply = self.connection.call_step(&ADMIT_STEP, &inv).await?;
         decode_reply(reply, outcome)
     }
 }
 
 /// `u_parse_candidates` layout: deployment_id, rpm, tpm, max_parallel, max_input_tokens, tier.
-fn push_candidate_args(inv: &mut redis::ScriptInvocation<'static>, candidate: &Candidate) {
+fn push_candidate_args(inv: &mut StepCall, candidate: &Candidate) {
     let limits = &candidate.limits;
     let or_none = |v: Option<u64>| v.map_or(-1, |v| v as i64);
     inv.arg(&*candidate.deployment.id)

@@ -170,6 +170,12 @@ impl GrantPayload {
     }
 }
 
+/// The id of `entry`'s reservation, its in-flight lease: `<entry id>|<owner>`, so the leases of a replica
+/// found dead end with its liveness (`s_lease` and `u_end_leases_of` in Lua; `UsageState::end_leases_of`).
+pub fn lease_id(entry: &Entry) -> String {
+    format!("{}|{}", entry.id().simple(), entry.owner())
+}
+
 /// The reservation of `entry` on deployment `deployment_id` of `candidates` in window `window_start_ms`.
 pub(crate) fn reservation_on(
     candidates: &[Candidate],
@@ -181,7 +187,7 @@ pub(crate) fn reservation_on(
         .iter()
         .position(|c| &*c.deployment.id == deployment_id)?;
     Some(Reservation {
-        id: entry.id().simple().to_string(),
+        id: lease_id(entry),
         deployment: candidates[index].deployment.clone(),
         window_start_ms,
         est_tokens: entry.meta().est_tokens,

@@ -495,7 +495,7 @@ async fn run_case(
                     .filter(|r| {
                         entries
                             .iter()
-                            .any(|e| e.owner() == owner && e.id().simple().to_string() == r.id)
+                            .any(|e| e.owner() == owner && admission::lease_id(e) == r.id)
                     })
                     .collect(),
             }),

@@ -279,11 +279,19 @@ impl QueueState {
             .collect()
     }
 
-    /// The `ZREMRANGEBYSCORE owners -inf (now` of a heartbeat: forgets owners whose lease expired.
-    pub fn forget_expired_owners(&mut self, group: &str, now_ms: u64) {
+    /// The heartbeat's clean-up of the owners set: forgets owners whose lease expired, and returns them.
+    pub fn forget_expired_owners(&mut self, group: &str, now_ms: u64) -> Vec<String> {
+        let mut expired = Vec::new();
         if let Some(g) = self.groups.get_mut(group) {
-            g.owners.retain(|_, &mut expiry| expiry >= now_ms);
+            g.owners.retain(|owner, &mut expiry| {
+                let alive = expiry >= now_ms;
+                if !alive {
+                    expired.push(owner.clone());
+                }
+                alive
+            });
         }
+        expired
     }
 
     /// `ZADD` at a given score: puts `entry` back at its place (a restore after the store lost it).

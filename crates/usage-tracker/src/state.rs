@@ -468,6 +468,28 @@ impl UsageState {
             .min()
     }
 
+    /// `u_end_leases_of`: ends the in-flight leases of `deployment` whose holder (the part of the
+    /// reservation id after its first `|`) `is_holder` names; the window's counters stay. Returns how many.
+    pub fn end_leases_of(
+        &mut self,
+        deployment: &DeploymentRef,
+        is_holder: impl Fn(&str) -> bool,
+    ) -> usize {
+        let Some(slot) = self
+            .groups
+            .get_mut(&deployment.group)
+            .and_then(|g| g.get_mut(&deployment.id))
+        else {
+            return 0;
+        };
+        let before = slot.inflight.len();
+        slot.inflight.retain(|id, _| {
+            !id.split_once('|')
+                .is_some_and(|(_, holder)| is_holder(holder))
+        });
+        before - slot.inflight.len()
+    }
+
     /// The expiry of in-flight lease `reservation_id` as stored (`ZSCORE`): an expired lease not yet
     /// dropped included.
     pub fn lease_expiry(&self, deployment: &DeploymentRef, reservation_id: &str) -> Option<u64> {

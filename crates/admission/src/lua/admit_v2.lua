@@ -85,15 +85,31 @@ else
 end
 local paused = paused_until >= 0
 
+-- The in-flight lease id of an entry's reservation: "<entry id>|<owner>", so the leases of a replica found
+-- dead can be ended (u_end_leases_of reads the holder after the first '|'). Twin: admission::lease_id.
+local function s_lease(entry)
+  return entry.id .. '|' .. entry.owner
+end
+
 -- The owner's heartbeat: its waiting entries stay alive while it runs steps (a replica with waiters polls
 -- every polling interval, one with requests in flight every heartbeat). Owners whose lease expired are
 -- forgotten on the way (their entries are dead either way), so the set stays as small as the number of live
--- replicas. Returns 1 when the owner's lease had lapsed.
+-- replicas, and their in-flight leases end: a dead replica's slots are free about one liveness after it
+-- stopped, not one inflight_lease (a replica alive but cut off that long re-registers its leases when it is
+-- back). Sets lapsed = 1 when the owner's lease had lapsed.
 local lapsed = 0
 local function s_heartbeat()
   if not q_owner_alive(k_owners, owner, now, nil) then lapsed = 1 end
   q_heartbeat(k_owners, owner, now + liveness)
-  redis.call('ZREMRANGEBYSCORE', k_owners, '-inf', '(' .. q_num(now))
+  local dead = redis.call('ZRANGEBYSCORE', k_owners, '-inf', '(' .. q_num(now))
+  if #dead > 0 then
+    local holders = {}
+    for _, o in ipairs(dead) do
+      holders[o] = true
+      redis.call('ZREM', k_owners, o)
+    end
+    for _, c in ipairs(cands) do u_end_leases_of(c.inflight, holders) end
+  end
 end
 
 -- Grant payloads (admission::GrantPayload): "<deployment_id>|<window_start_ms>", or "reject" for an entry no
@@ -115,7 +131,7 @@ local function s_give_back_grant(entry, payload)
   local dep_id, w = s_parse_payload(payload)
   for _, c in ipairs(cands) do
     if c.id == dep_id then
-      u_give_back(c.dep, c.inflight, entry.id, w, entry.est)
+      u_give_back(c.dep, c.inflight, s_lease(entry), w, entry.est)
       return true
     end
   end
@@ -135,7 +151,7 @@ if mode == 'submit' then
   -- Only an entry of equal or better priority blocks the fast path.
   local blocked = head and head_score < q_score(priority + 1, 0)
   if not force and not blocked and not paused then
-    local i, w = u_try_reserve(now, window_ms, cands, order_mode, entry.est, entry.prompt, entry.id,
+    local i, w = u_try_reserve(now, window_ms, cands, order_mode, entry.est, entry.prompt, s_lease(entry),
       inflight_lease)
     if i then
       return { 'granted', -1, -1, gen, 0, cands[i].id, w }
@@ -226,12 +242,14 @@ elseif mode == 'cancel' then
       what = 'grant'
     else
       -- A submit step that the request gave up on while it was on the way may have reserved on the fast
-      -- path (its in-flight lease carries the entry id, reserved inflight_lease ago at most): give it back.
+      -- path (its in-flight lease carries the entry's lease id, reserved inflight_lease ago at most): give it
+      -- back.
+      local lease = s_lease(entry)
       for _, c in ipairs(cands) do
-        local expiry = redis.call('ZSCORE', c.inflight, entry.id)
+        local expiry = redis.call('ZSCORE', c.inflight, lease)
         if expiry then
           local w = u_window_start(tonumber(expiry) - inflight_lease, window_ms)
-          if u_give_back(c.dep, c.inflight, entry.id, w, entry.est) == 1 then what = 'fast_path' end
+          if u_give_back(c.dep, c.inflight, lease, w, entry.est) == 1 then what = 'fast_path' end
         end
       end
     end
@@ -275,7 +293,8 @@ while granted < max_grants and not paused do
   local member = q_head(k_q, k_owners, now, {})
   if not member then break end
   local entry = q_decode(member)
-  local i, w = u_try_reserve(now, window_ms, cands, order_mode, entry.est, entry.prompt, entry.id, inflight_lease)
+  local i, w = u_try_reserve(now, window_ms, cands, order_mode, entry.est, entry.prompt, s_lease(entry),
+    inflight_lease)
   local payload
   if i then
     payload = s_payload(cands[i].id, w)

@@ -74,6 +74,12 @@
 -- u_renew(k_inflight, res_id, now, lease_ms) -> 1 if the lease was alive and now expires at now + lease_ms,
 --   0 if it had already ended or expired (an ended lease is never revived).
 --
+-- u_end_leases_of(k_inflight, holders) -> n ended
+--   Ends the in-flight leases whose holder is a key of table `holders` (the holder is the part of the
+--   reservation id after its first '|'; ids without one have none). For replicas found dead: their requests
+--   may have reached the upstream, so the window's counters stay as they are. Reads every lease of the key:
+--   callers run it only when a holder died. Twin: UsageState::end_leases_of.
+--
 -- u_stats(c, now, window_ms) -> {rpm, tpm, in_flight, lat, ttft, cooldown_ms, ok, fail} for candidate-like
 --   table c (fields dep, inflight, cd): current-window counters (0 after a roll), live leases, EWMAs as
 --   strings (false when unknown), cooldown remaining ms (-2 none, -1 no expiry). Read only.
@@ -312,6 +318,19 @@ local function u_renew(k_inflight, res_id, now, lease_ms)
   redis.call('ZADD', k_inflight, u_int(now + lease_ms), res_id)
   u_extend_ttl(k_inflight, lease_ms)
   return 1
+end
+
+local function u_end_leases_of(k_inflight, holders)
+  local ended = {}
+  for _, m in ipairs(redis.call('ZRANGE', k_inflight, 0, -1)) do
+    local sep = string.find(m, '|', 1, true)
+    if sep and holders[string.sub(m, sep + 1)] then ended[#ended + 1] = m end
+  end
+  -- unpack is bounded by Lua's C stack: end them in batches.
+  for i = 1, #ended, 500 do
+    redis.call('ZREM', k_inflight, unpack(ended, i, math.min(i + 499, #ended)))
+  end
+  return #ended
 end
 
 local function u_stats(c, now, window_ms)
