@@ -25,7 +25,7 @@ use store::{BackendError, Clock, Keyspace, RedisConnection};
 use testkit::RedisServer;
 use usage_tracker::{
     Candidate, CandidateOrder, DeploymentRef, LatencySample, Limits, Outcome, Reservation,
-    SettleReport, UsageSnapshot, UsageState, WindowSnapshot,
+    RollingSnapshot, SettleReport, UsageSnapshot, UsageState, WindowSnapshot,
 };
 
 const GROUP: &str = "twin {g}/ü";
@@ -212,6 +212,7 @@ impl Twins {
         case: u64,
         limits: &[Limits],
         order: CandidateOrder,
+        rolling: bool,
     ) -> anyhow::Result<Twins> {
         let wall = SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis() as u64;
         let start_ms = wall - wall % WINDOW_MS + WINDOW_MS;
@@ -225,10 +226,13 @@ impl Twins {
             keyspace.clone(),
             window,
         )
+        .rolling(rolling)
         .with_pinned_time(now.clone());
         let memory = MemoryAdmission::new(
             Arc::new(Mutex::new(QueueState::new())),
-            Arc::new(Mutex::new(UsageState::new(window, LATENCY_ALPHA))),
+            Arc::new(Mutex::new(
+                UsageState::new(window, LATENCY_ALPHA).rolling(rolling),
+            )),
             Clock::new(),
         )
         .with_pinned_time(now.clone());
@@ -321,6 +325,19 @@ impl Twins {
                     fail: int("fail"),
                     latency_ms_per_token: hash.get("lat").cloned(),
                     ttft_ms: hash.get("ttft").cloned(),
+                    rolling: RollingSnapshot {
+                        newest_bucket: hash.get("rb").and_then(|v| v.parse().ok()),
+                        requests: int("rr"),
+                        tokens: int("rt"),
+                        buckets: hash
+                            .iter()
+                            .filter_map(|(field, value)| {
+                                let index = field.strip_prefix('k')?.parse().ok()?;
+                                let (r, t) = value.split_once(',')?;
+                                Some((index, (r.parse().ok()?, t.parse().ok()?)))
+                            })
+                            .collect(),
+                    },
                 }),
                 leases: leases.into_iter().collect(),
             });
@@ -596,14 +613,25 @@ fn memory_and_redis_twins_agree_step_by_step() -> anyhow::Result<()> {
         cases: 64,
         ..Config::default()
     });
-    let strategy = (limits(), order(), proptest::collection::vec(op(), 1..60));
-    let result = runner.run(&strategy, |(limits, order, ops)| {
+    let strategy = (
+        limits(),
+        order(),
+        proptest::bool::ANY,
+        proptest::collection::vec(op(), 1..60),
+    );
+    let result = runner.run(&strategy, |(limits, order, rolling, ops)| {
         rt.block_on(async {
             // Fresh keys and a fresh memory twin per case, so cases (and shrink steps) are independent.
             let case = cases.fetch_add(1, Ordering::Relaxed);
-            let twins = Twins::new(&pool, &url, &prefix, case, &limits, order)
+            let twins = Twins::new(&pool, &url, &prefix, case, &limits, order, rolling)
                 .await
                 .map_err(|e| TestCaseError::fail(e.to_string()))?;
+            let mode = if rolling {
+                "rolling windows"
+            } else {
+                "fixed windows"
+            };
+            *lock(&seen).entry(mode).or_default() += 1;
             run_case(&twins, &ops, &seen).await
         })
     });
@@ -625,6 +653,8 @@ fn memory_and_redis_twins_agree_step_by_step() -> anyhow::Result<()> {
         "heartbeat lapsed",
         "paused generation",
         "restore put waiters back",
+        "rolling windows",
+        "fixed windows",
     ] {
         anyhow::ensure!(
             seen.contains_key(kind),

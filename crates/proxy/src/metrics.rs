@@ -1,6 +1,7 @@
 //! Prometheus metrics: what the edge counts itself (requests, statuses, latencies) plus what the router exposes
 //! (attempts, retries, queue depth, cooldowns, backend errors), read at scrape time.
 
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use prometheus_client::encoding::text::{encode_eof, encode_registry};
@@ -47,6 +48,11 @@ pub(crate) struct DeploymentLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct KeyLabels {
+    pub(crate) key_alias: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct TimeoutLabels {
     pub(crate) timeout: &'static str,
 }
@@ -72,6 +78,7 @@ pub(crate) struct EdgeMetrics {
     overhead: HistogramFamily<GroupLabels>,
     in_flight: Gauge,
     backend_errors: Counter,
+    key_spend: Family<KeyLabels, Counter<f64, AtomicU64>>,
     connections: ConnectionMetrics,
 }
 
@@ -160,9 +167,16 @@ impl EdgeMetrics {
              not whole in time), keepalive (no request) or body (a request body not whole in time)",
             connections.timed_out.clone(),
         );
+        let key_spend = Family::<KeyLabels, Counter<f64, AtomicU64>>::default();
+        registry.register(
+            "key_spend_usd",
+            "USD spent by virtual keys, settled on this replica, by key_alias (a key without one: its key_name)",
+            key_spend.clone(),
+        );
         // Exported with the scheduler's count at scrape time (one family, two sources).
         let backend_errors = Counter::default();
         Self {
+            key_spend,
             connections,
             registry,
             backend_errors,
@@ -173,6 +187,15 @@ impl EdgeMetrics {
             overhead,
             in_flight,
         }
+    }
+
+    /// A virtual key spent `usd`.
+    pub(crate) fn key_spent(&self, key_alias: &str, usd: f64) {
+        self.key_spend
+            .get_or_create(&KeyLabels {
+                key_alias: key_alias.to_owned(),
+            })
+            .inc_by(usd);
     }
 
     /// The counter of backend (Redis) failures.

@@ -17,6 +17,8 @@ use serde_json::{json, Value};
 use crate::auth::{self, Caller};
 use crate::connection::BodyReadTimeout;
 use crate::error::ApiError;
+use crate::key_config;
+use crate::key_routes;
 use crate::metrics::RequestLabels;
 use crate::request;
 use crate::state::AppState;
@@ -55,9 +57,14 @@ pub fn app(state: AppState) -> axum::Router {
         .route("/models/{model}", get(model))
         .route("/v1/models/{model}", get(model))
         .route("/health", get(health))
+        .route("/key/generate", post(key_routes::generate))
+        .route("/key/info", get(key_routes::info))
+        .route("/key/update", post(key_routes::update))
+        .route("/key/delete", post(key_routes::delete))
+        .route("/key/list", get(key_routes::list))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
-            auth::require_master_key,
+            auth::require_auth,
         ));
     let open = axum::Router::new()
         .route("/health/readiness", get(readiness))
@@ -187,16 +194,47 @@ pub(crate) async fn inference(
         Err(err) => return tracker.refuse(err),
     };
     // A request that did not pass the auth layer may not override anything.
-    parsed.router_request.overrides_allowed =
-        caller.is_some_and(|Extension(caller)| caller.overrides_allowed);
+    let caller = caller.map(|Extension(caller)| caller);
+    parsed.router_request.overrides_allowed = caller.as_ref().is_some_and(|c| c.overrides_allowed);
     // Label metrics with the model only when it is a served group: clients choose the text.
     let model = &parsed.router_request.model;
     if state.serves(model) {
         tracker.model_group.clone_from(model);
     }
-    let response = match state.router().completion(parsed.router_request).await {
+    // A virtual key's rules; its place in the key's limits is held until the answer is out.
+    let mut permit = match &caller {
+        Some(caller) => match key_routes::admit(&state, caller, &mut parsed.router_request).await {
+            Ok(permit) => permit,
+            Err(err) => return tracker.refuse(err),
+        },
+        None => None,
+    };
+    // A key's own deployments are served by its own router.
+    let own_router = match caller.as_ref().and_then(|c| c.key.as_ref()) {
+        Some(key)
+            if key.config.is_some()
+                && key_config::groups(key).contains(&parsed.router_request.model) =>
+        {
+            match state.key_routers().get(&state, key).await {
+                Ok(router) => Some(router),
+                Err(err) => return tracker.refuse(err),
+            }
+        }
+        _ => None,
+    };
+    let router = own_router.as_ref().unwrap_or(state.router());
+    let response = match router.completion(parsed.router_request).await {
         Ok(response) => response,
-        Err(err) => return tracker.refuse(edge_error_counted(err, Some(&state))),
+        Err(err) => {
+            // Refused before any upstream call (queue full, timeout in the queue, ...): the key's rpm and
+            // tpm come back.
+            if let (Some(permit), false) =
+                (permit.as_mut(), matches!(err, RouterError::Upstream(_)))
+            {
+                permit.give_back();
+            }
+            return tracker.refuse(edge_error_counted(err, Some(&state)));
+        }
     };
 
     let meta = response.meta;
@@ -226,12 +264,33 @@ pub(crate) async fn inference(
     let headers = meta_headers(&meta, overhead);
 
     match response.body {
-        ResponseBody::Json(value) => (headers, Json(value)).into_response(),
+        ResponseBody::Json(value) => {
+            if let Some(caller) = &caller {
+                let price = state.price(&meta.deployment_id).or_else(|| {
+                    own_router.as_ref().and_then(|r| {
+                        r.deployments()
+                            .into_iter()
+                            .find(|d| d.id == meta.deployment_id)
+                            .map(|d| {
+                                (
+                                    d.input_cost_per_token.unwrap_or(0.0),
+                                    d.output_cost_per_token.unwrap_or(0.0),
+                                )
+                            })
+                    })
+                });
+                key_routes::settle(&state, caller, permit.as_mut(), price, &value);
+            }
+            drop(permit);
+            (headers, Json(value)).into_response()
+        }
         ResponseBody::Stream(stream) => {
-            // The tracker rides along with the stream: the request ends when the stream does.
+            // The tracker and the key's place ride along with the stream: the request ends when the stream
+            // does.
             let group = meta.model_group.clone();
             let events = stream.map(move |item| {
                 let _tracker = &tracker;
+                let _permit = &permit;
                 Ok::<_, Infallible>(match item {
                     Ok(bytes) => bytes,
                     Err(err) => {
@@ -372,11 +431,15 @@ fn millis_header(d: Duration) -> HeaderValue {
 }
 
 /// `GET /v1/models`: the model groups in OpenAI's list shape.
-async fn models(State(state): State<AppState>) -> Json<Value> {
+async fn models(State(state): State<AppState>, caller: Option<Extension<Caller>>) -> Json<Value> {
     let created = state.started_epoch_secs();
-    let data: Vec<Value> = state
-        .router()
-        .model_groups()
+    let key = caller.and_then(|Extension(c)| c.key);
+    let mut groups = state.router().model_groups();
+    groups.retain(|id| key.as_ref().is_none_or(|k| k.allows_model(id)));
+    if let Some(key) = &key {
+        groups.extend(key_config::groups(key));
+    }
+    let data: Vec<Value> = groups
         .into_iter()
         .map(|id| model_object(&id, created))
         .collect();
@@ -386,9 +449,15 @@ async fn models(State(state): State<AppState>) -> Json<Value> {
 /// `GET /v1/models/{model}`.
 async fn model(
     State(state): State<AppState>,
+    caller: Option<Extension<Caller>>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let groups = state.router().model_groups();
+    let key = caller.and_then(|Extension(c)| c.key);
+    let mut groups = state.router().model_groups();
+    groups.retain(|g| key.as_ref().is_none_or(|k| k.allows_model(g)));
+    if let Some(key) = &key {
+        groups.extend(key_config::groups(key));
+    }
     if groups.contains(&id) {
         Ok(Json(model_object(&id, state.started_epoch_secs())))
     } else {

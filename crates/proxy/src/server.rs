@@ -61,6 +61,7 @@ pub async fn run(
         }
     }
     let state = AppState::new(router.clone(), &config);
+    let key_state = state.clone();
     let connections = state.metrics().connections().clone();
     tracing::info!("listening on http://{addr}");
 
@@ -105,6 +106,7 @@ pub async fn run(
         }
     };
     router.shutdown().await;
+    key_state.shutdown_key_routers().await;
     tracing::info!("stopped");
     result
 }
@@ -217,7 +219,7 @@ fn log_config(config: &Config) {
         "client connections"
     );
     match &config.master_key {
-        Some(_) => tracing::info!("master key set: every API route needs it"),
+        Some(_) => tracing::info!("master key set: every API route needs it or a virtual key (/key/generate)"),
         None => tracing::warn!(
             "no master key (general_settings.master_key): the API is open to anyone who can reach this port"
         ),

@@ -188,6 +188,7 @@ impl BackendHandle {
     pub(crate) fn build(
         backend: &Backend,
         window: Duration,
+        rolling: bool,
         failure_mode: RedisFailureMode,
         probe_every: Duration,
     ) -> Result<Self, RouterError> {
@@ -201,6 +202,7 @@ impl BackendHandle {
                 let settings = UsageSettings {
                     keyspace: keyspace.clone(),
                     window,
+                    rolling,
                     ..UsageSettings::default()
                 };
                 let usage = MemoryUsage::with_clock(&settings, clock).map_err(|e| {
@@ -228,6 +230,7 @@ impl BackendHandle {
                 let settings = UsageSettings {
                     keyspace: keyspace.clone(),
                     window,
+                    rolling,
                     command_timeout: cfg.command_timeout,
                     ..UsageSettings::default()
                 };
@@ -237,16 +240,20 @@ impl BackendHandle {
                 let client = redis::Client::open(cfg.url.as_str())
                     .map_err(|e| RouterError::config("router_settings.redis_url", e.to_string()))?;
                 let redis_admission =
-                    RedisAdmission::new(connection.clone(), client, keyspace.clone(), window);
+                    RedisAdmission::new(connection.clone(), client, keyspace.clone(), window)
+                        .rolling(rolling);
                 let (admission, failover): (Arc<dyn AdmissionBackend>, _) = match failure_mode {
                     RedisFailureMode::Closed => (Arc::new(redis_admission), None),
                     RedisFailureMode::Open => {
                         let local = MemoryAdmission::new(
                             Arc::new(Mutex::new(QueueState::new())),
-                            Arc::new(Mutex::new(usage_tracker::UsageState::new(
-                                window,
-                                UsageSettings::default().latency_ewma_alpha,
-                            ))),
+                            Arc::new(Mutex::new(
+                                usage_tracker::UsageState::new(
+                                    window,
+                                    UsageSettings::default().latency_ewma_alpha,
+                                )
+                                .rolling(rolling),
+                            )),
                             Clock::new(),
                         );
                         let failover =

@@ -208,6 +208,11 @@ pub struct RouterSettings {
     /// Length of the RPM/TPM window in seconds (default 60).
     #[serde(default, deserialize_with = "lenient::opt_f64")]
     pub usage_window: Option<f64>,
+    /// How rpm and tpm are counted: `rolling` (default: at no moment do the admissions of the last
+    /// `usage_window` exceed `rpm`, nor their reserved tokens `tpm`) or `fixed` (windows aligned to the
+    /// clock, as LiteLLM's per-minute counters: up to twice a limit across a window boundary).
+    #[serde(default)]
+    pub usage_window_mode: Option<String>,
     /// What admission does while Redis does not answer: `closed` (default: requests get 503 with
     /// Retry-After) or `open` (each replica admits with its share of every limit in memory).
     #[serde(default)]

@@ -38,6 +38,10 @@ pub struct DeploymentInfo {
     pub tags: Vec<String>,
     /// Answers with `mock_response`.
     pub mock: bool,
+    /// USD per prompt token (`input_cost_per_token` of `model_info` or `litellm_params`).
+    pub input_cost_per_token: Option<f64>,
+    /// USD per completion token (`output_cost_per_token`).
+    pub output_cost_per_token: Option<f64>,
 }
 
 /// Requests waiting in one model group's queue at one priority.
@@ -99,6 +103,8 @@ pub(crate) fn deployments(topology: &Topology) -> Vec<DeploymentInfo> {
             weight: d.weight,
             tags: d.tags.clone(),
             mock: d.mock_response.is_some(),
+            input_cost_per_token: d.input_cost_per_token,
+            output_cost_per_token: d.output_cost_per_token,
         })
         .collect()
 }

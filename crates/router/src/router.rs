@@ -73,6 +73,7 @@ impl Router {
         let backend = BackendHandle::build(
             &backend,
             policy.queue.usage_window,
+            policy.queue.rolling_window,
             policy.queue.failure_mode,
             policy.queue.replica_heartbeat,
         )?;

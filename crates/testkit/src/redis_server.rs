@@ -227,6 +227,56 @@ impl RedisServer {
         Ok(keys)
     }
 
+    /// Every key under this test's prefix with its whole value as text (`name => value` lines; hashes,
+    /// sets, sorted sets, lists and strings read out whole), for tests that assert what Redis holds, e.g.
+    /// that no secret is stored anywhere.
+    pub async fn dump_text(&self) -> anyhow::Result<String> {
+        let client = redis::Client::open(self.url())?;
+        let mut conn =
+            tokio::time::timeout(CALL_TIMEOUT, client.get_multiplexed_async_connection())
+                .await
+                .context("connecting to Redis timed out")??;
+        let mut out = String::new();
+        for key in self.keys().await? {
+            let kind: String = tokio::time::timeout(
+                CALL_TIMEOUT,
+                redis::cmd("TYPE").arg(&key).query_async(&mut conn),
+            )
+            .await
+            .context("TYPE timed out")??;
+            let mut read = match kind.as_str() {
+                "hash" => redis::cmd("HGETALL"),
+                "set" => redis::cmd("SMEMBERS"),
+                "zset" => redis::cmd("ZRANGE"),
+                "list" => redis::cmd("LRANGE"),
+                "stream" => redis::cmd("XRANGE"),
+                _ => redis::cmd("GET"),
+            };
+            read.arg(&key);
+            match kind.as_str() {
+                "zset" => {
+                    read.arg(0).arg(-1).arg("WITHSCORES");
+                }
+                "list" => {
+                    read.arg(0).arg(-1);
+                }
+                "stream" => {
+                    read.arg("-").arg("+");
+                }
+                _ => {}
+            }
+            let value: redis::Value =
+                tokio::time::timeout(CALL_TIMEOUT, read.query_async(&mut conn))
+                    .await
+                    .context("reading a value timed out")??;
+            out.push_str(&key);
+            out.push_str(" => ");
+            text_of(&value, &mut out);
+            out.push('\n');
+        }
+        Ok(out)
+    }
+
     /// Whether the process is running (not stopped or killed).
     ///
     /// # Panics
@@ -660,6 +710,30 @@ fn redis_server_bin() -> anyhow::Result<PathBuf> {
         .map(|dir| dir.join("redis-server"))
         .find(|candidate| candidate.is_file())
         .context("redis-server is not installed (not on PATH and REDIS_SERVER_BIN unset); run scripts/setup.sh, or point TEST_REDIS_URL at a running Redis")
+}
+
+/// Appends the text of a reply (bulk strings as lossy UTF-8) to `out`.
+fn text_of(value: &redis::Value, out: &mut String) {
+    match value {
+        redis::Value::BulkString(bytes) => out.push_str(&String::from_utf8_lossy(bytes)),
+        redis::Value::SimpleString(s) => out.push_str(s),
+        redis::Value::Int(n) => out.push_str(&n.to_string()),
+        redis::Value::Array(items) | redis::Value::Set(items) => {
+            for item in items {
+                text_of(item, out);
+                out.push(' ');
+            }
+        }
+        redis::Value::Map(pairs) => {
+            for (k, v) in pairs {
+                text_of(k, out);
+                out.push(' ');
+                text_of(v, out);
+                out.push(' ');
+            }
+        }
+        other => out.push_str(&format!("{other:?}")),
+    }
 }
 
 #[cfg(test)]

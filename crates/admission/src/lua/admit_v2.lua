@@ -7,7 +7,8 @@
 --       deployment (usage hash, in-flight zset, cooldown key), all under the group's hash tag.
 -- ARGV: [1] mode: "submit" | "poll" | "release" | "cancel" | "restore"
 --       [2] owner (this replica)       [3] liveness ms (owner lease a heartbeat renews)
---       [4] usage window ms            [5] inflight_lease ms     [6] candidate order mode
+--       [4] usage window: "<ms>" (fixed windows) or "<ms>r" (rolling)
+--       [5] inflight_lease ms          [6] candidate order mode
 --       [7] max grants per call        [8] wake channel prefix   [9] group name
 --       [10] now ms (-1: Redis TIME; tests pin it)               [11] generation this replica knows ("" none)
 --       [12] pause ms after the store lost its state              [13] n candidates
@@ -49,7 +50,7 @@ end
 local mode = ARGV[1]
 local owner = ARGV[2]
 local liveness = tonumber(ARGV[3])
-local window_ms = tonumber(ARGV[4])
+local win = u_window_spec(ARGV[4])
 local inflight_lease = tonumber(ARGV[5])
 local order_mode = tonumber(ARGV[6])
 local max_grants = tonumber(ARGV[7])
@@ -131,7 +132,7 @@ local function s_give_back_grant(entry, payload)
   local dep_id, w = s_parse_payload(payload)
   for _, c in ipairs(cands) do
     if c.id == dep_id then
-      u_give_back(c.dep, c.inflight, s_lease(entry), w, entry.est)
+      u_give_back(c.dep, c.inflight, s_lease(entry), w, entry.est, now, win)
       return true
     end
   end
@@ -151,7 +152,7 @@ if mode == 'submit' then
   -- Only an entry of equal or better priority blocks the fast path.
   local blocked = head and head_score < q_score(priority + 1, 0)
   if not force and not blocked and not paused then
-    local i, w = u_try_reserve(now, window_ms, cands, order_mode, entry.est, entry.prompt, s_lease(entry),
+    local i, w = u_try_reserve(now, win, cands, order_mode, entry.est, entry.prompt, s_lease(entry),
       inflight_lease)
     if i then
       return { 'granted', -1, -1, gen, 0, cands[i].id, w }
@@ -168,7 +169,7 @@ if mode == 'submit' then
     return { 'full', -1, rank, gen, lapsed }
   end
   status = 'queued'
-  fields = { -1, u_not_before(cands, now, window_ms, entry.est, entry.prompt), score }
+  fields = { -1, u_not_before(cands, now, win, entry.est, entry.prompt), score }
 elseif mode == 'poll' then
   s_heartbeat()
   status = 'polled'
@@ -208,7 +209,7 @@ elseif mode == 'restore' then
     local res_id = ARGV[o + 1 + 3 * j]
     local c = cands[tonumber(ARGV[o + 2 + 3 * j])]
     if c and not redis.call('ZSCORE', c.inflight, res_id) then
-      u_charge(c, now, window_ms, tonumber(ARGV[o + 3 + 3 * j]), res_id, inflight_lease)
+      u_charge(c, now, win, tonumber(ARGV[o + 3 + 3 * j]), res_id, inflight_lease)
       registered = registered + 1
     end
   end
@@ -219,12 +220,12 @@ elseif mode == 'release' then
   local c = cands[tonumber(ARGV[e + 2])]
   local outcome = tonumber(ARGV[e + 6])
   if outcome == 0 then
-    u_give_back(c.dep, c.inflight, ARGV[e + 1], tonumber(ARGV[e + 3]), tonumber(ARGV[e + 4]))
+    u_give_back(c.dep, c.inflight, ARGV[e + 1], tonumber(ARGV[e + 3]), tonumber(ARGV[e + 4]), now, win)
   elseif outcome == 3 then
     outcome = 0
   end
   local requests, failures = u_settle(c.dep, c.inflight, ARGV[e + 1], tonumber(ARGV[e + 3]),
-    tonumber(ARGV[e + 4]), tonumber(ARGV[e + 5]), outcome, now, window_ms, tonumber(ARGV[e + 7]),
+    tonumber(ARGV[e + 4]), tonumber(ARGV[e + 5]), outcome, now, win, tonumber(ARGV[e + 7]),
     tonumber(ARGV[e + 8]), tonumber(ARGV[e + 9]))
   status = 'released'
   fields = { requests, failures }
@@ -248,8 +249,8 @@ elseif mode == 'cancel' then
       for _, c in ipairs(cands) do
         local expiry = redis.call('ZSCORE', c.inflight, lease)
         if expiry then
-          local w = u_window_start(tonumber(expiry) - inflight_lease, window_ms)
-          if u_give_back(c.dep, c.inflight, lease, w, entry.est) == 1 then what = 'fast_path' end
+          local w = u_window_start(tonumber(expiry) - inflight_lease, win)
+          if u_give_back(c.dep, c.inflight, lease, w, entry.est, now, win) == 1 then what = 'fast_path' end
         end
       end
     end
@@ -293,7 +294,7 @@ while granted < max_grants and not paused do
   local member = q_head(k_q, k_owners, now, {})
   if not member then break end
   local entry = q_decode(member)
-  local i, w = u_try_reserve(now, window_ms, cands, order_mode, entry.est, entry.prompt, s_lease(entry),
+  local i, w = u_try_reserve(now, win, cands, order_mode, entry.est, entry.prompt, s_lease(entry),
     inflight_lease)
   local payload
   if i then

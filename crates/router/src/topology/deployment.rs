@@ -46,6 +46,10 @@ pub(crate) struct Deployment {
     pub(crate) mock_response: Option<String>,
     pub(crate) mock_delay: Option<Duration>,
     pub(crate) tags: Vec<String>,
+    /// USD per prompt token (`input_cost_per_token`), for spend.
+    pub(crate) input_cost_per_token: Option<f64>,
+    /// USD per completion token (`output_cost_per_token`).
+    pub(crate) output_cost_per_token: Option<f64>,
     /// Body parameters applied when the client did not send them.
     pub(crate) body_defaults: Map<String, Value>,
     /// `extra_body`: merged into every upstream body.

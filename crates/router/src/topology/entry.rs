@@ -252,6 +252,8 @@ pub(super) fn deployment(
         mock_delay: secs_or_zero(params.mock_delay, &format!("{lp}.mock_delay"))?,
         mock_response,
         tags: params.tags.clone().unwrap_or_default(),
+        input_cost_per_token: price(entry, "input_cost_per_token"),
+        output_cost_per_token: price(entry, "output_cost_per_token"),
         body_defaults,
         extra_body,
         headers,
@@ -259,6 +261,21 @@ pub(super) fn deployment(
     };
     deployment.prepared = Prepared::of(&deployment);
     Ok(Built::Deployment(Box::new(deployment)))
+}
+
+/// A price per token (USD) from `model_info`, else from `litellm_params` (LiteLLM reads both).
+fn price(entry: &ModelListEntry, name: &str) -> Option<f64> {
+    entry
+        .model_info
+        .as_ref()
+        .and_then(|i| i.extra.get(name))
+        .or_else(|| entry.litellm_params.extra.get(name))
+        .and_then(|v| match v {
+            Value::Number(n) => n.as_f64(),
+            Value::String(s) => s.trim().parse().ok(),
+            _ => None,
+        })
+        .filter(|p: &f64| p.is_finite() && *p >= 0.0)
 }
 
 fn check_header(name: &str, value: &str, path: &str) -> Result<(), RouterError> {
@@ -317,7 +334,12 @@ pub fn implements_litellm_param(key: &str) -> bool {
     BODY_DEFAULT_KEYS.contains(&key)
         || matches!(
             key,
-            "extra_headers" | "headers" | "organization" | "extra_body"
+            "extra_headers"
+                | "headers"
+                | "organization"
+                | "extra_body"
+                | "input_cost_per_token"
+                | "output_cost_per_token"
         )
 }
 

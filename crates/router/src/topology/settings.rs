@@ -121,6 +121,16 @@ pub(super) fn policy(
         default_priority,
         max_queue_depth: s.max_queue_depth.unwrap_or(10_000),
         usage_window: secs(s.usage_window, &p("usage_window"))?.unwrap_or(Duration::from_secs(60)),
+        rolling_window: match s.usage_window_mode.as_deref().map(str::trim) {
+            None | Some("rolling") => true,
+            Some("fixed") => false,
+            Some(other) => {
+                return Err(RouterError::config(
+                    p("usage_window_mode"),
+                    format!("expected `rolling` or `fixed`, got `{other}`"),
+                ))
+            }
+        },
         failure_mode: match s.redis_failure_mode.as_deref().map(str::trim) {
             None | Some("closed") => RedisFailureMode::Closed,
             Some("open") => RedisFailureMode::Open,
