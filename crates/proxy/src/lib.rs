@@ -14,6 +14,7 @@
 //!   key's rules on inference requests (models, priority floor and default, budget, limits, spend).
 //! - `request`: reading and validating inference bodies (`priority`, `timeout`, `cache`).
 //! - `routes`: [`app`], the axum router and its handlers; response headers.
+//! - `messages`: `POST /v1/messages`, Anthropic's Messages API translated to and from a chat completion.
 //! - `error`: [`ApiError`], the OpenAI-shaped error every handler answers with.
 //! - `metrics`: Prometheus metrics of the edge and the router.
 //! - `state`: [`AppState`], shared by handlers.
@@ -44,6 +45,7 @@ mod key_config;
 mod key_routes;
 mod keys_cli;
 mod master_key;
+mod messages;
 mod metrics;
 mod request;
 mod routes;
@@ -51,7 +53,7 @@ mod server;
 mod state;
 
 pub use auth::{Caller, CallerIdentity};
-pub use check::check_config;
+pub use check::{check_config, ConfigReport};
 pub use config::{Config, ConfigError, ConnectionSettings};
 pub use error::ApiError;
 pub use keys_cli::{keys_command, KeysAction, KeysCliError, KeysCommand};

@@ -141,7 +141,13 @@ fn build_runtime(workers: Option<u16>, serve: bool) -> std::io::Result<tokio::ru
 
 async fn check(file: &std::path::Path) -> anyhow::Result<()> {
     let report = proxy::check_config(file).await?;
-    print!("{report}");
+    print!("{}", report.text);
+    if !report.skipped.is_empty() {
+        anyhow::bail!(
+            "{} deployment(s) use a provider prefix that is not supported",
+            report.skipped.len()
+        );
+    }
     Ok(())
 }
 

@@ -50,6 +50,7 @@ pub fn app(state: AppState) -> axum::Router {
         .route("/v1/completions", post(completions))
         .route("/embeddings", post(embeddings))
         .route("/v1/embeddings", post(embeddings))
+        .route("/v1/messages", post(crate::messages::messages))
         .route("/queue/chat/completions", post(queue_chat_completions))
         .route("/v1/queue/chat/completions", post(queue_chat_completions))
         .route("/queue/request", post(jobs::submit))
@@ -185,7 +186,7 @@ impl Drop for Tracker {
 
 /// One inference request, start to end. The router call is awaited here, never spawned: when the client
 /// disconnects the server drops this future, which drops the router's and cancels a queued entry.
-async fn inference(
+pub(crate) async fn inference(
     state: AppState,
     endpoint: Endpoint,
     force_queue: bool,
@@ -507,11 +508,19 @@ async fn health(State(state): State<AppState>) -> Result<Json<Value>, ApiError> 
             })
         })
         .collect();
+    // Entries not served (unsupported provider prefix), as the startup warning named them.
+    let skipped: Vec<Value> = state
+        .router()
+        .skipped_deployments()
+        .into_iter()
+        .map(|s| json!({"entry": s.path, "model_group": s.model_name, "model": s.model, "reason": s.reason}))
+        .collect();
     Ok(Json(json!({
         "backend": state.backend_name(),
         "healthy_count": deployments.len() - cooling,
         "unhealthy_count": cooling,
         "deployments": deployments,
+        "skipped_deployments": skipped,
     })))
 }
 

@@ -4,8 +4,8 @@
 //! `router_settings`, spreads requests over the deployments of a model group with a routing strategy,
 //! admits requests in global priority order across every replica sharing the backend (queue-core +
 //! usage-tracker, composed into one atomic admission step), calls the upstream (OpenAI, OpenAI-compatible
-//! servers, Azure, mock responses), retries, falls back to other groups, cools failing deployments down and
-//! caches responses.
+//! servers by LiteLLM's provider prefixes, Azure, Anthropic natively, mock responses), retries, falls back
+//! to other groups, cools failing deployments down and caches responses.
 //!
 //! Admission: a request first tries the fast path, one atomic step (one Redis round trip) that reserves a
 //! deployment when nobody of equal or better priority waits and a deployment has headroom, and otherwise
@@ -29,12 +29,15 @@
 //! - `stream`: relaying streams chunk by chunk and settling when they end.
 //! - `info`: [`DeploymentInfo`], [`DeploymentHealth`], [`QueueDepth`]: what the router reports about itself.
 //! - `topology`: the validated runtime model: `config` validated (key paths in errors) into deployments with
-//!   stable ids, model groups and the policy; the provider table (prefix -> how the upstream is spoken to).
+//!   stable ids, model groups and the policy; the provider table (prefix -> how the upstream is spoken to:
+//!   [`providers`], [`provider_table_markdown`]); entries with an unsupported prefix ([`SkippedDeployment`]).
 //! - `config`: [`RouterConfig`], [`ModelListEntry`], [`LitellmParams`], [`RouterSettings`]: LiteLLM's config
 //!   shapes (serde; numeric strings accepted; secrets masked in `Debug`).
 //! - `environ`: [`resolve_env_reference`]: LiteLLM's `os.environ/NAME` references, the one resolver (the proxy's
 //!   config loader uses it too).
-//! - `provider`: HTTP clients for upstreams, SSE parsing, mock responses, upstream error mapping.
+//! - `provider`: HTTP clients for upstreams, SSE parsing, mock responses; Anthropic's Messages API translated
+//!   to and from OpenAI's shapes (`provider/anthropic`, `provider/anthropic_stream`); the one mapping of
+//!   provider error payloads (`provider/errors`).
 //! - `cache`: the response cache (memory or Redis), keyed by a hash of the normalised request.
 //! - `request`: [`RouterRequest`] (with the caller's permission to override routing, [`OVERRIDE_FIELDS`]),
 //!   [`RouterResponse`], [`ResponseMeta`] (with its [`AnswerSource`]), [`Endpoint`], [`CacheControl`].
@@ -102,4 +105,7 @@ pub use request::{
 };
 pub use router::Router;
 pub use strategy::RoutingStrategy;
-pub use topology::{implements_litellm_param, RedisFailureMode};
+pub use topology::{
+    implements_litellm_param, provider_table_markdown, providers, ProviderInfo, RedisFailureMode,
+    SkippedDeployment,
+};

@@ -18,7 +18,7 @@ use crate::metrics::RouterMetrics;
 use crate::order::GroupOrders;
 use crate::provider::Providers;
 use crate::request::{RouterRequest, RouterResponse};
-use crate::topology::{self, RedisFailureMode, Topology};
+use crate::topology::{self, RedisFailureMode, SkippedDeployment, Topology};
 use crate::walk::{Attempts, Walk};
 
 /// LiteLLM's Router as a library: model groups of deployments, load balancing, admission against shared
@@ -68,6 +68,10 @@ impl Router {
     /// Validates `config` and builds the router on `backend`. Errors name the key path of the problem.
     pub async fn new(config: RouterConfig, backend: Backend) -> Result<Router, RouterError> {
         let topology = Arc::new(topology::build(&config)?);
+        for s in topology.skipped() {
+            tracing::warn!(entry = %s.path, model_name = %s.model_name, model = %s.model,
+                "deployment skipped: {}", s.reason);
+        }
         let policy = topology.policy();
         let backend = BackendHandle::build(
             &backend,
@@ -163,6 +167,11 @@ impl Router {
     /// The deployments, without secrets.
     pub fn deployments(&self) -> Vec<DeploymentInfo> {
         info::deployments(&self.inner.topology)
+    }
+
+    /// The `model_list` entries not served because their provider prefix is not supported.
+    pub fn skipped_deployments(&self) -> Vec<SkippedDeployment> {
+        self.inner.topology.skipped().to_vec()
     }
 
     /// Usage and health of every deployment (one backend call per group).

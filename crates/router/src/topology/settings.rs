@@ -13,9 +13,12 @@ use crate::error::RouterError;
 use crate::strategy::Strategy;
 
 /// Validates `router_settings` (fallbacks must name groups of `groups`).
+/// `skipped` names groups whose every deployment was skipped (unsupported provider): fallbacks may name them
+/// (the walk passes over them).
 pub(super) fn policy(
     s: &RouterSettings,
     groups: &BTreeMap<String, ModelGroup>,
+    skipped: &[&str],
 ) -> Result<Policy, RouterError> {
     let p = |k: &str| format!("router_settings.{k}");
     let strategy = match s.routing_strategy.as_deref() {
@@ -52,7 +55,7 @@ pub(super) fn policy(
     let timeout = secs(s.timeout, &p("timeout"))?.unwrap_or(Duration::from_secs(600));
     let stream_timeout = secs(s.stream_timeout, &p("stream_timeout"))?;
 
-    let known = |g: &str| groups.contains_key(g);
+    let known = |g: &str| groups.contains_key(g) || skipped.contains(&g);
     let fallbacks = fallbacks(
         s.fallbacks.as_deref(),
         s.default_fallbacks.as_deref(),

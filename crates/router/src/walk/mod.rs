@@ -251,8 +251,13 @@ impl Walk {
                             >= usize::try_from(policy.max_fallbacks).unwrap_or(usize::MAX);
                     // The client gets the first group's error: it is about the model it asked for.
                     let err = first_error.take().unwrap_or(e);
-                    let next_group = if stop { None } else { pending.pop_front() };
-                    let Some(next) = next_group.and_then(|g| topology.group(&g)) else {
+                    // A group not served (every deployment skipped at startup) is passed over.
+                    let next_group = if stop {
+                        None
+                    } else {
+                        std::iter::from_fn(|| pending.pop_front()).find_map(|g| topology.group(&g))
+                    };
+                    let Some(next) = next_group else {
                         break Err(err);
                     };
                     first_error = Some(err);
