@@ -135,7 +135,7 @@ done
 cat <<EOF
 
 Redis per request on the uncontended path (all scenario-1 runs through the single Redis replica, warm-ups
-included): $(s .s1_redis_scripts_per_request) script calls (EVALSHA round trips), $(s .s1_redis_commands_per_request)
+included): $(s .s1_redis_scripts_per_request) step calls (FCALL round trips), $(s .s1_redis_commands_per_request)
 commands executed in total (Redis counts the commands a script runs in INFO commandstats).
 
 ## 2. Saturation with priorities
@@ -213,7 +213,7 @@ cat <<EOF
 Commands include those run inside scripts; idle = the poller and lease renewals with no traffic. Admission
 overhead is the gateway's \`x-llm-scheduler-overhead-ms\` (time to the response head minus the upstream's
 latency: parsing, the admission script, the release script). Script µs per call is Redis's own time per
-EVALSHA (INFO commandstats) during the run.
+FCALL (INFO commandstats) during the run.
 
 ## Targets
 

@@ -168,15 +168,15 @@ lt() {
 
 rcli() { redis-cli -p "$REDIS_PORT" "$@"; }
 
-# "total evalsha evalsha_usec": commands Redis executed (those run by scripts included) and script calls, without
-# the commands this script sends itself.
+# "total steps steps_usec": commands Redis executed (those run by scripts included) and step calls (FCALL, or
+# EVALSHA where the server has no Functions), without the commands this script sends itself.
 redis_calls() {
     rcli info commandstats | tr -d '\r' | awk -F'[:,=]' '
         /^cmdstat_/ {
             name = substr($1, 9)
             if (name ~ /^(info|config\||memory\||flushall|dbsize|del|unlink|ping)$/ || name ~ /^(config|memory)\|/) next
             total += $3
-            if (name == "evalsha" || name == "eval") { ev += $3; evus += $5 }
+            if (name == "fcall" || name == "evalsha" || name == "eval") { ev += $3; evus += $5 }
         }
         END { printf "%d %d %d\n", total, ev, evus }'
 }

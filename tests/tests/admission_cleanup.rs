@@ -269,7 +269,7 @@ async fn redis_a_request_dropped_during_its_admission_step_gives_its_reservation
                     .unwrap_or_default();
                 clients
                     .lines()
-                    .any(|l| l.contains("cmd=evalsha") && l.contains("flags=b"))
+                    .any(|l| l.contains("cmd=fcall") && l.contains("flags=b"))
             }
         })
         .await;

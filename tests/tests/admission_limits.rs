@@ -1,5 +1,5 @@
-//! Exact rpm limits under a burst: with `rpm: 20` and a 1 s usage window, no window ever lets more than 20
-//! requests reach the deployment, every window after the burst is used to the full, all requests complete
+//! Exact rpm limits under a burst, with rolling and with fixed windows: with `rpm: 20` and a 1 s usage
+//! window, no window ever lets more than 20 requests reach the deployment, every window after the burst is used to the full, all requests complete
 //! before their deadline, and each window serves the most urgent of the requests still waiting.
 
 mod common;
@@ -42,6 +42,7 @@ async fn wait_for_window_phase(from: u64, to: u64) {
 async fn rpm_is_exact_per_window_and_windows_serve_the_most_urgent(
     kind: Kind,
     n: usize,
+    mode: &str,
 ) -> anyhow::Result<()> {
     let upstream = upstream_with_latency(Duration::from_millis(20)).await?;
     let config = json!({
@@ -49,7 +50,7 @@ async fn rpm_is_exact_per_window_and_windows_serve_the_most_urgent(
             common::deployment("g", "dep-a", &upstream, json!({"rpm": RPM})),
             common::deployment("warm", "dep-warm", &upstream, json!({})),
         ],
-        "router_settings": {"num_retries": 0, "timeout": 30, "usage_window": 1},
+        "router_settings": {"num_retries": 0, "timeout": 30, "usage_window": 1, "usage_window_mode": mode},
     });
     let cluster = Cluster::start(kind, config, upstream).await?;
     // Connections and scripts ready on every replica, through another group.
@@ -153,10 +154,22 @@ async fn rpm_is_exact_per_window_and_windows_serve_the_most_urgent(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_rpm_is_exact_per_window_and_windows_serve_the_most_urgent() -> anyhow::Result<()> {
-    rpm_is_exact_per_window_and_windows_serve_the_most_urgent(Kind::Redis(3), 200).await
+    rpm_is_exact_per_window_and_windows_serve_the_most_urgent(Kind::Redis(3), 200, "rolling").await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_rpm_is_exact_per_window_and_windows_serve_the_most_urgent() -> anyhow::Result<()> {
-    rpm_is_exact_per_window_and_windows_serve_the_most_urgent(Kind::Memory, 60).await
+    rpm_is_exact_per_window_and_windows_serve_the_most_urgent(Kind::Memory, 60, "rolling").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_fixed_windows_rpm_is_exact_per_window_and_windows_serve_the_most_urgent(
+) -> anyhow::Result<()> {
+    rpm_is_exact_per_window_and_windows_serve_the_most_urgent(Kind::Redis(3), 200, "fixed").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_fixed_windows_rpm_is_exact_per_window_and_windows_serve_the_most_urgent(
+) -> anyhow::Result<()> {
+    rpm_is_exact_per_window_and_windows_serve_the_most_urgent(Kind::Memory, 60, "fixed").await
 }

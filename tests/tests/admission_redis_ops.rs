@@ -4,7 +4,7 @@
 //! Method: commands are observed with `MONITOR`, which reports every command with its Redis timestamp and its
 //! source, `[db ip:port]` for a command sent by a client and `[db lua]` for a command run inside a script.
 //! Only client commands are round trips; the script-internal ones are counted apart (`INFO commandstats`
-//! would mix both, since it counts commands run by scripts under their own names; its `cmdstat_evalsha`
+//! would mix both, since it counts commands run by scripts under their own names; its `cmdstat_fcall`
 //! is used as a cross-check). Phases are delimited by `ECHO` markers sent by the test's own connection, which
 //! `MONITOR` reports in order with everything else, so no command is attributed to the wrong phase.
 
@@ -35,7 +35,7 @@ struct Command {
     arg: String,
 }
 
-/// Parses `+1700000000.123456 [0 127.0.0.1:54321] "evalsha" "abc" ...`.
+/// Parses `+1700000000.123456 [0 127.0.0.1:54321] "fcall" "admit_v2_..." ...`.
 fn parse(line: &str) -> Option<Command> {
     let line = line.trim_end().strip_prefix('+')?;
     let (ts, rest) = line.split_once(' ')?;
@@ -154,8 +154,8 @@ async fn calls(conn: &mut redis::aio::MultiplexedConnection, name: &str) -> anyh
 }
 
 /// Twenty requests one after another on an idle deployment (with rpm and concurrency limits, so admission does
-/// its full work): each costs exactly its admission step and its settle step, two EVALSHA round trips, and no
-/// other command.
+/// its full work): each costs exactly its admission step and its settle step, two FCALL round trips (the step is a
+/// Redis Function), and no other command.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn uncontended_requests_cost_two_round_trips_each() -> anyhow::Result<()> {
     const N: usize = 20;
@@ -202,19 +202,19 @@ async fn uncontended_requests_cost_two_round_trips_each() -> anyhow::Result<()> 
         client.len(),
         2 * N
     );
-    let evalsha = client.iter().filter(|c| c.name == "evalsha").count();
+    let fcall = client.iter().filter(|c| c.name == "fcall").count();
     ensure!(
-        evalsha == client.len() && evalsha >= N,
-        "expected only EVALSHA round trips, at least one per request: {names:?}"
+        fcall == client.len() && fcall >= N,
+        "expected only FCALL round trips, at least one per request: {names:?}"
     );
     ensure!(
         lua > 0,
         "MONITOR reported no script-internal commands: the method is broken"
     );
-    let stat = calls(&mut conn, "evalsha").await?;
+    let stat = calls(&mut conn, "fcall").await?;
     ensure!(
-        stat == evalsha as u64,
-        "INFO commandstats counts {stat} EVALSHA, MONITOR {evalsha}"
+        stat == fcall as u64,
+        "INFO commandstats counts {stat} FCALL, MONITOR {fcall}"
     );
     cluster.shutdown().await;
     Ok(())

@@ -21,12 +21,13 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use usage_tracker::{Candidate, Limits, Reservation, SettleReport};
 
+use crate::jobs::{Claim, Claimed, JobCancel, JobEnd, JobErrors, JobId, JobStore, JobView, NewJob};
 use crate::lock;
 use crate::memory::MemoryAdmission;
 use crate::redis::RedisAdmission;
 use crate::step::{
-    AdmissionBackend, CancelOutcome, GrantPayload, Polled, Release, Restore, Restored, Step,
-    StepReply, Submit, SubmitOutcome,
+    lease_id, AdmissionBackend, CancelOutcome, GrantPayload, Polled, Release, Restore, Restored,
+    Step, StepReply, Submit, SubmitOutcome,
 };
 
 /// Redis with a memory fallback for outages.
@@ -134,7 +135,7 @@ impl FailoverAdmission {
         let mut local = lock(&self.local);
         for grant in &reply.grants {
             if matches!(grant.payload, GrantPayload::Granted { .. }) {
-                local.insert(grant.entry.id().simple().to_string());
+                local.insert(lease_id(&grant.entry));
             }
         }
     }
@@ -168,7 +169,7 @@ impl AdmissionBackend for FailoverAdmission {
             .submit(&with_candidates(step, &share), submit)
             .await?;
         if matches!(reply.outcome, SubmitOutcome::Granted { .. }) {
-            lock(&self.local).insert(submit.entry.id().simple().to_string());
+            lock(&self.local).insert(lease_id(submit.entry));
         }
         self.note_local(&reply);
         Ok(reply)
@@ -271,6 +272,24 @@ impl AdmissionBackend for FailoverAdmission {
         }
     }
 
+    /// Jobs are durable only in Redis: while it does not answer, submitting and claiming them fails (the
+    /// client gets 503 with Retry-After; queued jobs wait in Redis).
+    async fn submit_job(
+        &self,
+        step: &Step<'_>,
+        job: &NewJob<'_>,
+    ) -> Result<StepReply<SubmitOutcome>, BackendError> {
+        self.redis.submit_job(step, job).await
+    }
+
+    async fn claim(
+        &self,
+        step: &Step<'_>,
+        claim: &Claim,
+    ) -> Result<StepReply<Claimed>, BackendError> {
+        self.redis.claim(step, claim).await
+    }
+
     fn start_wakeups(
         &self,
         owner: Arc<str>,
@@ -282,5 +301,60 @@ impl AdmissionBackend for FailoverAdmission {
 
     fn now_ms(&self) -> u64 {
         self.redis.now_ms()
+    }
+}
+
+/// Jobs live in Redis only (see [`FailoverAdmission::submit_job`]).
+#[async_trait]
+impl JobStore for FailoverAdmission {
+    async fn start_job(
+        &self,
+        id: &JobId,
+        entry: &Entry,
+        attempts: u32,
+    ) -> Result<Option<std::collections::HashMap<String, String>>, BackendError> {
+        self.redis.start_job(id, entry, attempts).await
+    }
+
+    async fn read_job(
+        &self,
+        id: &JobId,
+        errors: JobErrors<'_>,
+        ttl: Duration,
+    ) -> Result<Option<JobView>, BackendError> {
+        self.redis.read_job(id, errors, ttl).await
+    }
+
+    async fn finish_job(
+        &self,
+        id: &JobId,
+        entry: &Entry,
+        end: &JobEnd<'_>,
+        ttl: Duration,
+    ) -> Result<bool, BackendError> {
+        self.redis.finish_job(id, entry, end, ttl).await
+    }
+
+    async fn cancel_job(
+        &self,
+        id: &JobId,
+        error: &str,
+        status: u16,
+        ttl: Duration,
+    ) -> Result<JobCancel, BackendError> {
+        self.redis.cancel_job(id, error, status, ttl).await
+    }
+
+    async fn renew_job(
+        &self,
+        id: &JobId,
+        entry: &Entry,
+        expiry_ms: u64,
+    ) -> Result<bool, BackendError> {
+        self.redis.renew_job(id, entry, expiry_ms).await
+    }
+
+    async fn hand_back_job(&self, id: &JobId, entry: &Entry) -> Result<bool, BackendError> {
+        self.redis.hand_back_job(id, entry).await
     }
 }

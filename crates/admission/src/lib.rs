@@ -1,14 +1,17 @@
 //! Priority admission across replicas: the one place requests take and give back deployment capacity.
 //!
-//! Every request for a model group asks for capacity in one atomic **step** on the shared store. Four steps
-//! exist (`submit`, `poll`, `release`, `cancel`); each is one run of `admit_v2.lua` on Redis (queue-core's
-//! and usage-tracker's Lua fragments followed by admission's body), or the same logic under one lock in
-//! memory. The step:
+//! Every request for a model group asks for capacity in one atomic **step** on the shared store. Each
+//! step (`submit`, `poll`, `release`, `cancel`, `restore`, `claim`) is one run of `admit_v2.lua` on Redis
+//! (queue-core's and usage-tracker's Lua fragments followed by admission's body), or the same logic under
+//! one lock in memory. The step:
 //! - `submit`: the fast path reserves a deployment at once when nobody of equal or better priority waits and
 //!   a deployment has headroom; otherwise the request is enqueued in the group's sorted set;
 //! - every step but the fast path then takes this replica's grants, gives back grants of replicas whose
 //!   queue lease lapsed, and grants from the *global head* of the queue while some deployment has headroom,
-//!   recording grants for other replicas and waking them (pub/sub).
+//!   recording grants for other replicas and waking them (pub/sub);
+//! - `claim` (durable jobs): a replica with free job workers puts lapsed job runs back at their place, then
+//!   admits as above, taking the jobs it reaches at the head; the other steps stop at a job at the head
+//!   (the order is global) and wake the replicas' job workers.
 //!
 //! Invariants and the file that enforces each:
 //! - **Global priority order** (no entry is granted while a better-scored entry of the group waits and some
@@ -36,6 +39,12 @@
 //!   does not answer (`redis_failure_mode: open`).
 //! - `scheduler`: [`Scheduler`], the replica's side: waiters, pollers, wake-ups, delivery of grants, give-back
 //!   of grants nobody waits for; [`AdmitRequest`], [`SchedulerStats`].
+//! - `jobs`: durable jobs' side of admission: [`JobId`] (embeds the group, so a job's keys share its hash
+//!   tag), [`NewJob`] (a job's submit step, [`AdmissionBackend::submit_job`]), [`Claim`] / [`Claimed`] /
+//!   [`JobGrant`] (a replica with free job workers takes the jobs at the head, [`AdmissionBackend::claim`]),
+//!   and [`JobStore`], the steps on a job's record (`src/lua/job_v1.lua`; twin in `src/memory.rs`). A job's
+//!   entry has the owner `queue_core::JOB_OWNER`: no replica's liveness ends it; only its run holds a
+//!   runner lease, and a claim puts runs whose lease lapsed back at their place.
 //! - `error`: [`AdmissionError`]. A failed step is a `store::BackendError` (the store's one
 //!   classification of failures, shared with queue-core, usage-tracker and the router).
 //!
@@ -95,6 +104,7 @@
 
 mod error;
 mod failover;
+mod jobs;
 mod memory;
 mod redis;
 mod scheduler;
@@ -102,12 +112,17 @@ mod step;
 
 pub use error::AdmissionError;
 pub use failover::FailoverAdmission;
+pub use jobs::{
+    Claim, Claimed, InvalidJobId, JobCancel, JobEnd, JobErrors, JobGrant, JobId, JobState,
+    JobStore, JobView, NewJob,
+};
 pub use memory::MemoryAdmission;
 pub use redis::RedisAdmission;
 pub use scheduler::{AdmitRequest, GroupCandidates, GroupOrder, Scheduler, SchedulerStats};
 pub use step::{
-    AdmissionBackend, AdmissionSettings, CancelOutcome, Grant, GrantPayload, Place, Polled,
-    Release, Restore, Restored, Step, StepReply, Submit, SubmitOutcome,
+    job_lease_id, lease_id, AdmissionBackend, AdmissionSettings, CancelOutcome, Grant,
+    GrantPayload, Place, Polled, Release, Restore, Restored, Step, StepReply, Submit,
+    SubmitOutcome, JOB_WAKE,
 };
 
 /// Locks a mutex, ignoring poisoning (critical sections never leave state half-changed across a panic).

@@ -1,4 +1,5 @@
-//! Admission on Redis: every step is one run of the composite `admit_v2` script.
+//! Admission on Redis: every step is one call of the composite `admit_v2` step (a Redis Function, or a
+//! script where the server has no Functions).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -8,23 +9,39 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use futures::StreamExt;
 use queue_core::{Entry, Score};
-use store::{BackendError, GroupKeys, Keyspace, RedisConnection};
+use store::{BackendError, GroupKeys, Keyspace, RedisConnection, StepCall, StepFunction};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use usage_tracker::{Candidate, Outcome, Reservation, SettleReport};
 
+use crate::jobs::{
+    Claim, Claimed, JobCancel, JobEnd, JobErrors, JobGrant, JobId, JobState, JobStore, JobView,
+    NewJob,
+};
 use crate::lock;
 use crate::step::{
     AdmissionBackend, CancelOutcome, Grant, GrantPayload, Place, Polled, Release, Restore,
-    Restored, Step, StepReply, Submit, SubmitOutcome,
+    Restored, Step, StepReply, Submit, SubmitOutcome, JOB_WAKE,
 };
 
-/// queue-core's and usage-tracker's fragments followed by admission's body: one atomic step.
-static ADMIT_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| {
+/// queue-core's and usage-tracker's fragments followed by admission's body: one atomic step, called as a
+/// Redis Function (the fragments' helpers are then defined once, at load, not on every call).
+static ADMIT_STEP: LazyLock<StepFunction> = LazyLock::new(|| {
+    StepFunction::new(
+        "admit_v2",
+        &[
+            queue_core::lua::QUEUE_FRAGMENT,
+            usage_tracker::lua::USAGE_FRAGMENT,
+        ],
+        include_str!("lua/admit_v2.lua"),
+    )
+});
+
+/// queue-core's fragment followed by the steps on one job's record.
+static JOB_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| {
     let source = [
         queue_core::lua::QUEUE_FRAGMENT,
-        usage_tracker::lua::USAGE_FRAGMENT,
-        include_str!("lua/admit_v2.lua"),
+        include_str!("lua/job_v1.lua"),
     ]
     .join("\n");
     redis::Script::new(&source)
@@ -39,7 +56,8 @@ pub struct RedisAdmission {
     connection: RedisConnection,
     client: redis::Client,
     keyspace: Keyspace,
-    window: Duration,
+    /// ARGV `usage window`: `<ms>` (fixed windows) or `<ms>r` (rolling).
+    window_spec: String,
     wake_prefix: String,
     /// Key strings by group, formatted once (escaping and formatting them on every step cost about 4% of
     /// the proxy's CPU). Bounded by the configured groups and deployments.
@@ -71,12 +89,20 @@ impl RedisAdmission {
             connection,
             client,
             keyspace,
-            window,
+            window_spec: window.as_millis().to_string(),
             wake_prefix,
             keys: Mutex::new(HashMap::new()),
             pinned_now: None,
             live_replicas: Arc::new(AtomicU64::new(1)),
         }
+    }
+
+    /// Counts rpm and tpm over a rolling window (`usage_window_mode: rolling`) instead of fixed windows
+    /// aligned to the clock.
+    pub fn rolling(mut self, rolling: bool) -> RedisAdmission {
+        let ms = self.window_spec.trim_end_matches('r').to_owned();
+        self.window_spec = if rolling { format!("{ms}r") } else { ms };
+        self
     }
 
     /// Replicas alive in the group the last poll step saw (1 before the first).
@@ -92,8 +118,8 @@ impl RedisAdmission {
     }
 
     /// KEYS and the group-wide ARGV of one step.
-    fn invocation(&self, step: &Step<'_>, mode: &str) -> redis::ScriptInvocation<'static> {
-        let mut inv = ADMIT_SCRIPT.prepare_invoke();
+    fn invocation(&self, step: &Step<'_>, mode: &str) -> StepCall {
+        let mut inv = StepCall::new();
         {
             let mut cache = lock(&self.keys);
             if !cache.contains_key(step.group) {
@@ -112,7 +138,9 @@ impl RedisAdmission {
                     .key(&keys.seq)
                     .key(&keys.owners)
                     .key(&keys.grants)
-                    .key(&cached.generation);
+                    .key(&cached.generation)
+                    .key(&keys.jobs)
+                    .key(&keys.job_runs);
                 for candidate in step.candidates {
                     let id = &*candidate.deployment.id;
                     if !cached.deployments.contains_key(id) {
@@ -132,7 +160,7 @@ impl RedisAdmission {
         inv.arg(mode)
             .arg(step.owner)
             .arg(step.settings.liveness().as_millis() as u64)
-            .arg(self.window.as_millis() as u64)
+            .arg(&self.window_spec)
             .arg(step.settings.inflight_lease.as_millis() as u64)
             .arg(step.order.mode())
             .arg(step.settings.max_grants_per_step)
@@ -152,18 +180,41 @@ impl RedisAdmission {
         inv
     }
 
+    /// The `job_v1` invocation of `mode` on job `id` (member `member`, `""` where the script reads it).
+    fn job_invocation(
+        &self,
+        id: &JobId,
+        mode: &str,
+        member: &str,
+    ) -> redis::ScriptInvocation<'static> {
+        let keys = self.keyspace.group(id.group());
+        let mut inv = JOB_SCRIPT.prepare_invoke();
+        inv.key(keys.job(&id.key().simple().to_string()))
+            .key(&keys.jobs)
+            .key(&keys.job_runs)
+            .key(&keys.queue)
+            .arg(mode)
+            .arg(member)
+            .arg(
+                self.pinned_now
+                    .as_ref()
+                    .map_or(-1, |now| now.load(Ordering::SeqCst) as i64),
+            );
+        inv
+    }
+
     async fn run<T>(
         &self,
-        inv: redis::ScriptInvocation<'static>,
+        inv: StepCall,
         outcome: impl FnOnce(&str, &[redis::Value]) -> Result<T, BackendError>,
     ) -> Result<StepReply<T>, BackendError> {
-        let reply = self.connection.invoke(&inv).await?;
+        let reply = self.connection.call_step(&ADMIT_STEP, &inv).await?;
         decode_reply(reply, outcome)
     }
 }
 
 /// `u_parse_candidates` layout: deployment_id, rpm, tpm, max_parallel, max_input_tokens, tier.
-fn push_candidate_args(inv: &mut redis::ScriptInvocation<'static>, candidate: &Candidate) {
+fn push_candidate_args(inv: &mut StepCall, candidate: &Candidate) {
     let limits = &candidate.limits;
     let or_none = |v: Option<u64>| v.map_or(-1, |v| v as i64);
     inv.arg(&*candidate.deployment.id)
@@ -315,6 +366,69 @@ impl AdmissionBackend for RedisAdmission {
         .await
     }
 
+    async fn submit_job(
+        &self,
+        step: &Step<'_>,
+        job: &NewJob<'_>,
+    ) -> Result<StepReply<SubmitOutcome>, BackendError> {
+        let mut inv = self.invocation(step, "submit");
+        let record_key = self
+            .keyspace
+            .group(step.group)
+            .job(&job.entry.id().simple().to_string());
+        inv.key(record_key);
+        let fields = record_fields(job);
+        inv.arg(job.entry.member())
+            .arg(job.priority.get())
+            .arg(step.settings.max_queue_depth)
+            .arg(1)
+            .arg(1)
+            .arg(millis(job.ttl))
+            .arg(fields.len());
+        for (field, value) in fields {
+            inv.arg(field).arg(value);
+        }
+        self.run(inv, |status, fields| match (status, fields) {
+            ("queued", [position, not_before, score]) => Ok(SubmitOutcome::Queued {
+                position: positive(int(position)?),
+                not_before_ms: positive(int(not_before)?),
+                score: Score::from_raw(positive(int(score)?).ok_or_else(|| bad("score"))?),
+            }),
+            ("full", []) => Ok(SubmitOutcome::Full),
+            _ => Err(bad(&format!("job submit answered {status}"))),
+        })
+        .await
+    }
+
+    async fn claim(
+        &self,
+        step: &Step<'_>,
+        claim: &Claim,
+    ) -> Result<StepReply<Claimed>, BackendError> {
+        let mut inv = self.invocation(step, "claim");
+        inv.arg(claim.slots)
+            .arg(millis(claim.job_lease))
+            .arg(claim.max_attempts);
+        self.run(inv, |status, fields| match (status, fields) {
+            ("claimed", [requeued, _, jobs @ ..]) => Ok(Claimed {
+                requeued: positive(int(requeued)?).unwrap_or(0),
+                jobs: jobs
+                    .chunks_exact(3)
+                    .map(|t| {
+                        Ok(JobGrant {
+                            entry: Entry::from_member(&text(&t[0])?)
+                                .map_err(|e| bad(&e.to_string()))?,
+                            payload: GrantPayload::parse(&text(&t[1])?)?,
+                            attempts: u32::try_from(int(&t[2])?).unwrap_or(0),
+                        })
+                    })
+                    .collect::<Result<_, BackendError>>()?,
+            }),
+            _ => Err(bad(&format!("claim answered {status}"))),
+        })
+        .await
+    }
+
     fn start_wakeups(
         &self,
         owner: Arc<str>,
@@ -323,6 +437,7 @@ impl AdmissionBackend for RedisAdmission {
     ) -> Option<JoinHandle<()>> {
         let client = self.client.clone();
         let channel = format!("{}{owner}", self.wake_prefix);
+        let job_channel = format!("{}{}", self.wake_prefix, queue_core::JOB_OWNER);
         let timeout = self.connection.timeout();
         Some(tokio::spawn(async move {
             // Wake-ups only shorten waits: pollers poll anyway, so a lost subscription costs latency, not
@@ -330,7 +445,7 @@ impl AdmissionBackend for RedisAdmission {
             while !shutdown.is_cancelled() {
                 let subscribed = async {
                     let mut pubsub = client.get_async_pubsub().await?;
-                    pubsub.subscribe(&channel).await?;
+                    pubsub.subscribe(&[&channel, &job_channel]).await?;
                     Ok::<_, redis::RedisError>(pubsub)
                 };
                 match tokio::time::timeout(timeout, subscribed).await {
@@ -341,7 +456,11 @@ impl AdmissionBackend for RedisAdmission {
                                 message = messages.next() => match message {
                                     Some(message) => {
                                         if let Ok(group) = message.get_payload::<String>() {
-                                            wake(&group);
+                                            if message.get_channel_name() == job_channel {
+                                                wake(&format!("{JOB_WAKE}{group}"));
+                                            } else {
+                                                wake(&group);
+                                            }
                                         }
                                     }
                                     None => break,
@@ -378,9 +497,11 @@ fn candidate_index(step: &Step<'_>, reservation: &Reservation) -> Option<usize> 
         .position(|c| c.deployment.id == reservation.deployment.id)
 }
 
-/// The number of status fields each status carries (see the header of `admit_v2.lua`).
-fn status_fields(status: &str) -> Option<usize> {
+/// The number of status fields each status carries (see the header of `admit_v2.lua`); `rest` is what
+/// follows the reply's head (a claim's count of job triples is its second field).
+fn status_fields(status: &str, rest: &[redis::Value]) -> Option<usize> {
     Some(match status {
+        "claimed" => 2 + 3 * usize::try_from(int(rest.get(1)?).ok()?).ok()?,
         "queued" => 3,
         "granted" | "released" | "restored" => 2,
         "cancelled" | "polled" => 1,
@@ -418,7 +539,7 @@ fn decode_reply<T>(
         return Err(bad("too short"));
     };
     let status = text(status)?;
-    let n = status_fields(&status).ok_or_else(|| bad(&format!("unknown status {status}")))?;
+    let n = status_fields(&status, rest).ok_or_else(|| bad(&format!("unknown status {status}")))?;
     if rest.len() < n || (rest.len() - n) % 2 != 0 {
         return Err(bad("wrong length"));
     }
@@ -442,4 +563,143 @@ fn decode_reply<T>(
         generation: text(generation)?,
         lapsed: int(lapsed)? == 1,
     })
+}
+
+/// Milliseconds of `d`, saturating.
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// A job's record as the submit step writes it: the caller's fields, its queue member and status.
+pub(crate) fn record_fields(job: &NewJob<'_>) -> Vec<(String, String)> {
+    let mut fields: Vec<(String, String)> = job
+        .record
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), v.clone()))
+        .collect();
+    fields.push(("member".to_owned(), job.entry.member().to_owned()));
+    fields.push(("status".to_owned(), "queued".to_owned()));
+    fields
+}
+
+/// `{field1, value1, ...}` from `start`, into a map.
+fn record_map(values: &[redis::Value]) -> Result<HashMap<String, String>, BackendError> {
+    if !values.len().is_multiple_of(2) {
+        return Err(bad("job record of odd length"));
+    }
+    values
+        .chunks_exact(2)
+        .map(|pair| Ok((text(&pair[0])?, text(&pair[1])?)))
+        .collect()
+}
+
+/// The reply of a `job_v1` step as its status and fields.
+fn job_reply(value: redis::Value) -> Result<(String, Vec<redis::Value>), BackendError> {
+    let redis::Value::Array(mut items) = value else {
+        return Err(bad("job_v1: not an array"));
+    };
+    if items.is_empty() {
+        return Err(bad("job_v1: empty reply"));
+    }
+    let status = text(&items.remove(0))?;
+    Ok((status, items))
+}
+
+#[async_trait]
+impl JobStore for RedisAdmission {
+    async fn start_job(
+        &self,
+        id: &JobId,
+        entry: &Entry,
+        attempts: u32,
+    ) -> Result<Option<HashMap<String, String>>, BackendError> {
+        let mut inv = self.job_invocation(id, "start", entry.member());
+        inv.arg(attempts);
+        let (status, rest) = job_reply(self.connection.invoke(&inv).await?)?;
+        match status.as_str() {
+            "started" => Ok(Some(record_map(&rest)?)),
+            "absent" | "finished" => Ok(None),
+            other => Err(bad(&format!("job start answered {other}"))),
+        }
+    }
+
+    async fn read_job(
+        &self,
+        id: &JobId,
+        errors: JobErrors<'_>,
+        ttl: Duration,
+    ) -> Result<Option<JobView>, BackendError> {
+        let mut inv = self.job_invocation(id, "read", "");
+        inv.arg(errors.timeout).arg(errors.lost).arg(millis(ttl));
+        let (status, rest) = job_reply(self.connection.invoke(&inv).await?)?;
+        let state = match (status.as_str(), rest.first()) {
+            ("absent", _) => return Ok(None),
+            ("queued", Some(position)) => JobState::Queued {
+                position: positive(int(position)?).unwrap_or(0),
+            },
+            ("running", Some(_)) => JobState::Running,
+            ("finished", Some(_)) => JobState::Finished,
+            _ => return Err(bad(&format!("job read answered {status}"))),
+        };
+        Ok(Some(JobView {
+            state,
+            record: record_map(&rest[1..])?,
+        }))
+    }
+
+    async fn finish_job(
+        &self,
+        id: &JobId,
+        entry: &Entry,
+        end: &JobEnd<'_>,
+        ttl: Duration,
+    ) -> Result<bool, BackendError> {
+        let mut inv = self.job_invocation(id, "finish", entry.member());
+        inv.arg(end.status)
+            .arg(if end.ok { "result" } else { "error" })
+            .arg(end.body)
+            .arg(millis(ttl));
+        let (status, _) = job_reply(self.connection.invoke(&inv).await?)?;
+        Ok(status == "finished")
+    }
+
+    async fn cancel_job(
+        &self,
+        id: &JobId,
+        error: &str,
+        status: u16,
+        ttl: Duration,
+    ) -> Result<JobCancel, BackendError> {
+        let mut inv = self.job_invocation(id, "cancel", "");
+        inv.arg(error).arg(status).arg(millis(ttl));
+        let (status, rest) = job_reply(self.connection.invoke(&inv).await?)?;
+        match (status.as_str(), rest.as_slice()) {
+            ("absent", _) => Ok(JobCancel::Absent),
+            ("finished", _) => Ok(JobCancel::Finished),
+            ("cancelled", [running]) => Ok(JobCancel::Cancelled {
+                running: int(running)? == 1,
+            }),
+            _ => Err(bad(&format!("job cancel answered {status}"))),
+        }
+    }
+
+    async fn renew_job(
+        &self,
+        id: &JobId,
+        entry: &Entry,
+        expiry_ms: u64,
+    ) -> Result<bool, BackendError> {
+        let mut inv = self.job_invocation(id, "renew", entry.member());
+        inv.arg(expiry_ms);
+        let (status, _) = job_reply(self.connection.invoke(&inv).await?)?;
+        Ok(status == "renewed")
+    }
+
+    async fn hand_back_job(&self, id: &JobId, entry: &Entry) -> Result<bool, BackendError> {
+        let mut inv = self.job_invocation(id, "hand_back", entry.member());
+        inv.arg(format!("{}{}", self.wake_prefix, queue_core::JOB_OWNER))
+            .arg(id.group());
+        let (status, _) = job_reply(self.connection.invoke(&inv).await?)?;
+        Ok(status == "handed_back")
+    }
 }

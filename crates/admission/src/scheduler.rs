@@ -9,7 +9,7 @@
 //! A `release` step settles a finished request and runs the same admission loop, so freed capacity goes to
 //! the head of the queue with no extra round trip.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -23,10 +23,11 @@ use tokio_util::sync::CancellationToken;
 use usage_tracker::{Candidate, CandidateOrder, Outcome, Reservation, SettleReport};
 
 use crate::error::AdmissionError;
+use crate::jobs::{Claim, JobGrant, NewJob};
 use crate::lock;
 use crate::step::{
     reservation_on, AdmissionBackend, AdmissionSettings, Grant, GrantPayload, Place, Release,
-    Restore, Step, StepReply, Submit, SubmitOutcome,
+    Restore, Step, StepReply, Submit, SubmitOutcome, JOB_WAKE,
 };
 
 /// What one request needs from admission.
@@ -119,6 +120,9 @@ struct Inner {
     tasks: Mutex<Vec<JoinHandle<()>>>,
     shutdown: CancellationToken,
     stats: Arc<SchedulerStats>,
+    /// Groups where a job waits for a worker (woken by pub/sub, or by a memory step), and the signal.
+    job_wakeups: Mutex<HashSet<Arc<str>>>,
+    job_notify: Arc<Notify>,
 }
 
 impl Scheduler {
@@ -140,6 +144,8 @@ impl Scheduler {
             tasks: Mutex::new(Vec::new()),
             shutdown: CancellationToken::new(),
             stats: Arc::new(SchedulerStats::default()),
+            job_wakeups: Mutex::new(HashSet::new()),
+            job_notify: Arc::new(Notify::new()),
         });
         let weak = Arc::downgrade(&inner);
         let wake: Arc<dyn Fn(&str) + Send + Sync> = Arc::new(move |group: &str| {
@@ -327,6 +333,93 @@ impl Scheduler {
                 }
             }
         }
+    }
+
+    /// Enqueues a durable job with its record (one backend step); answers `Queued` (with its position) or
+    /// `Full`.
+    pub async fn submit_job(
+        &self,
+        group: &Arc<str>,
+        job: &NewJob<'_>,
+    ) -> Result<SubmitOutcome, AdmissionError> {
+        let inner = &self.inner;
+        if inner.shutdown.is_cancelled() {
+            return Err(AdmissionError::ShuttingDown);
+        }
+        let Some((candidates, order)) = (inner.candidates)(group) else {
+            return Err(BackendError::reply(format!("job for unknown model group {group}")).into());
+        };
+        let generation = inner.generation(group);
+        let step = inner.step(group, &candidates, order, generation.as_deref());
+        let mut reply = match inner.backend.submit_job(&step, job).await {
+            Ok(reply) => reply,
+            Err(e) => {
+                inner.stats.backend_errors.fetch_add(1, Ordering::Relaxed);
+                return Err(e.into());
+            }
+        };
+        inner.observe(group, &mut reply);
+        if matches!(reply.outcome, SubmitOutcome::Full) {
+            inner.stats.refused.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(reply.outcome)
+    }
+
+    /// A claim step for a replica with `claim.slots` free job workers: the jobs granted to it, each with
+    /// its reservation (held by this replica until released) when it got one.
+    pub async fn claim_jobs(
+        &self,
+        group: &Arc<str>,
+        claim: &Claim,
+    ) -> Result<Vec<(JobGrant, Option<Reservation>)>, AdmissionError> {
+        let inner = &self.inner;
+        let Some((candidates, order)) = (inner.candidates)(group) else {
+            return Ok(Vec::new());
+        };
+        let generation = inner.generation(group);
+        let step = inner.step(group, &candidates, order, generation.as_deref());
+        let mut reply = match inner.backend.claim(&step, claim).await {
+            Ok(reply) => reply,
+            Err(e) => {
+                inner.step_failed(group, &e);
+                return Err(e.into());
+            }
+        };
+        inner.observe(group, &mut reply);
+        let granted = std::mem::take(&mut reply.outcome.jobs);
+        Ok(granted
+            .into_iter()
+            .map(|grant| {
+                let reservation = grant
+                    .payload
+                    .reservation(&candidates, &grant.entry)
+                    .map(|r| Reservation {
+                        id: crate::step::job_lease_id(&grant.entry, &inner.owner),
+                        ..r
+                    });
+                if let Some(reservation) = &reservation {
+                    inner.hold(reservation);
+                    inner.stats.queued_grants.fetch_add(1, Ordering::Relaxed);
+                }
+                (grant, reservation)
+            })
+            .collect())
+    }
+
+    /// Signalled when a job waits for a worker in some group; [`Scheduler::take_job_wakeups`] names them.
+    pub fn job_notify(&self) -> Arc<Notify> {
+        self.inner.job_notify.clone()
+    }
+
+    /// The groups where a job waited for a worker since the last call.
+    pub fn take_job_wakeups(&self) -> Vec<Arc<str>> {
+        lock(&self.inner.job_wakeups).drain().collect()
+    }
+
+    /// Forgets a reservation this replica no longer holds (a job run that was handed back: its
+    /// in-flight lease lapses or is given back by the release that follows).
+    pub fn forget(&self, reservation: &Reservation) {
+        lock(&self.inner.in_flight).remove(&reservation.id);
     }
 
     /// Settles a request and admits waiting requests into the freed capacity (one backend step).
@@ -636,6 +729,11 @@ impl Inner {
     }
 
     fn wake(&self, group: &str) {
+        if let Some(job_group) = group.strip_prefix(JOB_WAKE) {
+            lock(&self.job_wakeups).insert(Arc::from(job_group));
+            self.job_notify.notify_one();
+            return;
+        }
         if let Some(notify) = lock(&self.groups)
             .get(group)
             .and_then(|state| state.poller.clone())

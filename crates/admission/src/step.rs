@@ -10,6 +10,11 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use usage_tracker::{Candidate, CandidateOrder, LatencySample, Outcome, Reservation, SettleReport};
 
+use crate::jobs::{Claim, Claimed, NewJob};
+
+/// Prefix of the group passed to a wake-up callback when a job waits for a worker (the group follows).
+pub const JOB_WAKE: &str = "~jobs|";
+
 /// Tuning of admission, from the router settings.
 #[derive(Debug, Clone)]
 pub struct AdmissionSettings {
@@ -115,7 +120,7 @@ pub struct Release {
 }
 
 /// What a grant hands a queue entry. Encoded (in Rust and in `admit_v2.lua`'s `s_payload`) as
-/// `<deployment_id>|<window_start_ms>`, or `reject`.
+/// `<deployment_id>|<window_start_ms>`, or `reject`; a job's also `expired` or `exhausted`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum GrantPayload {
     /// Capacity reserved on a deployment in the window starting at `window_start_ms`.
@@ -127,10 +132,16 @@ pub enum GrantPayload {
     },
     /// No deployment of the group can ever serve the entry.
     Reject,
+    /// A job whose deadline passed while it waited (nothing reserved).
+    Expired,
+    /// A job whose `job_max_attempts` runs were started (nothing reserved).
+    Exhausted,
 }
 
 impl GrantPayload {
     const REJECT: &'static str = "reject";
+    const EXPIRED: &'static str = "expired";
+    const EXHAUSTED: &'static str = "exhausted";
 
     /// The stored form.
     pub fn encode(&self) -> String {
@@ -140,13 +151,18 @@ impl GrantPayload {
                 window_start_ms,
             } => format!("{deployment_id}|{window_start_ms}"),
             GrantPayload::Reject => Self::REJECT.to_owned(),
+            GrantPayload::Expired => Self::EXPIRED.to_owned(),
+            GrantPayload::Exhausted => Self::EXHAUSTED.to_owned(),
         }
     }
 
     /// Decodes the stored form.
     pub fn parse(payload: &str) -> Result<GrantPayload, BackendError> {
-        if payload == Self::REJECT {
-            return Ok(GrantPayload::Reject);
+        match payload {
+            Self::REJECT => return Ok(GrantPayload::Reject),
+            Self::EXPIRED => return Ok(GrantPayload::Expired),
+            Self::EXHAUSTED => return Ok(GrantPayload::Exhausted),
+            _ => {}
         }
         let bad = || BackendError::reply(format!("bad grant payload {payload:?}"));
         let (deployment_id, window) = payload.rsplit_once('|').ok_or_else(bad)?;
@@ -170,6 +186,18 @@ impl GrantPayload {
     }
 }
 
+/// The id of `entry`'s reservation, its in-flight lease: `<entry id>|<owner>`, so the leases of a replica
+/// found dead end with its liveness (`s_lease` and `u_end_leases_of` in Lua; `UsageState::end_leases_of`).
+pub fn lease_id(entry: &Entry) -> String {
+    format!("{}|{}", entry.id().simple(), entry.owner())
+}
+
+/// The in-flight lease id of a durable job's run on replica `runner`: `<entry id>|<runner>` (the job's
+/// entry has no replica; its run's slot ends with the runner's liveness).
+pub fn job_lease_id(entry: &Entry, runner: &str) -> String {
+    format!("{}|{runner}", entry.id().simple())
+}
+
 /// The reservation of `entry` on deployment `deployment_id` of `candidates` in window `window_start_ms`.
 pub(crate) fn reservation_on(
     candidates: &[Candidate],
@@ -181,7 +209,7 @@ pub(crate) fn reservation_on(
         .iter()
         .position(|c| &*c.deployment.id == deployment_id)?;
     Some(Reservation {
-        id: entry.id().simple().to_string(),
+        id: lease_id(entry),
         deployment: candidates[index].deployment.clone(),
         window_start_ms,
         est_tokens: entry.meta().est_tokens,
@@ -331,8 +359,23 @@ pub trait AdmissionBackend: Send + Sync + 'static {
         step: &Step<'_>,
         entry: &Entry,
     ) -> Result<StepReply<CancelOutcome>, BackendError>;
+    /// Enqueues a durable job (always queued, never the fast path) with its record, in one step, then
+    /// admits from the head (a job there waits for a claim step).
+    async fn submit_job(
+        &self,
+        step: &Step<'_>,
+        job: &NewJob<'_>,
+    ) -> Result<StepReply<SubmitOutcome>, BackendError>;
+    /// A replica with free job workers: puts lapsed runs back at their place, then admits from the head,
+    /// granting jobs there to this replica (at most `claim.slots`).
+    async fn claim(
+        &self,
+        step: &Step<'_>,
+        claim: &Claim,
+    ) -> Result<StepReply<Claimed>, BackendError>;
     /// Starts delivering wake-ups for this owner: `wake(group)` is called when another replica granted
-    /// capacity to one of our entries. Memory needs none.
+    /// capacity to one of our entries, `wake(JOB_WAKE + group)` when a job waits for a worker. Memory
+    /// needs none.
     fn start_wakeups(
         &self,
         owner: Arc<str>,

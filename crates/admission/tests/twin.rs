@@ -14,18 +14,18 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use admission::{
-    AdmissionBackend, AdmissionSettings, CancelOutcome, Grant, GrantPayload, MemoryAdmission,
-    Place, Polled, RedisAdmission, Release, Restore, Restored, Step, StepReply, Submit,
-    SubmitOutcome,
+    AdmissionBackend, AdmissionSettings, CancelOutcome, Claim, Claimed, Grant, GrantPayload,
+    JobEnd, JobErrors, JobId, JobStore, MemoryAdmission, NewJob, Place, Polled, RedisAdmission,
+    Release, Restore, Restored, Step, StepReply, Submit, SubmitOutcome,
 };
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
-use queue_core::{Entry, EntryMeta, Priority, QueueSnapshot, QueueState, Score};
+use queue_core::{Entry, EntryMeta, Priority, QueueSnapshot, QueueState, Score, JOB_OWNER};
 use store::{BackendError, Clock, Keyspace, RedisConnection};
 use testkit::RedisServer;
 use usage_tracker::{
     Candidate, CandidateOrder, DeploymentRef, LatencySample, Limits, Outcome, Reservation,
-    SettleReport, UsageSnapshot, UsageState, WindowSnapshot,
+    RollingSnapshot, SettleReport, UsageSnapshot, UsageState, WindowSnapshot,
 };
 
 const GROUP: &str = "twin {g}/ü";
@@ -108,6 +108,24 @@ enum Op {
         owner: usize,
         back: bool,
     },
+    /// A durable job enters the queue (submitted through `owner`).
+    SubmitJob {
+        owner: usize,
+        priority: usize,
+        est: u64,
+        prompt: u64,
+        deadline: Deadline,
+    },
+    /// A replica with `slots` free job workers claims jobs.
+    Claim {
+        owner: usize,
+        slots: u32,
+    },
+    /// A step on one job's record: 0 finish, 1 hand back, 2 renew, 3 cancel, 4 read, 5 start.
+    JobStep {
+        pick: usize,
+        kind: u8,
+    },
     /// The store loses everything (Redis restarted empty).
     Flush,
     Advance(u64),
@@ -120,7 +138,7 @@ fn op() -> impl Strategy<Value = Op> {
         3 => (50..1500_u64).prop_map(Deadline::In),
     ];
     prop_oneof![
-        8 => (0..OWNERS.len(), 0..PRIORITIES.len(), 0..4000_u64, 0..2500_u64, deadline, proptest::bool::weighted(0.2))
+        8 => (0..OWNERS.len(), 0..PRIORITIES.len(), 0..4000_u64, 0..2500_u64, deadline.clone(), proptest::bool::weighted(0.2))
             .prop_map(|(owner, priority, est, prompt, deadline, force)| Op::Submit {
                 owner, priority, est, prompt, deadline, force
             }),
@@ -134,6 +152,12 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (0..OWNERS.len(), proptest::bool::weighted(0.3)).prop_map(|(owner, back)| Op::Restore { owner, back }),
         1 => Just(Op::Flush),
         3 => (1..350_u64).prop_map(Op::Advance),
+        4 => (0..OWNERS.len(), 0..PRIORITIES.len(), 0..4000_u64, 0..2500_u64, deadline.clone())
+            .prop_map(|(owner, priority, est, prompt, deadline)| Op::SubmitJob {
+                owner, priority, est, prompt, deadline
+            }),
+        3 => (0..OWNERS.len(), 0..3_u32).prop_map(|(owner, slots)| Op::Claim { owner, slots }),
+        4 => (any::<usize>(), 0..6_u8).prop_map(|(pick, kind)| Op::JobStep { pick, kind }),
     ]
 }
 
@@ -147,7 +171,12 @@ struct Twins {
     redis: RedisAdmission,
     connection: RedisConnection,
     keyspace: Keyspace,
+    /// Jobs submitted in the case (their record keys, for a flush).
+    job_ids: Mutex<Vec<JobId>>,
 }
+
+/// A group's jobs hash (member -> "<score>:<attempts>") and job runs (member -> lease expiry).
+type JobKeys = (BTreeMap<String, String>, BTreeMap<String, u64>);
 
 /// The mode's outcome, comparable across the twins.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -157,6 +186,7 @@ enum Outcome2 {
     Release(SettleReport),
     Cancel(CancelOutcome),
     Restore(Restored),
+    Claim(Claimed),
 }
 
 /// A reply with grants in a stable order.
@@ -193,7 +223,63 @@ async fn step_on(
         Action::Restore(restore) => {
             normalized(backend.restore(step, restore).await, Outcome2::Restore)
         }
+        Action::SubmitJob(job) => normalized(backend.submit_job(step, job).await, Outcome2::Submit),
+        Action::Claim(claim) => normalized(backend.claim(step, claim).await, Outcome2::Claim),
     }
+}
+
+/// The job record steps' settings in the test.
+const JOB_LEASE_MS: u64 = 200;
+const JOB_MAX_ATTEMPTS: u32 = 1;
+const JOB_TTL: Duration = Duration::from_secs(600);
+const ERRORS: JobErrors<'static> = JobErrors {
+    timeout: "{\"error\":\"timeout\"}",
+    lost: "{\"error\":\"lost\"}",
+};
+
+/// One step on a job's record, its reply as text (the twins' replies must be equal).
+async fn job_step(store: &dyn JobStore, id: &JobId, entry: &Entry, kind: u8, now: u64) -> String {
+    let reply = match kind {
+        0 => store
+            .finish_job(
+                id,
+                entry,
+                &JobEnd {
+                    status: 200,
+                    ok: true,
+                    body: "{\"ok\":1}",
+                },
+                JOB_TTL,
+            )
+            .await
+            .map(|r| format!("{r:?}")),
+        1 => store
+            .hand_back_job(id, entry)
+            .await
+            .map(|r| format!("{r:?}")),
+        2 => store
+            .renew_job(id, entry, now + JOB_LEASE_MS)
+            .await
+            .map(|r| format!("{r:?}")),
+        3 => store
+            .cancel_job(id, "{\"error\":\"cancelled\"}", 499, JOB_TTL)
+            .await
+            .map(|r| format!("{r:?}")),
+        4 => store.read_job(id, ERRORS, JOB_TTL).await.map(|r| {
+            r.map(|mut v| {
+                let mut record: Vec<_> = v.record.drain().collect();
+                record.sort();
+                format!("{:?} {record:?}", v.state)
+            })
+            .unwrap_or_default()
+        }),
+        _ => store.start_job(id, entry, 1).await.map(|r| {
+            let mut record: Vec<_> = r.unwrap_or_default().into_iter().collect();
+            record.sort();
+            format!("{record:?}")
+        }),
+    };
+    reply.unwrap_or_else(|e| format!("error {e}"))
 }
 
 enum Action<'a> {
@@ -202,6 +288,8 @@ enum Action<'a> {
     Release(&'a Reservation, Release),
     Cancel(&'a Entry),
     Restore(Restore<'a>),
+    SubmitJob(NewJob<'a>),
+    Claim(Claim),
 }
 
 impl Twins {
@@ -212,6 +300,7 @@ impl Twins {
         case: u64,
         limits: &[Limits],
         order: CandidateOrder,
+        rolling: bool,
     ) -> anyhow::Result<Twins> {
         let wall = SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis() as u64;
         let start_ms = wall - wall % WINDOW_MS + WINDOW_MS;
@@ -225,10 +314,13 @@ impl Twins {
             keyspace.clone(),
             window,
         )
+        .rolling(rolling)
         .with_pinned_time(now.clone());
         let memory = MemoryAdmission::new(
             Arc::new(Mutex::new(QueueState::new())),
-            Arc::new(Mutex::new(UsageState::new(window, LATENCY_ALPHA))),
+            Arc::new(Mutex::new(
+                UsageState::new(window, LATENCY_ALPHA).rolling(rolling),
+            )),
             Clock::new(),
         )
         .with_pinned_time(now.clone());
@@ -249,6 +341,7 @@ impl Twins {
             redis,
             connection,
             keyspace,
+            job_ids: Mutex::new(Vec::new()),
         })
     }
 
@@ -257,6 +350,35 @@ impl Twins {
     }
 
     /// What Redis holds, read into the snapshot types of the memory twin.
+    /// The group's jobs hash and job runs, as Redis and the memory twin hold them.
+    async fn job_keys(&self) -> anyhow::Result<(JobKeys, JobKeys)> {
+        let keys = self.keyspace.group(GROUP);
+        let jobs: BTreeMap<String, String> = self
+            .connection
+            .query(redis::cmd("HGETALL").arg(&keys.jobs))
+            .await?;
+        let runs: Vec<(String, u64)> = self
+            .connection
+            .query(
+                redis::cmd("ZRANGE")
+                    .arg(&keys.job_runs)
+                    .arg(0)
+                    .arg(-1)
+                    .arg("WITHSCORES"),
+            )
+            .await?;
+        let memory = self.memory.group_jobs(GROUP);
+        let from_memory = (
+            memory
+                .jobs
+                .iter()
+                .map(|(m, (score, attempts))| (m.clone(), format!("{score}:{attempts}")))
+                .collect(),
+            memory.runs.into_iter().collect(),
+        );
+        Ok(((jobs, runs.into_iter().collect()), from_memory))
+    }
+
     async fn redis_state(&self) -> anyhow::Result<(QueueSnapshot, Vec<UsageSnapshot>)> {
         let keys = self.keyspace.group(GROUP);
         let now = self.now();
@@ -321,6 +443,19 @@ impl Twins {
                     fail: int("fail"),
                     latency_ms_per_token: hash.get("lat").cloned(),
                     ttft_ms: hash.get("ttft").cloned(),
+                    rolling: RollingSnapshot {
+                        newest_bucket: hash.get("rb").and_then(|v| v.parse().ok()),
+                        requests: int("rr"),
+                        tokens: int("rt"),
+                        buckets: hash
+                            .iter()
+                            .filter_map(|(field, value)| {
+                                let index = field.strip_prefix('k')?.parse().ok()?;
+                                let (r, t) = value.split_once(',')?;
+                                Some((index, (r.parse().ok()?, t.parse().ok()?)))
+                            })
+                            .collect(),
+                    },
                 }),
                 leases: leases.into_iter().collect(),
             });
@@ -336,7 +471,12 @@ impl Twins {
             .arg(&keys.seq)
             .arg(&keys.owners)
             .arg(&keys.grants)
-            .arg(format!("{}:gen", keys.base));
+            .arg(format!("{}:gen", keys.base))
+            .arg(&keys.jobs)
+            .arg(&keys.job_runs);
+        for id in lock(&self.job_ids).iter() {
+            del.arg(keys.job(&id.key().simple().to_string()));
+        }
         for c in &self.candidates {
             let id = &*c.deployment.id;
             del.arg(keys.deployment(id))
@@ -372,6 +512,8 @@ async fn run_case(
 ) -> Result<(), TestCaseError> {
     let settings = settings();
     let mut entries: Vec<Entry> = Vec::new();
+    let mut jobs: Vec<(JobId, Entry)> = Vec::new();
+    let record = [("caller", "twin".to_owned())];
     let mut reservations: Vec<Reservation> = Vec::new();
     // What each owner learned: the store generation, and its entries' places and priorities.
     let mut generations: Vec<Option<String>> = vec![None; OWNERS.len()];
@@ -384,7 +526,33 @@ async fn run_case(
             | Op::Poll(owner)
             | Op::Release { owner, .. }
             | Op::Cancel { owner, .. }
-            | Op::Restore { owner, .. } => OWNERS[*owner],
+            | Op::Restore { owner, .. }
+            | Op::SubmitJob { owner, .. }
+            | Op::Claim { owner, .. } => OWNERS[*owner],
+            Op::JobStep { pick, kind } => {
+                if jobs.is_empty() {
+                    continue;
+                }
+                let (id, entry) = &jobs[pick % jobs.len()];
+                let from_redis = job_step(&twins.redis, id, entry, *kind, now).await;
+                let from_memory = job_step(&twins.memory, id, entry, *kind, now).await;
+                prop_assert_eq!(&from_redis, &from_memory, "job step {} {:?}", i, op);
+                let (redis_jobs, memory_jobs) = twins.job_keys().await.map_err(|e| fail(&e))?;
+                prop_assert_eq!(&redis_jobs, &memory_jobs, "jobs after step {} {:?}", i, op);
+                let redis_state = twins.redis_state().await.map_err(|e| fail(&e))?;
+                prop_assert_eq!(
+                    &redis_state,
+                    &twins.memory_state(),
+                    "state after step {} {:?}",
+                    i,
+                    op
+                );
+                let mut seen = lock(seen);
+                *seen
+                    .entry(JOB_STEPS[usize::from(*kind).min(5)])
+                    .or_default() += 1;
+                continue;
+            }
             Op::Flush => {
                 twins.flush_redis().await.map_err(|e| fail(&e))?;
                 twins.memory.lose_state();
@@ -423,6 +591,28 @@ async fn run_case(
                 deadline_ms,
             };
             entries.push(Entry::new(uuid::Uuid::new_v4(), owner, meta).map_err(|e| fail(&e))?);
+        }
+        if let Op::SubmitJob {
+            est,
+            prompt,
+            deadline,
+            ..
+        } = op
+        {
+            let deadline_ms = match deadline {
+                Deadline::None => 0,
+                Deadline::Past => 1,
+                Deadline::In(ms) => now + ms,
+            };
+            let meta = EntryMeta {
+                est_tokens: *est,
+                prompt_tokens: *prompt,
+                deadline_ms,
+            };
+            let id = JobId::new(GROUP);
+            let entry = Entry::new(id.key(), JOB_OWNER, meta).map_err(|e| fail(&e))?;
+            lock(&twins.job_ids).push(id.clone());
+            jobs.push((id, entry));
         }
         let action = match op {
             Op::Submit {
@@ -495,11 +685,27 @@ async fn run_case(
                     .filter(|r| {
                         entries
                             .iter()
-                            .any(|e| e.owner() == owner && e.id().simple().to_string() == r.id)
+                            .any(|e| e.owner() == owner && admission::lease_id(e) == r.id)
                     })
                     .collect(),
             }),
-            Op::Advance(_) | Op::Flush => continue,
+            Op::SubmitJob { priority, .. } => {
+                let Some((_, entry)) = jobs.last() else {
+                    continue;
+                };
+                Action::SubmitJob(NewJob {
+                    entry,
+                    priority: Priority::new(PRIORITIES[*priority]).map_err(|e| fail(&e))?,
+                    record: &record,
+                    ttl: JOB_TTL,
+                })
+            }
+            Op::Claim { slots, .. } => Action::Claim(Claim {
+                slots: *slots,
+                job_lease: Duration::from_millis(JOB_LEASE_MS),
+                max_attempts: JOB_MAX_ATTEMPTS,
+            }),
+            Op::Advance(_) | Op::Flush | Op::JobStep { .. } => continue,
         };
         let from_redis = step_on(&twins.redis, &step, &action).await;
         let from_memory = step_on(&twins.memory, &step, &action).await;
@@ -512,6 +718,8 @@ async fn run_case(
             i,
             op
         );
+        let (redis_jobs, memory_jobs) = twins.job_keys().await.map_err(|e| fail(&e))?;
+        prop_assert_eq!(&redis_jobs, &memory_jobs, "jobs after step {} {:?}", i, op);
         // What the step reserved, for later releases.
         let reply = from_memory.map_err(|e| fail(&e))?;
         tally(seen, &reply);
@@ -540,9 +748,32 @@ async fn run_case(
         for Grant { entry, payload } in &reply.grants {
             reservations.extend(payload.reservation(&twins.candidates, entry));
         }
+        if let Outcome2::Claim(claimed) = &reply.outcome {
+            for grant in &claimed.jobs {
+                reservations.extend(
+                    grant
+                        .payload
+                        .reservation(&twins.candidates, &grant.entry)
+                        .map(|r| Reservation {
+                            id: admission::job_lease_id(&grant.entry, owner),
+                            ..r
+                        }),
+                );
+            }
+        }
     }
     Ok(())
 }
+
+/// What `Op::JobStep`'s kinds are called in the tally.
+const JOB_STEPS: [&str; 6] = [
+    "job finish",
+    "job hand back",
+    "job renew",
+    "job cancel",
+    "job read",
+    "job start",
+];
 
 /// Counts what the steps did, so the test can show it exercised every outcome.
 fn tally(seen: &Mutex<BTreeMap<&'static str, u64>>, reply: &StepReply<Outcome2>) {
@@ -560,12 +791,27 @@ fn tally(seen: &Mutex<BTreeMap<&'static str, u64>>, reply: &StepReply<Outcome2>)
         Outcome2::Restore(r) if r.waiters > 0 => "restore put waiters back",
         Outcome2::Restore(r) if r.reservations > 0 => "restore re-registered reservations",
         Outcome2::Restore(_) => "restore found nothing lost",
+        Outcome2::Claim(c) if c.requeued > 0 => "claim put lapsed runs back",
+        Outcome2::Claim(c) if !c.jobs.is_empty() => "claim granted jobs",
+        Outcome2::Claim(_) => "claim found nothing",
     };
+    if let Outcome2::Claim(claimed) = &reply.outcome {
+        for grant in &claimed.jobs {
+            let kind = match grant.payload {
+                GrantPayload::Granted { .. } => "job granted",
+                GrantPayload::Reject => "job rejected",
+                GrantPayload::Expired => "job expired",
+                GrantPayload::Exhausted => "job exhausted",
+            };
+            *seen.entry(kind).or_default() += 1;
+        }
+    }
     *seen.entry(kind).or_default() += 1;
     for grant in &reply.grants {
         let kind = match grant.payload {
             GrantPayload::Granted { .. } => "grant from the queue",
             GrantPayload::Reject => "grant reject",
+            GrantPayload::Expired | GrantPayload::Exhausted => "grant of a job outside a claim",
         };
         *seen.entry(kind).or_default() += 1;
     }
@@ -596,21 +842,33 @@ fn memory_and_redis_twins_agree_step_by_step() -> anyhow::Result<()> {
         cases: 64,
         ..Config::default()
     });
-    let strategy = (limits(), order(), proptest::collection::vec(op(), 1..60));
-    let result = runner.run(&strategy, |(limits, order, ops)| {
+    let strategy = (
+        limits(),
+        order(),
+        proptest::bool::ANY,
+        proptest::collection::vec(op(), 1..60),
+    );
+    let result = runner.run(&strategy, |(limits, order, rolling, ops)| {
         rt.block_on(async {
             // Fresh keys and a fresh memory twin per case, so cases (and shrink steps) are independent.
             let case = cases.fetch_add(1, Ordering::Relaxed);
-            let twins = Twins::new(&pool, &url, &prefix, case, &limits, order)
+            let twins = Twins::new(&pool, &url, &prefix, case, &limits, order, rolling)
                 .await
                 .map_err(|e| TestCaseError::fail(e.to_string()))?;
+            let mode = if rolling {
+                "rolling windows"
+            } else {
+                "fixed windows"
+            };
+            *lock(&seen).entry(mode).or_default() += 1;
             run_case(&twins, &ops, &seen).await
         })
     });
     drop(server);
     result.map_err(|e| anyhow::anyhow!("{e}"))?;
     let seen = lock(&seen);
-    // Rare outcomes ("cancel grant": a cancel racing another replica's grant) are counted, not required.
+    // Rare outcomes ("cancel grant": a cancel racing another replica's grant; a job run whose lease lapsed
+    // put back, a job whose attempts are used up) are counted, not required.
     eprintln!("steps by outcome: {seen:?}");
     for kind in [
         "submit granted (fast path)",
@@ -625,6 +883,15 @@ fn memory_and_redis_twins_agree_step_by_step() -> anyhow::Result<()> {
         "heartbeat lapsed",
         "paused generation",
         "restore put waiters back",
+        "claim granted jobs",
+        "job granted",
+        "job expired",
+        "job finish",
+        "job hand back",
+        "job cancel",
+        "job read",
+        "rolling windows",
+        "fixed windows",
     ] {
         anyhow::ensure!(
             seen.contains_key(kind),

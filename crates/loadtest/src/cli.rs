@@ -37,6 +37,11 @@ pub struct LoadtestArgs {
     /// Stream the answers (server-sent events), read to the end.
     #[arg(long)]
     pub stream: bool,
+    /// Submit every request as a durable job (`POST /queue/request`, the default path of a base URL then)
+    /// and long-poll `/queue/response/{id}` until it is finished, as LiteLLM's `--test_async` did: latency
+    /// runs from the submission to the finished answer; the status is the job's `status_code`.
+    #[arg(long, conflicts_with = "stream")]
+    pub queue: bool,
     /// Also write the report as JSON to this file.
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
@@ -97,6 +102,14 @@ impl LoadtestArgs {
         };
         config.priority_mix = self.priority_mix.as_deref().map(str::parse).transpose()?;
         config.stream = self.stream;
+        config.queue = self.queue;
+        if self.queue {
+            for url in &mut config.urls {
+                if url.path() == crate::config::DEFAULT_PATH {
+                    url.set_path(crate::config::QUEUE_PATH);
+                }
+            }
+        }
         config.timeout = secs("--timeout", self.timeout)?;
         config.duration = secs("--duration", self.duration)?;
         config.warmup = self.warmup;

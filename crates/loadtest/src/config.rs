@@ -10,6 +10,9 @@ use crate::{LoadtestError, PriorityMix};
 /// The endpoint a bare base URL is completed with.
 pub const DEFAULT_PATH: &str = "/v1/chat/completions";
 
+/// The path of a base URL with `--queue`: durable jobs' submission.
+pub(crate) const QUEUE_PATH: &str = "/queue/request";
+
 /// How requests are issued.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Load {
@@ -42,6 +45,8 @@ pub struct LoadConfig {
     pub priority_mix: Option<PriorityMix>,
     /// Ask for server-sent events and read the stream to its end.
     pub stream: bool,
+    /// Submit durable jobs (`/queue/request`) and poll each to its end (`/queue/response/{id}`).
+    pub queue: bool,
     /// Longest a request may take, answer body included.
     pub timeout: Duration,
     /// No request is started after this long (the measured run and the warm-up each).
@@ -82,6 +87,7 @@ impl LoadConfig {
             load: Load::Closed { concurrency: 16 },
             priority_mix: None,
             stream: false,
+            queue: false,
             timeout: Duration::from_secs(60),
             duration: Duration::from_secs(600),
             warmup: 0,

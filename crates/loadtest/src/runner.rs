@@ -36,6 +36,19 @@ struct Shared {
     /// With `--upstream-log`, the measured run's requests carry `"user": "<tag>-<number>"`, which the
     /// upstream records, so arrivals there can be matched to requests.
     tag: Option<String>,
+    /// Durable jobs: submit, then long-poll to the end.
+    queue: bool,
+}
+
+/// Seconds of one long poll of a job (`?wait=`).
+const JOB_POLL_WAIT_SECS: u32 = 30;
+
+/// What a job's submission and polls ended with.
+enum JobEnd {
+    /// The submission's status when it was refused, else the finished job's `status_code`.
+    Status(u16),
+    /// An answer that is not the API's JSON.
+    Malformed,
 }
 
 impl Shared {
@@ -47,6 +60,8 @@ impl Shared {
     async fn send(&self, i: u64, due: Instant) -> Sample {
         let class = self.mix.as_ref().map_or(0, |m| m.class_of(i));
         let url = self.urls[(i % self.urls.len() as u64) as usize].clone();
+        // A job's poll URL is resolved against its submission's.
+        let job_url = self.queue.then(|| url.clone());
         let body = match &self.tag {
             None => self.bodies[class].clone(),
             Some(tag) => tagged(&self.bodies[class], tag, i),
@@ -60,6 +75,28 @@ impl Shared {
             request = request.header(AUTHORIZATION, auth.clone());
         }
         let sent = Instant::now();
+        if let Some(url) = job_url {
+            let outcome = match tokio::time::timeout(self.timeout, self.job(request, &url)).await {
+                Ok(Ok(JobEnd::Status(status))) => Outcome::Status(status),
+                Ok(Ok(JobEnd::Malformed)) => Outcome::Error,
+                Ok(Err(e)) if e.is_connect() => Outcome::Connect,
+                Ok(Err(e)) if e.is_timeout() => Outcome::Timeout,
+                Ok(Err(_)) => Outcome::Error,
+                Err(_) => Outcome::Timeout,
+            };
+            let done = Instant::now();
+            self.progress.inc(1);
+            return Sample {
+                index: i,
+                class,
+                scheduled_us: self.micros(due),
+                sent_us: self.micros(sent),
+                done_us: self.micros(done),
+                outcome,
+                queue_wait_us: None,
+                overhead_us: None,
+            };
+        }
         let exchange = async {
             let mut response = request.send().await?;
             let status = response.status().as_u16();
@@ -87,6 +124,54 @@ impl Shared {
             outcome,
             queue_wait_us,
             overhead_us,
+        }
+    }
+}
+
+impl Shared {
+    /// Submits a job with `request` (to `url`) and long-polls it until it is finished.
+    async fn job(
+        &self,
+        request: reqwest::RequestBuilder,
+        url: &Url,
+    ) -> Result<JobEnd, reqwest::Error> {
+        let response = request.send().await?;
+        let status = response.status().as_u16();
+        let answer = response.bytes().await?;
+        if status != 200 {
+            return Ok(JobEnd::Status(status));
+        }
+        let Some(poll) = serde_json::from_slice::<serde_json::Value>(&answer)
+            .ok()
+            .and_then(|v| v.get("url").and_then(|u| u.as_str()).map(str::to_owned))
+            .and_then(|path| url.join(&path).ok())
+        else {
+            return Ok(JobEnd::Malformed);
+        };
+        loop {
+            let mut get = self
+                .client
+                .get(poll.clone())
+                .query(&[("wait", JOB_POLL_WAIT_SECS)]);
+            if let Some(auth) = &self.auth {
+                get = get.header(AUTHORIZATION, auth.clone());
+            }
+            let response = get.send().await?;
+            let status = response.status().as_u16();
+            let body = response.bytes().await?;
+            if status != 200 {
+                return Ok(JobEnd::Status(status));
+            }
+            let Ok(job) = serde_json::from_slice::<serde_json::Value>(&body) else {
+                return Ok(JobEnd::Malformed);
+            };
+            if job.get("status").and_then(|s| s.as_str()) == Some("finished") {
+                let code = job.get("status_code").and_then(serde_json::Value::as_u64);
+                return Ok(match code.and_then(|c| u16::try_from(c).ok()) {
+                    Some(code) => JobEnd::Status(code),
+                    None => JobEnd::Malformed,
+                });
+            }
         }
     }
 }
@@ -231,6 +316,7 @@ pub(crate) async fn run(config: &LoadConfig) -> Result<Report, LoadtestError> {
             start,
             progress,
             tag,
+            queue: config.queue,
         })
     };
 

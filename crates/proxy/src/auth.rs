@@ -1,10 +1,15 @@
-//! The request check against the master key: where clients present it, the middleware that refuses them, and
-//! what an authenticated caller may do ([`Caller`]).
+//! The request check: where clients present their key, the middleware that accepts the master key or a live
+//! virtual key and refuses the rest, and who the caller is ([`Caller`], [`CallerIdentity`]).
+
+use std::fmt;
+use std::sync::Arc;
 
 use axum::extract::{Request, State};
 use axum::http::HeaderMap;
 use axum::middleware::Next;
 use axum::response::Response;
+
+use keys::{KeyId, KeyRecord};
 
 use crate::error::ApiError;
 use crate::master_key::MasterKey;
@@ -48,26 +53,122 @@ pub(crate) fn check(master_key: Option<&MasterKey>, headers: &HeaderMap) -> Resu
     }
 }
 
-/// What an authenticated caller may do beyond calling models, put in the request's extensions by
-/// [`require_master_key`]. Today every caller holds the master key (or the proxy is open), so this comes from
-/// the proxy-wide settings; a caller's own key is where per-key permissions will come from.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub(crate) struct Caller {
+/// Who is calling: the master key (or anybody, on a proxy without one) or a virtual key, named by its id
+/// (the SHA-256 of its secret, never the secret). Owners of durable jobs and per-key views compare these.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum CallerIdentity {
+    /// The master key, or any caller when no master key is configured.
+    Master,
+    /// A virtual key.
+    Key(KeyId),
+}
+
+impl CallerIdentity {
+    /// Whether the caller may manage keys and see everybody's work.
+    pub fn is_master(&self) -> bool {
+        matches!(self, Self::Master)
+    }
+}
+
+impl fmt::Display for CallerIdentity {
+    /// `master` or `key:<id>`: a stable text form to store beside what the caller owns.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Master => f.write_str("master"),
+            Self::Key(id) => write!(f, "key:{id}"),
+        }
+    }
+}
+
+/// An authenticated caller, put in the request's extensions by [`require_auth`].
+#[derive(Clone, Debug)]
+pub struct Caller {
+    /// Who it is.
+    pub identity: CallerIdentity,
+    /// The virtual key's record (as read at most `keys::CACHE_TTL` ago), for a key caller.
+    pub key: Option<Arc<KeyRecord>>,
     /// May override routing from the body ([`router::OVERRIDE_FIELDS`]):
     /// `general_settings.allow_client_side_overrides`.
     pub(crate) overrides_allowed: bool,
 }
 
-/// Middleware for the routes that need the master key; marks the request with its [`Caller`].
-pub(crate) async fn require_master_key(
+/// Who owns and may see a durable job: the SHA-256 (hex) of the key the request presented, never the key
+/// (`anonymous` without one); the master key sees every job. Built on the presented key so that virtual keys
+/// plug in: a job belongs to the key that created it.
+pub(crate) fn job_caller(master_key: Option<&MasterKey>, headers: &HeaderMap) -> router::JobCaller {
+    let key = presented_key(headers);
+    let identity = key.map_or_else(
+        || "anonymous".to_owned(),
+        |key| {
+            let digest = ring::digest::digest(&ring::digest::SHA256, key.as_bytes());
+            digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+        },
+    );
+    let admin = match (master_key, key) {
+        (Some(master), Some(key)) => master.matches(key),
+        _ => false,
+    };
+    router::JobCaller { identity, admin }
+}
+
+impl Caller {
+    fn master(overrides_allowed: bool) -> Self {
+        Self {
+            identity: CallerIdentity::Master,
+            key: None,
+            overrides_allowed,
+        }
+    }
+}
+
+/// Who presented `headers`: the master key, a live virtual key, or a 401 (missing, wrong, expired or
+/// deleted key); 503 when the key store does not answer. A proxy without a master key is open: every caller
+/// counts as the master.
+pub(crate) async fn authenticate(
+    state: &AppState,
+    headers: &HeaderMap,
+) -> Result<Caller, ApiError> {
+    let overrides = state.allow_client_side_overrides();
+    let Some(master_key) = state.master_key() else {
+        return Ok(Caller::master(overrides));
+    };
+    let Some(presented) = presented_key(headers) else {
+        return Err(ApiError::unauthorized(
+            "missing API key: send it as `Authorization: Bearer <key>` (or in the `x-api-key` header)",
+        ));
+    };
+    if master_key.matches(presented) {
+        return Ok(Caller::master(overrides));
+    }
+    let record = state.keys().lookup(presented).await.map_err(|e| {
+        state.metrics().backend_errors().inc();
+        ApiError::store_unavailable(format!("cannot check the API key: {e}"))
+    })?;
+    let Some(record) = record else {
+        return Err(ApiError::unauthorized("invalid API key"));
+    };
+    if record.is_expired(state.keys().now_ms()) {
+        return Err(ApiError::expired_key());
+    }
+    let Some(id) = record.token.clone() else {
+        return Err(ApiError::unauthorized("invalid API key"));
+    };
+    Ok(Caller {
+        identity: CallerIdentity::Key(id),
+        key: Some(record),
+        overrides_allowed: overrides,
+    })
+}
+
+/// Middleware of the authenticated routes: the master key or a live virtual key; marks the request with its
+/// [`Caller`].
+pub(crate) async fn require_auth(
     State(state): State<AppState>,
     mut request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    check(state.master_key(), request.headers())?;
-    request.extensions_mut().insert(Caller {
-        overrides_allowed: state.allow_client_side_overrides(),
-    });
+    let caller = authenticate(&state, request.headers()).await?;
+    request.extensions_mut().insert(caller);
     Ok(next.run(request).await)
 }
 

@@ -4,28 +4,54 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
 
-use router::Router;
+use router::{Router, SkippedDeployment};
 
 use crate::config::Config;
 use crate::master_key::mask;
 
+/// What `check-config` found.
+#[derive(Debug)]
+pub struct ConfigReport {
+    /// The description: backend, auth, model groups and deployments, fallbacks, warnings.
+    pub text: String,
+    /// Entries the server would skip (unsupported provider prefix): `check-config` fails on them.
+    pub skipped: Vec<SkippedDeployment>,
+}
+
 /// Loads `path`, validates it as the server would (the router builds its model groups and backend; Redis is not
-/// contacted) and returns a report: backend, auth, model groups and deployments, fallbacks, warnings.
-pub async fn check_config(path: impl AsRef<Path>) -> anyhow::Result<String> {
+/// contacted) and returns a report: backend, auth, model groups and deployments, fallbacks, warnings, and the
+/// entries the server would skip.
+pub async fn check_config(path: impl AsRef<Path>) -> anyhow::Result<ConfigReport> {
     let path = path.as_ref();
     let config = Config::load(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     let router = config
         .build_router()
         .await
         .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-    let report = describe(path, &config, &router);
+    let skipped = router.skipped_deployments();
+    let text = describe(path, &config, &router, &skipped);
     router.shutdown().await;
-    Ok(report)
+    Ok(ConfigReport { text, skipped })
 }
 
-fn describe(path: &Path, config: &Config, router: &Router) -> String {
+fn describe(
+    path: &Path,
+    config: &Config,
+    router: &Router,
+    skipped: &[SkippedDeployment],
+) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "config: {} is valid", path.display());
+    if skipped.is_empty() {
+        let _ = writeln!(out, "config: {} is valid", path.display());
+    } else {
+        let _ = writeln!(
+            out,
+            "config: {} has {} deployment{} that would not be served",
+            path.display(),
+            skipped.len(),
+            if skipped.len() == 1 { "" } else { "s" }
+        );
+    }
     let _ = writeln!(out, "backend: {}", config.backend.describe());
     let _ = match &config.master_key {
         Some(key) => writeln!(out, "master key: {}", key.masked()),
@@ -102,6 +128,13 @@ fn describe(path: &Path, config: &Config, router: &Router) -> String {
                 let _ = writeln!(out, "{name}: {group} -> {}", targets.groups().join(", "));
             }
         }
+    }
+    for s in skipped {
+        let _ = writeln!(
+            out,
+            "error: {} ({} -> {}) is skipped: {}",
+            s.path, s.model_name, s.model, s.reason
+        );
     }
     if !config.unimplemented_keys.is_empty() {
         let _ = writeln!(

@@ -54,6 +54,55 @@ impl ApiError {
             .with_code("invalid_api_key")
     }
 
+    /// 401: the virtual key expired (LiteLLM's `expired_key`).
+    pub fn expired_key() -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "expired_key",
+            "the API key has expired",
+        )
+        .with_code("expired_key")
+    }
+
+    /// 403: the caller may not do this; `error_type` is LiteLLM's name for the rule where it has one
+    /// (`key_model_access_denied`), `param` the field that asked for it.
+    pub fn forbidden(
+        error_type: &'static str,
+        message: impl Into<String>,
+        param: Option<&str>,
+    ) -> Self {
+        let mut err = Self::new(StatusCode::FORBIDDEN, error_type, message);
+        err.param = param.map(str::to_owned);
+        err
+    }
+
+    /// 429 at once: the virtual key is over its rpm/tpm limit until `retry_after`.
+    pub fn key_rate_limited(message: impl Into<String>, retry_after: Duration) -> Self {
+        let mut err = Self::new(StatusCode::TOO_MANY_REQUESTS, "rate_limit_error", message)
+            .with_code("rate_limit_exceeded");
+        err.retry_after = Some(retry_after);
+        err
+    }
+
+    /// 429: the virtual key's spend reached its `max_budget` (LiteLLM's `budget_exceeded`).
+    pub fn budget_exceeded(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::TOO_MANY_REQUESTS, "budget_exceeded", message)
+            .with_code("budget_exceeded")
+    }
+
+    /// 408: the request's timeout passed while waiting (for its key's parallel slot).
+    pub(crate) fn wait_timeout(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::REQUEST_TIMEOUT, "timeout_error", message).with_code("timeout")
+    }
+
+    /// 404: the thing named by `param` does not exist.
+    pub fn not_found(message: impl Into<String>, param: Option<&str>) -> Self {
+        let mut err =
+            Self::new(StatusCode::NOT_FOUND, "not_found_error", message).with_code("not_found");
+        err.param = param.map(str::to_owned);
+        err
+    }
+
     /// 404 for a path this server does not have.
     pub fn unknown_route(method: &str, path: &str) -> Self {
         Self::new(

@@ -67,6 +67,8 @@ enum Command {
         /// The config file.
         file: PathBuf,
     },
+    /// Manage the virtual keys of a running proxy: generate, list, delete (with the master key).
+    Keys(proxy::KeysCommand),
     /// Load-test an OpenAI-compatible endpoint on this machine and print throughput and latency; exits with
     /// status 1 when more requests fail than --max-error-rate allows (by default, any).
     #[cfg(feature = "loadtest")]
@@ -101,6 +103,10 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Some(Command::CheckConfig { ref file }) => runtime.block_on(check(file)),
+        Some(Command::Keys(ref command)) => runtime
+            .block_on(proxy::keys_command(command))
+            .map(|answer| println!("{answer}"))
+            .map_err(anyhow::Error::from),
         #[cfg(feature = "loadtest")]
         Some(Command::Loadtest(ref args)) => runtime
             .block_on(loadtest::run_cli(args))
@@ -135,7 +141,13 @@ fn build_runtime(workers: Option<u16>, serve: bool) -> std::io::Result<tokio::ru
 
 async fn check(file: &std::path::Path) -> anyhow::Result<()> {
     let report = proxy::check_config(file).await?;
-    print!("{report}");
+    print!("{}", report.text);
+    if !report.skipped.is_empty() {
+        anyhow::bail!(
+            "{} deployment(s) use a provider prefix that is not supported",
+            report.skipped.len()
+        );
+    }
     Ok(())
 }
 

@@ -1,6 +1,7 @@
 //! Prometheus metrics: what the edge counts itself (requests, statuses, latencies) plus what the router exposes
 //! (attempts, retries, queue depth, cooldowns, backend errors), read at scrape time.
 
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use prometheus_client::encoding::text::{encode_eof, encode_registry};
@@ -47,6 +48,11 @@ pub(crate) struct DeploymentLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct KeyLabels {
+    pub(crate) key_alias: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct TimeoutLabels {
     pub(crate) timeout: &'static str,
 }
@@ -72,6 +78,7 @@ pub(crate) struct EdgeMetrics {
     overhead: HistogramFamily<GroupLabels>,
     in_flight: Gauge,
     backend_errors: Counter,
+    key_spend: Family<KeyLabels, Counter<f64, AtomicU64>>,
     connections: ConnectionMetrics,
 }
 
@@ -160,9 +167,16 @@ impl EdgeMetrics {
              not whole in time), keepalive (no request) or body (a request body not whole in time)",
             connections.timed_out.clone(),
         );
+        let key_spend = Family::<KeyLabels, Counter<f64, AtomicU64>>::default();
+        registry.register(
+            "key_spend_usd",
+            "USD spent by virtual keys, settled on this replica, by key_alias (a key without one: its key_name)",
+            key_spend.clone(),
+        );
         // Exported with the scheduler's count at scrape time (one family, two sources).
         let backend_errors = Counter::default();
         Self {
+            key_spend,
             connections,
             registry,
             backend_errors,
@@ -173,6 +187,15 @@ impl EdgeMetrics {
             overhead,
             in_flight,
         }
+    }
+
+    /// A virtual key spent `usd`.
+    pub(crate) fn key_spent(&self, key_alias: &str, usd: f64) {
+        self.key_spend
+            .get_or_create(&KeyLabels {
+                key_alias: key_alias.to_owned(),
+            })
+            .inc_by(usd);
     }
 
     /// The counter of backend (Redis) failures.
@@ -274,6 +297,12 @@ struct QueueLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct JobLabels {
+    model_group: String,
+    status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct SourceLabels {
     source: String,
 }
@@ -321,6 +350,62 @@ pub(crate) async fn router_registry(
         "admission_refused",
         "Requests refused by admission: queue full, or no capacity before their deadline",
         scheduler.refused.load(Relaxed),
+    );
+
+    let jobs = router.job_stats();
+    let job_states = Family::<JobLabels, Counter>::default();
+    for ((group, outcome), n) in jobs.finished_by_group() {
+        job_states
+            .get_or_create(&JobLabels {
+                model_group: group,
+                status: format!("finished_{outcome}"),
+            })
+            .inc_by(n);
+    }
+    registry.register(
+        "jobs_finished",
+        "Durable jobs this replica finished, by model group and outcome (ok, error; cancelled where the \
+         cancel was asked)",
+        job_states,
+    );
+    counter(
+        &mut registry,
+        "jobs_submitted",
+        "Durable jobs submitted through this replica",
+        jobs.submitted.load(Relaxed),
+    );
+    counter(
+        &mut registry,
+        "jobs_refused",
+        "Durable jobs refused at submission (queue full)",
+        jobs.refused.load(Relaxed),
+    );
+    counter(
+        &mut registry,
+        "job_runs_started",
+        "Durable job runs this replica started",
+        jobs.runs_started.load(Relaxed),
+    );
+    counter(
+        &mut registry,
+        "job_runs_handed_back",
+        "Durable job runs this replica handed back at their place (shutdown)",
+        jobs.handed_back.load(Relaxed),
+    );
+    let running = Gauge::<i64>::default();
+    running.set(gauge_value(router.jobs_running() as u64));
+    registry.register(
+        "jobs_running",
+        "Durable jobs running on this replica",
+        running,
+    );
+    let wait = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+    wait.set(jobs.wait_ms_total.load(Relaxed) as f64 / 1000.0);
+    registry.register(
+        "job_wait_seconds_sum",
+        "Sum over the job runs this replica started of the time from submission to the start (divide by \
+         job_runs_started for the mean wait)",
+        wait,
     );
 
     let requests = Family::<RouterRequestLabels, Counter>::default();

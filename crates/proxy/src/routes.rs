@@ -17,6 +17,9 @@ use serde_json::{json, Value};
 use crate::auth::{self, Caller};
 use crate::connection::BodyReadTimeout;
 use crate::error::ApiError;
+use crate::jobs;
+use crate::key_config;
+use crate::key_routes;
 use crate::metrics::RequestLabels;
 use crate::request;
 use crate::state::AppState;
@@ -47,8 +50,16 @@ pub fn app(state: AppState) -> axum::Router {
         .route("/v1/completions", post(completions))
         .route("/embeddings", post(embeddings))
         .route("/v1/embeddings", post(embeddings))
+        .route("/v1/messages", post(crate::messages::messages))
         .route("/queue/chat/completions", post(queue_chat_completions))
         .route("/v1/queue/chat/completions", post(queue_chat_completions))
+        .route("/queue/request", post(jobs::submit))
+        .route("/v1/queue/request", post(jobs::submit))
+        .route("/queue/response/{id}", get(jobs::read).delete(jobs::cancel))
+        .route(
+            "/v1/queue/response/{id}",
+            get(jobs::read).delete(jobs::cancel),
+        )
         .route("/models", get(models))
         .route("/v1/models", get(models))
         .route("/models/{model}", get(model))
@@ -57,9 +68,14 @@ pub fn app(state: AppState) -> axum::Router {
         .route("/v1/model/info", get(model_info))
         .route("/model_group/info", get(model_group_info))
         .route("/health", get(health))
+        .route("/key/generate", post(key_routes::generate))
+        .route("/key/info", get(key_routes::info))
+        .route("/key/update", post(key_routes::update))
+        .route("/key/delete", post(key_routes::delete))
+        .route("/key/list", get(key_routes::list))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
-            auth::require_master_key,
+            auth::require_auth,
         ));
     let open = axum::Router::new()
         .route("/health/readiness", get(readiness))
@@ -173,7 +189,7 @@ impl Drop for Tracker {
 
 /// One inference request, start to end. The router call is awaited here, never spawned: when the client
 /// disconnects the server drops this future, which drops the router's and cancels a queued entry.
-async fn inference(
+pub(crate) async fn inference(
     state: AppState,
     endpoint: Endpoint,
     force_queue: bool,
@@ -189,8 +205,8 @@ async fn inference(
         Err(err) => return tracker.refuse(err),
     };
     // A request that did not pass the auth layer may not override anything.
-    parsed.router_request.overrides_allowed =
-        caller.is_some_and(|Extension(caller)| caller.overrides_allowed);
+    let caller = caller.map(|Extension(caller)| caller);
+    parsed.router_request.overrides_allowed = caller.as_ref().is_some_and(|c| c.overrides_allowed);
     // Label metrics with the model only when it is a served group: clients choose the text.
     let model = &parsed.router_request.model;
     if state.serves(model) {
@@ -198,9 +214,40 @@ async fn inference(
     }
     // Answers name the model as the client asked for it, as LiteLLM's proxy does (since 1.81.7).
     let requested: std::sync::Arc<str> = model.as_str().into();
-    let response = match state.router().completion(parsed.router_request).await {
+    // A virtual key's rules; its place in the key's limits is held until the answer is out.
+    let mut permit = match &caller {
+        Some(caller) => match key_routes::admit(&state, caller, &mut parsed.router_request).await {
+            Ok(permit) => permit,
+            Err(err) => return tracker.refuse(err),
+        },
+        None => None,
+    };
+    // A key's own deployments are served by its own router.
+    let own_router = match caller.as_ref().and_then(|c| c.key.as_ref()) {
+        Some(key)
+            if key.config.is_some()
+                && key_config::groups(key).contains(&parsed.router_request.model) =>
+        {
+            match state.key_routers().get(&state, key).await {
+                Ok(router) => Some(router),
+                Err(err) => return tracker.refuse(err),
+            }
+        }
+        _ => None,
+    };
+    let router = own_router.as_ref().unwrap_or(state.router());
+    let response = match router.completion(parsed.router_request).await {
         Ok(response) => response,
-        Err(err) => return tracker.refuse(edge_error_counted(err, Some(&state))),
+        Err(err) => {
+            // Refused before any upstream call (queue full, timeout in the queue, ...): the key's rpm and
+            // tpm come back.
+            if let (Some(permit), false) =
+                (permit.as_mut(), matches!(err, RouterError::Upstream(_)))
+            {
+                permit.give_back();
+            }
+            return tracker.refuse(edge_error_counted(err, Some(&state)));
+        }
     };
 
     let meta = response.meta;
@@ -231,14 +278,33 @@ async fn inference(
 
     match response.body {
         ResponseBody::Json(mut value) => {
+            if let Some(caller) = &caller {
+                let price = state.price(&meta.deployment_id).or_else(|| {
+                    own_router.as_ref().and_then(|r| {
+                        r.deployments()
+                            .into_iter()
+                            .find(|d| d.id == meta.deployment_id)
+                            .map(|d| {
+                                (
+                                    d.input_cost_per_token.unwrap_or(0.0),
+                                    d.output_cost_per_token.unwrap_or(0.0),
+                                )
+                            })
+                    })
+                });
+                key_routes::settle(&state, caller, permit.as_mut(), price, &value);
+            }
+            drop(permit);
             name_requested_model(&mut value, &requested);
             (headers, Json(value)).into_response()
         }
         ResponseBody::Stream(stream) => {
-            // The tracker rides along with the stream: the request ends when the stream does.
+            // The tracker and the key's place ride along with the stream: the request ends when the stream
+            // does.
             let group = meta.model_group.clone();
             let events = stream.map(move |item| {
                 let _tracker = &tracker;
+                let _permit = &permit;
                 Ok::<_, Infallible>(match item {
                     Ok(bytes) => chunk_naming_model(bytes, &requested),
                     Err(err) => {
@@ -296,7 +362,7 @@ fn edge_error(err: RouterError) -> ApiError {
 }
 
 /// [`edge_error`], counting backend (Redis) failures.
-fn edge_error_counted(err: RouterError, state: Option<&AppState>) -> ApiError {
+pub(crate) fn edge_error_counted(err: RouterError, state: Option<&AppState>) -> ApiError {
     if let (RouterError::Backend(_), Some(state)) = (&err, state) {
         state.metrics().backend_errors().inc();
     }
@@ -316,7 +382,7 @@ fn edge_error_counted(err: RouterError, state: Option<&AppState>) -> ApiError {
 }
 
 /// The body could not be read: too large (413), not whole in time (408) or broken.
-fn body_error(rejection: &BytesRejection, limit: usize) -> ApiError {
+pub(crate) fn body_error(rejection: &BytesRejection, limit: usize) -> ApiError {
     if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
         ApiError::payload_too_large(limit)
     } else if let Some(timeout) = find_source::<BodyReadTimeout>(rejection) {
@@ -407,11 +473,15 @@ fn millis_header(d: Duration) -> HeaderValue {
 }
 
 /// `GET /v1/models`: the model groups in OpenAI's list shape.
-async fn models(State(state): State<AppState>) -> Json<Value> {
+async fn models(State(state): State<AppState>, caller: Option<Extension<Caller>>) -> Json<Value> {
     let created = state.started_epoch_secs();
-    let data: Vec<Value> = state
-        .router()
-        .model_groups()
+    let key = caller.and_then(|Extension(c)| c.key);
+    let mut groups = state.router().model_groups();
+    groups.retain(|id| key.as_ref().is_none_or(|k| k.allows_model(id)));
+    if let Some(key) = &key {
+        groups.extend(key_config::groups(key));
+    }
+    let data: Vec<Value> = groups
         .into_iter()
         .map(|id| model_object(&id, created))
         .collect();
@@ -421,9 +491,15 @@ async fn models(State(state): State<AppState>) -> Json<Value> {
 /// `GET /v1/models/{model}`.
 async fn model(
     State(state): State<AppState>,
+    caller: Option<Extension<Caller>>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let groups = state.router().model_groups();
+    let key = caller.and_then(|Extension(c)| c.key);
+    let mut groups = state.router().model_groups();
+    groups.retain(|g| key.as_ref().is_none_or(|k| k.allows_model(g)));
+    if let Some(key) = &key {
+        groups.extend(key_config::groups(key));
+    }
     if groups.contains(&id) {
         Ok(Json(model_object(&id, state.started_epoch_secs())))
     } else {
@@ -482,11 +558,19 @@ async fn health(State(state): State<AppState>) -> Result<Json<Value>, ApiError> 
             })
         })
         .collect();
+    // Entries not served (unsupported provider prefix), as the startup warning named them.
+    let skipped: Vec<Value> = state
+        .router()
+        .skipped_deployments()
+        .into_iter()
+        .map(|s| json!({"entry": s.path, "model_group": s.model_name, "model": s.model, "reason": s.reason}))
+        .collect();
     let mut body = json!({
         "backend": state.backend_name(),
         "healthy_count": deployments.len() - cooling,
         "unhealthy_count": cooling,
         "deployments": deployments,
+        "skipped_deployments": skipped,
     });
     if let Some((checked_at, checks)) = state.health_checks() {
         // LiteLLM's names for its health check's endpoint lists.

@@ -65,6 +65,7 @@ pub async fn run(
     let checks = config
         .background_health_checks
         .map(|every| tokio::spawn(health_checks(state.clone(), every, checks_stop.clone())));
+    let key_state = state.clone();
     let connections = state.metrics().connections().clone();
     tracing::info!("listening on http://{addr}");
 
@@ -112,7 +113,19 @@ pub async fn run(
     if let Some(task) = checks {
         let _ = task.await;
     }
+    // The server may have ended on its own at the signal (no connection open): durable jobs running here
+    // still get the grace period; a second shutdown hands back those still running.
+    if tokio::time::timeout(grace, router.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            grace_secs = grace.as_secs_f64(),
+            "grace period over; handing back the jobs still running"
+        );
+    }
     router.shutdown().await;
+    key_state.shutdown_key_routers().await;
     tracing::info!("stopped");
     result
 }
@@ -245,7 +258,7 @@ fn log_config(config: &Config) {
         "client connections"
     );
     match &config.master_key {
-        Some(_) => tracing::info!("master key set: every API route needs it"),
+        Some(_) => tracing::info!("master key set: every API route needs it or a virtual key (/key/generate)"),
         None => tracing::warn!(
             "no master key (general_settings.master_key): the API is open to anyone who can reach this port"
         ),

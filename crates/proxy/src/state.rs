@@ -1,11 +1,16 @@
 //! `AppState`: what every handler shares (the router, the master key, limits, metrics).
 
+use std::collections::HashMap;
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use router::{HealthCheck, Router};
+use keys::Keys;
+use router::{Backend, HealthCheck, Router, RouterSettings};
+
+use crate::key_config::KeyRouters;
 
 use crate::config::Config;
 use crate::master_key::MasterKey;
@@ -27,6 +32,19 @@ struct Inner {
     allow_client_side_overrides: bool,
     backend: String,
     metrics: EdgeMetrics,
+    /// Virtual keys, in the router's store (Redis or memory).
+    keys: Keys,
+    /// Routers of keys with deployments of their own.
+    key_routers: KeyRouters,
+    /// The backend and router settings, for the routers of keys' own deployments.
+    backend_choice: Backend,
+    router_settings: RouterSettings,
+    /// USD per (prompt, completion) token by deployment id, for key spend.
+    prices: HashMap<String, (f64, f64)>,
+    /// The priority of requests that name none (`router_settings.default_priority`).
+    default_priority: u32,
+    /// How long a request may wait at most (`router_settings.timeout`), when it names no timeout.
+    default_timeout: Duration,
     started_epoch_secs: u64,
     shutting_down: AtomicBool,
     /// The last background health check: when (Unix seconds) and what it found.
@@ -36,6 +54,19 @@ struct Inner {
 impl AppState {
     /// State for `router` with the proxy settings of `config`.
     pub fn new(router: Router, config: &Config) -> Self {
+        let prices = router
+            .deployments()
+            .into_iter()
+            .filter(|d| d.input_cost_per_token.is_some() || d.output_cost_per_token.is_some())
+            .map(|d| {
+                let price = (
+                    d.input_cost_per_token.unwrap_or(0.0),
+                    d.output_cost_per_token.unwrap_or(0.0),
+                );
+                (d.id, price)
+            })
+            .collect();
+        let settings = &config.router.settings;
         Self {
             inner: Arc::new(Inner {
                 groups: router.model_groups().into_iter().collect(),
@@ -50,6 +81,19 @@ impl AppState {
                     "memory".to_owned()
                 },
                 metrics: EdgeMetrics::new(),
+                keys: key_store(&config.backend.backend),
+                key_routers: KeyRouters::default(),
+                backend_choice: config.backend.backend.clone(),
+                router_settings: config.router.settings.clone(),
+                prices,
+                default_priority: settings
+                    .default_priority
+                    .and_then(|p| u32::try_from(p).ok())
+                    .unwrap_or(128),
+                default_timeout: settings
+                    .timeout
+                    .filter(|t| t.is_finite() && *t > 0.0)
+                    .map_or(Duration::from_secs(600), Duration::from_secs_f64),
                 started_epoch_secs: SystemTime::now()
                     .duration_since(UNIX_EPOCH)
                     .map_or(0, |d| d.as_secs()),
@@ -102,6 +146,40 @@ impl AppState {
         &self.inner.metrics
     }
 
+    pub(crate) fn keys(&self) -> &Keys {
+        &self.inner.keys
+    }
+
+    pub(crate) fn key_routers(&self) -> &KeyRouters {
+        &self.inner.key_routers
+    }
+
+    pub(crate) fn backend(&self) -> &Backend {
+        &self.inner.backend_choice
+    }
+
+    pub(crate) fn router_settings(&self) -> &RouterSettings {
+        &self.inner.router_settings
+    }
+
+    /// Shuts down the routers of keys' own deployments (the proxy's router is shut down by its owner).
+    pub async fn shutdown_key_routers(&self) {
+        self.inner.key_routers.shutdown().await;
+    }
+
+    /// USD per (prompt, completion) token of a deployment, when it has prices.
+    pub(crate) fn price(&self, deployment: &str) -> Option<(f64, f64)> {
+        self.inner.prices.get(deployment).copied()
+    }
+
+    pub(crate) fn default_priority(&self) -> u32 {
+        self.inner.default_priority
+    }
+
+    pub(crate) fn default_timeout(&self) -> Duration {
+        self.inner.default_timeout
+    }
+
     pub(crate) fn started_epoch_secs(&self) -> u64 {
         self.inner.started_epoch_secs
     }
@@ -125,5 +203,24 @@ impl AppState {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
+    }
+}
+
+/// The key store beside the router's: the same Redis (a pool of its own, the same call timeout and key
+/// prefix), or memory.
+fn key_store(backend: &Backend) -> Keys {
+    match backend {
+        Backend::Memory => Keys::memory(),
+        Backend::Redis(redis) => match store::create_pool(&redis.url, 8, redis.command_timeout) {
+            Ok(pool) => Keys::redis(
+                store::RedisConnection::new(pool, redis.command_timeout),
+                &redis.key_prefix,
+            ),
+            // The router built a pool from the same URL before this: not reached in practice.
+            Err(error) => {
+                tracing::error!(%error, "cannot reach Redis for virtual keys; keys live in memory");
+                Keys::memory()
+            }
+        },
     }
 }

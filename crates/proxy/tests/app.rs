@@ -27,6 +27,8 @@ model_list:
     litellm_params: {{ model: openai/text-embedding-3-small, mock_response: "x" }}
   - model_name: limited
     litellm_params: {{ model: openai/x, mock_response: "litellm.RateLimitError", num_retries: 0 }}
+  - model_name: legacy
+    litellm_params: {{ model: bedrock/anthropic.claude-v2 }}
 router_settings:
   num_retries: 0
 {general}"#
@@ -204,6 +206,12 @@ async fn every_endpoint_answers() {
         .unwrap()
         .iter()
         .any(|d| d["id"] == "mock-a" && d["model_group"] == "gpt-4o" && d["healthy"] == true));
+    // The entry with an unsupported provider prefix is listed, not served.
+    let skipped = &health["skipped_deployments"];
+    assert_eq!(skipped.as_array().map(Vec::len), Some(1), "{health}");
+    assert_eq!(skipped[0]["entry"], "model_list[3]");
+    assert_eq!(skipped[0]["model"], "bedrock/anthropic.claude-v2");
+    assert!(skipped[0]["reason"].as_str().unwrap().contains("`bedrock`"));
 
     let a = send(&app, get("/metrics")).await;
     assert_eq!(a.status, StatusCode::OK);
@@ -475,4 +483,133 @@ async fn routes_methods_and_sizes_have_honest_statuses() {
     a.assert_error(429, "");
     assert!(a.header("retry-after").parse::<u64>().unwrap() >= 1);
     assert_eq!(a.json()["error"]["type"], "rate_limit_error");
+}
+
+/// `POST /v1/messages` (Anthropic's Messages API) goes through the same groups: to an `anthropic/` deployment
+/// natively and to an OpenAI-compatible one translated; answers, streams and errors come back in Anthropic's
+/// shapes.
+#[tokio::test]
+async fn anthropic_messages_are_served_through_the_groups() {
+    let claude = testkit::MockUpstream::start().await.unwrap();
+    let gpt = testkit::MockUpstream::start().await.unwrap();
+    claude.set_reply("Bonjour from Claude");
+    gpt.set_reply("Hello from GPT");
+    let text = format!(
+        r#"
+model_list:
+  - model_name: claude
+    litellm_params: {{ model: anthropic/claude-test, api_base: "{}", api_key: sk-ant-upstream }}
+  - model_name: gpt
+    litellm_params: {{ model: openai/gpt-test, api_base: "{}", api_key: sk-upstream }}
+router_settings:
+  num_retries: 0
+general_settings:
+  master_key: {KEY}
+"#,
+        claude.url(),
+        gpt.base_url()
+    );
+    let config = Config::from_yaml_str(&text).unwrap();
+    let router = Router::new(config.router.clone(), Backend::Memory)
+        .await
+        .unwrap();
+    let app = app(AppState::new(router, &config));
+    let messages = |model: &str, extra: Value| {
+        let mut body = json!({
+            "model": model, "max_tokens": 50, "system": "Be kind.",
+            "messages": [{"role": "user", "content": "hi"}], "priority": 2,
+        });
+        for (k, v) in extra.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        // Anthropic SDKs send the key in `x-api-key`.
+        Request::builder()
+            .method(Method::POST)
+            .uri("/v1/messages")
+            .header("x-api-key", KEY)
+            .header("anthropic-version", "2023-06-01")
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(body.to_string()))
+            .unwrap()
+    };
+
+    for (model, reply, upstream) in [
+        ("claude", "Bonjour from Claude", &claude),
+        ("gpt", "Hello from GPT", &gpt),
+    ] {
+        let a = send(&app, messages(model, json!({}))).await;
+        assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+        let v = a.json();
+        assert_eq!(v["type"], "message", "{v}");
+        assert_eq!(v["content"][0], json!({"type": "text", "text": reply}));
+        assert_eq!(v["stop_reason"], "end_turn");
+        assert!(v["usage"]["output_tokens"].as_u64().unwrap() > 0, "{v}");
+        assert_eq!(a.header("x-llm-scheduler-model-group"), model);
+        let sent = &upstream.requests()[0];
+        assert!(sent.header("authorization").is_none() || model == "gpt");
+        if model == "claude" {
+            assert_eq!(sent.path, "/v1/messages");
+            assert_eq!(sent.body["system"][0]["text"], "Be kind.", "{}", sent.body);
+            assert_eq!(sent.body["max_tokens"], 50);
+        } else {
+            assert_eq!(sent.path, "/v1/chat/completions");
+            assert_eq!(sent.body["messages"][0]["role"], "system", "{}", sent.body);
+        }
+        assert!(sent.body.get("priority").is_none(), "{}", sent.body);
+
+        // Streams: Anthropic's events, text deltas joining to the reply.
+        let a = send(&app, messages(model, json!({"stream": true}))).await;
+        assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+        assert!(a.header("content-type").starts_with("text/event-stream"));
+        let names: Vec<&str> = a
+            .text
+            .lines()
+            .filter_map(|l| l.strip_prefix("event: "))
+            .collect();
+        assert_eq!(names.first(), Some(&"message_start"), "{}", a.text);
+        assert_eq!(names.last(), Some(&"message_stop"), "{}", a.text);
+        assert!(names.contains(&"message_delta"), "{}", a.text);
+        let text: String = a
+            .text
+            .lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+            .filter_map(|e| {
+                e.pointer("/delta/text")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned)
+            })
+            .collect();
+        assert_eq!(text, reply, "{}", a.text);
+    }
+
+    // A tool call through an anthropic/ deployment comes back as a tool_use block.
+    claude.set_reply("Paris");
+    let a = send(
+        &app,
+        messages(
+            "claude",
+            json!({"tools": [{"name": "weather", "input_schema": {"type": "object"}}]}),
+        ),
+    )
+    .await;
+    let v = a.json();
+    assert_eq!(v["stop_reason"], "tool_use", "{v}");
+    assert_eq!(v["content"][0]["type"], "tool_use", "{v}");
+    assert_eq!(v["content"][0]["input"], json!({"query": "Paris"}));
+
+    // Errors in Anthropic's shape, statuses kept.
+    claude.push_behavior(testkit::Behavior::rate_limited(3));
+    let a = send(&app, messages("claude", json!({}))).await;
+    assert_eq!(a.status, StatusCode::TOO_MANY_REQUESTS, "{}", a.text);
+    assert_eq!(a.json()["type"], "error");
+    assert_eq!(a.json()["error"]["type"], "rate_limit_error");
+    assert_eq!(a.header("retry-after"), "3");
+    let a = send(&app, messages("claude", json!({"max_tokens": null}))).await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST, "{}", a.text);
+    assert_eq!(a.json()["error"]["type"], "invalid_request_error");
+    assert!(a.text.contains("max_tokens"), "{}", a.text);
+    let a = send(&app, messages("nope", json!({}))).await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST, "{}", a.text);
+    assert_eq!(a.json()["error"]["type"], "invalid_request_error");
 }

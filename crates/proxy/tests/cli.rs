@@ -82,6 +82,48 @@ fn check_config_describes_the_examples_with_secrets_masked() {
     assert!(out.contains("redis redis://127.0.0.1:6390/"), "{out}");
 }
 
+/// A LiteLLM config naming many providers by prefix, with no `api_base` where LiteLLM has a default, is valid;
+/// a prefix that is not supported is reported and fails the check.
+#[test]
+fn check_config_accepts_provider_prefixes_and_fails_on_unsupported_ones() {
+    let (code, out, err) = run(&["check-config", &example("providers-config.yaml")], &[]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("is valid"), "{out}");
+    let mut prefixes = std::collections::BTreeSet::new();
+    for line in out.lines().filter(|l| l.trim_start().starts_with("- ")) {
+        if let Some((_, model)) = line.split_once(" -> ") {
+            prefixes.insert(model.split('/').next().unwrap_or_default().to_owned());
+        }
+    }
+    assert!(prefixes.len() >= 10, "{prefixes:?}\n{out}");
+    assert!(
+        out.contains("anthropic/claude-sonnet-4-5 at https://api.anthropic.com"),
+        "{out}"
+    );
+    assert!(
+        out.contains("groq/llama-3.1-8b-instant at https://api.groq.com/openai/v1"),
+        "{out}"
+    );
+    assert!(!out.contains("error:"), "{out}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.yaml");
+    std::fs::write(
+        &path,
+        "model_list:\n  - model_name: a\n    litellm_params: { model: groq/llama }\n  \
+         - model_name: b\n    litellm_params: { model: bedrock/anthropic.claude-v2 }\n",
+    )
+    .unwrap();
+    let (code, out, err) = run(&["check-config", &path.display().to_string()], &[]);
+    assert_eq!(code, 1, "{out}\n{err}");
+    assert!(
+        out.contains("error: model_list[1] (b -> bedrock/anthropic.claude-v2) is skipped"),
+        "{out}"
+    );
+    assert!(out.contains("supported prefixes: openai"), "{out}");
+    assert!(err.contains("not supported"), "{err}");
+}
+
 #[test]
 fn a_missing_environment_variable_is_named_with_its_key() {
     let env: Vec<(&str, &str)> = EXAMPLE_ENV

@@ -137,6 +137,21 @@ fn a_run_whose_requests_all_fail_exits_non_zero() {
     assert_eq!(report["passed"], true, "{report}");
 }
 
+#[test]
+fn queue_mode_submits_jobs_and_polls_them_to_their_answer() {
+    let proxy = Proxy::start(&mock_config(), &[]).unwrap();
+    let url = proxy.url("");
+    let (code, out, err) =
+        loadtest_process(&url, &["--num-requests", "30", "--key", KEY, "--queue"]);
+    assert_eq!(code, 0, "stdout:\n{out}\nstderr:\n{err}");
+    assert!(out.contains("/queue/request"), "{out}");
+    assert!(out.contains("200: 30"), "{out}");
+    // A refused submission is the run's status: no key, 401.
+    let (code, out, _) = loadtest_process(&url, &["--num-requests", "5", "--queue"]);
+    assert_eq!(code, 1);
+    assert!(out.contains("401: 5"), "{out}");
+}
+
 #[tokio::test]
 async fn the_error_threshold_is_a_share_of_the_finished_requests() {
     let upstream = MockUpstream::start().await.unwrap();

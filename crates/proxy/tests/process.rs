@@ -828,3 +828,95 @@ general_settings:
     assert_eq!(status, 503, "{body}");
     assert_eq!(headers["retry-after"], "1");
 }
+
+/// The Python interpreter with the official `anthropic` and `openai` SDKs: `SDK_PYTHON`, else `python3`; `None`
+/// (the test is skipped, and says so) when the SDKs cannot be imported.
+fn sdk_python() -> Option<String> {
+    let python = std::env::var("SDK_PYTHON").unwrap_or_else(|_| "python3".to_owned());
+    let ok = std::process::Command::new(&python)
+        .args(["-c", "import anthropic, openai"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if ok {
+        return Some(python);
+    }
+    let line = format!(
+        "skipped: sdks_answer_and_stream_through_an_anthropic_deployment ({python} cannot import anthropic \
+         and openai; `pip install anthropic openai` and set SDK_PYTHON)"
+    );
+    eprintln!("{line}");
+    if let Some(path) = std::env::var_os(testkit::TESTKIT_SKIP_LOG) {
+        use std::io::Write as _;
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        {
+            let _ = f.write_all(format!("{line}\n").as_bytes());
+        }
+    }
+    None
+}
+
+/// The official Anthropic SDK on `/v1/messages` and the OpenAI SDK on `/v1/chat/completions`, with an
+/// `anthropic/` deployment behind both, get correct answers, streams, tool calls and errors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sdks_answer_and_stream_through_an_anthropic_deployment() {
+    let Some(python) = sdk_python() else {
+        return;
+    };
+    const REPLY: &str = "Hello from the Anthropic mock";
+    let upstream = MockUpstream::start().await.unwrap();
+    upstream.set_reply(REPLY);
+    let config = format!(
+        r#"
+model_list:
+  - model_name: claude
+    litellm_params: {{ model: anthropic/claude-sonnet-4-5, api_base: "{}", api_key: sk-ant-upstream-key }}
+router_settings:
+  num_retries: 0
+general_settings:
+  master_key: {KEY}
+"#,
+        upstream.url()
+    );
+    let proxy = Proxy::start(&config, &[]).unwrap();
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/sdk_clients.py");
+    let mut child = std::process::Command::new(python)
+        .arg(script)
+        .env("PROXY_URL", proxy.url(""))
+        .env("PROXY_KEY", KEY)
+        .env("EXPECTED", REPLY)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The mock serves on this runtime: wait for the script off it, bounded.
+    let output = tokio::task::spawn_blocking(move || {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        child.wait_with_output()
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        output.status.success() && text.contains("sdk checks passed"),
+        "{text}\nproxy:\n{}",
+        proxy.output()
+    );
+    // Both SDKs reached the Anthropic upstream natively.
+    let requests = upstream.requests();
+    assert_eq!(requests.len(), 6, "three calls from each SDK");
+    assert!(requests.iter().all(|r| r.path == "/v1/messages"));
+}

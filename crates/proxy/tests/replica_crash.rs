@@ -1,6 +1,7 @@
-//! A replica killed with SIGKILL while its clients' requests wait at the head of the shared queue: the other
-//! replicas' waiting requests proceed within a second (the dead replica's liveness, three missed heartbeats,
-//! not its `queue_lease`), all of them complete, and nothing of the dead replica is left in Redis.
+//! A replica killed with SIGKILL while its clients' requests wait at the head of the shared queue, or while
+//! its request holds the deployment's slot at the upstream: the other replicas' waiting requests proceed
+//! within about a second (the dead replica's liveness, three missed heartbeats, not its `queue_lease` or
+//! `inflight_lease`), all of them complete, and nothing of the dead replica is left in Redis.
 
 mod common;
 
@@ -192,4 +193,89 @@ async fn a_killed_replica_stalls_its_group_for_less_than_a_second() {
         zcard(&conn, &inflight).await
     );
     drop((b, c));
+}
+
+/// A replica killed while its request holds the deployment's only slot at the upstream (for far longer than
+/// the test): the slot comes back with the dead replica's liveness (0.75 s), not with its in-flight lease
+/// (`inflight_lease` keeps its default, 30 s). B's queued requests reach the upstream within two seconds of
+/// the kill, all complete, the dead request is not run again, and the in-flight leases end empty.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_replicas_slot_at_the_upstream_comes_back_with_its_liveness() {
+    const BOUND_MS: u64 = 2000;
+    let redis = RedisServer::start().await.unwrap();
+    let upstream = mock_answering_after(Duration::from_millis(20)).await;
+    let config = shared_group_config(&upstream.base_url(), &redis, "solo", 1, "");
+    let a = Proxy::start(&config, &[]).unwrap();
+    let b = Proxy::start(&config, &[]).unwrap();
+    let http = client();
+    let queue = format!("{}{{shared}}:q", redis.prefix());
+    let owners = format!("{}{{shared}}:owners", redis.prefix());
+    let inflight = format!("{}{{shared}}:d:solo:if", redis.prefix());
+    let conn = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection_with_config(
+            &redis::AsyncConnectionConfig::new()
+                .set_response_timeout(Some(Duration::from_secs(10))),
+        )
+        .await
+        .unwrap();
+
+    upstream.push_behavior(Behavior::ok().with_latency(Duration::from_secs(60)));
+    let stuck = post(&http, &a, "a-stuck", 0);
+    assert!(
+        upstream
+            .wait_for_in_flight(1, Duration::from_secs(10))
+            .await,
+        "A's request never reached the upstream"
+    );
+    // A's heartbeat (a poll step every 0.25 s while it has a request in flight) registers it in the group.
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            zcard(&conn, &owners).await == 1
+        })
+        .await,
+        "A never heartbeated in the group"
+    );
+    let mut b_requests = Vec::new();
+    for i in 0..3 {
+        b_requests.push(post(&http, &b, &format!("b-{i}"), 0));
+        assert!(
+            queued(&conn, &queue, i + 1).await,
+            "B's request {i} was not queued"
+        );
+    }
+
+    signal(a.pid(), "KILL");
+    let killed_at = epoch_ms();
+    let _ = stuck.await;
+    for r in b_requests {
+        assert_eq!(r.await.unwrap(), Ok(200), "a request of B failed");
+    }
+    let seen = upstream.requests();
+    let first_b = seen
+        .iter()
+        .filter(|r| tag_of(r).starts_with("b-"))
+        .map(|r| r.epoch_ms)
+        .min()
+        .unwrap();
+    assert!(
+        first_b <= killed_at + BOUND_MS,
+        "B's first request reached the upstream {} ms after A was killed (bound {BOUND_MS} ms)",
+        first_b.saturating_sub(killed_at)
+    );
+    assert_eq!(
+        seen.iter().filter(|r| tag_of(r) == "a-stuck").count(),
+        1,
+        "the dead replica's request ran again"
+    );
+    assert!(
+        eventually(Duration::from_secs(3), || async {
+            zcard(&conn, &inflight).await == 0 && zcard(&conn, &queue).await == 0
+        })
+        .await,
+        "left in Redis: in-flight leases {}, queue {}",
+        zcard(&conn, &inflight).await,
+        zcard(&conn, &queue).await
+    );
+    drop(b);
 }

@@ -1,7 +1,8 @@
-//! Redis killed with SIGKILL and restarted empty while two replicas have requests in flight and waiting:
-//! no waiting request is lost (every one is served after the restart, within its deadline), the
-//! deployment's `max_parallel_requests` holds right after the restart (the replicas re-register their
-//! in-flight reservations while admission pauses), and no request reaches the upstream twice.
+//! Redis restarted while two replicas have requests in flight and waiting, killed with SIGKILL and back
+//! empty, or stopped with `SHUTDOWN` and back with its append-only file: no waiting request is lost (every
+//! one is served after the restart, within its deadline), the deployment's `max_parallel_requests` holds
+//! right after the restart (after an empty restart the replicas re-register their in-flight reservations
+//! while admission pauses), and no request reaches the upstream twice.
 
 mod common;
 
@@ -51,14 +52,39 @@ async fn zcard(redis: &RedisServer, key: &str) -> Option<u64> {
         .ok()
 }
 
+/// How Redis goes down and comes back.
+#[derive(Clone, Copy, PartialEq)]
+enum Restart {
+    /// SIGKILL, then a new server with no data.
+    KilledEmpty,
+    /// `SHUTDOWN`, then the same server back with its append-only file.
+    ShutdownWithAof,
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_restarted_empty_loses_no_waiter_and_keeps_the_parallel_limit() {
-    let Some(mut redis) = RedisServer::start_own("kills and restarts Redis")
+    let Some(redis) = RedisServer::start_own("kills and restarts Redis")
         .await
         .unwrap()
     else {
         return;
     };
+    restart_under_load(redis, Restart::KilledEmpty).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_shut_down_and_restarted_with_its_aof_loses_no_waiter_and_keeps_the_parallel_limit()
+{
+    let Some(redis) = RedisServer::start_own_persistent("shuts Redis down and restarts it")
+        .await
+        .unwrap()
+    else {
+        return;
+    };
+    restart_under_load(redis, Restart::ShutdownWithAof).await;
+}
+
+async fn restart_under_load(mut redis: RedisServer, how: Restart) {
     let upstream = mock_answering_after(Duration::from_millis(100)).await;
     let config = shared_group_config(&upstream.base_url(), &redis, "pair", 2, "");
     let queue_key = format!("{}{{shared}}:q", redis.prefix());
@@ -97,9 +123,23 @@ async fn a_redis_restarted_empty_loses_no_waiter_and_keeps_the_parallel_limit() 
     }
     assert_eq!(upstream.request_count(), 2, "setup too slow: a waiter ran");
 
-    // Redis dies and comes back empty while both holders are still upstream.
-    redis.kill();
-    redis.restart().await.unwrap();
+    // Redis goes down and comes back while both holders are still upstream.
+    match how {
+        Restart::KilledEmpty => {
+            redis.kill();
+            redis.restart().await.unwrap();
+        }
+        Restart::ShutdownWithAof => {
+            redis.shutdown_and_restart().await.unwrap();
+            assert!(
+                eventually(Duration::from_secs(10), || async {
+                    zcard(&redis, &queue_key).await.is_some()
+                })
+                .await,
+                "Redis did not load its append-only file"
+            );
+        }
+    }
     upstream.reset_peak();
 
     let mut statuses = HashMap::new();
@@ -130,9 +170,11 @@ async fn a_redis_restarted_empty_loses_no_waiter_and_keeps_the_parallel_limit() 
         seen.values().all(|n| *n == 1),
         "a request reached the upstream twice: {seen:?}"
     );
-    let log = format!("{}{}", a.output(), b.output());
-    assert!(
-        log.contains("restored admission state"),
-        "no replica logged its restore:\n{log}"
-    );
+    if how == Restart::KilledEmpty {
+        let log = format!("{}{}", a.output(), b.output());
+        assert!(
+            log.contains("restored admission state"),
+            "no replica logged its restore:\n{log}"
+        );
+    }
 }

@@ -10,6 +10,10 @@ use crate::QueueError;
 /// Scores of one priority span `2^32` sequence numbers.
 const SEQ_SPAN: u64 = 1 << 32;
 
+/// The owner of a durable job's queue entry: it belongs to no replica, so it is always live (no heartbeat
+/// keeps it); only a job's runner holds a lease, and only while it runs. Replica ids never take this name.
+pub const JOB_OWNER: &str = "~jobs";
+
 /// Longest accepted owner id.
 const MAX_OWNER_LEN: usize = 128;
 
@@ -228,6 +232,11 @@ impl Entry {
     /// The encoded queue member.
     pub fn member(&self) -> &str {
         &self.member
+    }
+
+    /// True for a durable job's entry (owner [`JOB_OWNER`]).
+    pub fn is_job(&self) -> bool {
+        self.owner == JOB_OWNER
     }
 
     /// True if the entry has a deadline and it is before `now_ms`.

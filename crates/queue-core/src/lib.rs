@@ -69,7 +69,7 @@ mod state;
 pub use backend::{QueueBackend, QueueOps};
 pub use entry::{
     validate_owner, EnqueueOptions, Enqueued, Entry, EntryMeta, Grant, Popped, Priority, Queued,
-    Score,
+    Score, JOB_OWNER,
 };
 pub use error::QueueError;
 pub use memory::MemoryQueue;

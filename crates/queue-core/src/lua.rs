@@ -9,8 +9,8 @@
 //! | `q_num(x)` | formats an integral number exactly (no exponent), for passing scores to Redis |
 //! | `q_score(priority, seq)` | `priority * 2^32 + seq`, the twin of [`crate::Score::new`] |
 //! | `q_decode(member)` | `{id=, owner=, est=, prompt=, deadline=}` (numbers as numbers), or nil if malformed |
-//! | `q_owner_alive(k_owners, owner, now, cache)` | true while the owner's lease expiry >= now (`cache` optional) |
-//! | `q_live(k_owners, e, now, cache)` | decoded entry well formed, deadline not passed, owner alive |
+//! | `q_owner_alive(k_owners, owner, now, cache)` | true while the owner's lease expiry >= now (`cache` optional); always for `~jobs` (`JOB_OWNER`) |
+//! | `q_live(k_owners, e, now, cache)` | decoded entry well formed, deadline not passed, owner alive; a job's entry always |
 //! | `q_enqueue(k_q, k_seq, member, priority, max_depth)` | `score, rank` (0-based), or `false, depth` when depth >= max_depth (0 = unbounded) |
 //! | `q_better_waiting(k_q, priority)` | true if any entry with score < (priority+1)*2^32 exists |
 //! | `q_head(k_q, k_owners, now, removed[, removed_scores])` | `member, score` of the first live entry, or nil; ZREMs dead head entries, appending their members to `removed` (and scores to `removed_scores`) |

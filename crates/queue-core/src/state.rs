@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use crate::entry::{Enqueued, Entry, Grant, Popped, Priority, Queued, Score};
+use crate::entry::{Enqueued, Entry, Grant, Popped, Priority, Queued, Score, JOB_OWNER};
 use crate::QueueError;
 
 /// All groups' queues, owner leases and grants of one process; the in-memory twin of the Redis keys.
@@ -44,13 +44,15 @@ struct GroupState {
 
 impl GroupState {
     fn owner_alive(&self, owner: &str, now_ms: u64) -> bool {
-        self.owners
-            .get(owner)
-            .is_some_and(|&expiry| expiry >= now_ms)
+        owner == JOB_OWNER
+            || self
+                .owners
+                .get(owner)
+                .is_some_and(|&expiry| expiry >= now_ms)
     }
 
     fn is_live(&self, entry: &Entry, now_ms: u64) -> bool {
-        !entry.deadline_passed(now_ms) && self.owner_alive(entry.owner(), now_ms)
+        entry.is_job() || !entry.deadline_passed(now_ms) && self.owner_alive(entry.owner(), now_ms)
     }
 
     fn remove(&mut self, member: &str) -> Option<(u64, Entry)> {
@@ -279,11 +281,19 @@ impl QueueState {
             .collect()
     }
 
-    /// The `ZREMRANGEBYSCORE owners -inf (now` of a heartbeat: forgets owners whose lease expired.
-    pub fn forget_expired_owners(&mut self, group: &str, now_ms: u64) {
+    /// The heartbeat's clean-up of the owners set: forgets owners whose lease expired, and returns them.
+    pub fn forget_expired_owners(&mut self, group: &str, now_ms: u64) -> Vec<String> {
+        let mut expired = Vec::new();
         if let Some(g) = self.groups.get_mut(group) {
-            g.owners.retain(|_, &mut expiry| expiry >= now_ms);
+            g.owners.retain(|owner, &mut expiry| {
+                let alive = expiry >= now_ms;
+                if !alive {
+                    expired.push(owner.clone());
+                }
+                alive
+            });
         }
+        expired
     }
 
     /// `ZADD` at a given score: puts `entry` back at its place (a restore after the store lost it).
@@ -334,10 +344,13 @@ impl QueueState {
             .unwrap_or_default()
     }
 
-    /// `q_owner_alive`: true while `owner` holds a lease in `group` (expiry >= `now_ms`).
+    /// `q_owner_alive`: true while `owner` holds a lease in `group` (expiry >= `now_ms`); always for
+    /// [`JOB_OWNER`].
     pub fn owner_alive(&self, group: &str, owner: &str, now_ms: u64) -> bool {
-        self.group(group)
-            .is_some_and(|g| g.owner_alive(owner, now_ms))
+        owner == JOB_OWNER
+            || self
+                .group(group)
+                .is_some_and(|g| g.owner_alive(owner, now_ms))
     }
 
     /// The stored state of one group, in the form both twins can be read into (the twin property tests

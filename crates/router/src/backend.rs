@@ -12,7 +12,7 @@ use crate::cache::ResponseCache;
 use crate::config::RouterSettings;
 use crate::error::RouterError;
 use crate::topology::{CachePolicy, RedisFailureMode};
-use admission::{AdmissionBackend, FailoverAdmission, MemoryAdmission, RedisAdmission};
+use admission::{AdmissionBackend, FailoverAdmission, JobStore, MemoryAdmission, RedisAdmission};
 
 /// The state backend. `Memory` (the default) serves one instance; `Redis` shares limits, cooldowns and the
 /// queue between replicas.
@@ -168,6 +168,8 @@ pub(crate) struct BackendHandle {
     /// The queues, for reads (depths); admission changes them through `admission` only.
     queue: Arc<dyn QueueBackend>,
     admission: Arc<dyn AdmissionBackend>,
+    /// Durable jobs' records (the same store as `admission`).
+    jobs: Arc<dyn JobStore>,
     /// `redis_failure_mode: open`: the admission backend, to ask whether it serves from memory.
     failover: Option<Arc<FailoverAdmission>>,
     keyspace: Keyspace,
@@ -188,6 +190,7 @@ impl BackendHandle {
     pub(crate) fn build(
         backend: &Backend,
         window: Duration,
+        rolling: bool,
         failure_mode: RedisFailureMode,
         probe_every: Duration,
     ) -> Result<Self, RouterError> {
@@ -201,6 +204,7 @@ impl BackendHandle {
                 let settings = UsageSettings {
                     keyspace: keyspace.clone(),
                     window,
+                    rolling,
                     ..UsageSettings::default()
                 };
                 let usage = MemoryUsage::with_clock(&settings, clock).map_err(|e| {
@@ -208,11 +212,16 @@ impl BackendHandle {
                 })?;
                 let queue_state = Arc::new(Mutex::new(QueueState::new()));
                 let queue = MemoryQueue::with_state(queue_state.clone(), clock);
-                let admission = MemoryAdmission::new(queue_state, usage.shared_state(), clock);
+                let admission = Arc::new(MemoryAdmission::new(
+                    queue_state,
+                    usage.shared_state(),
+                    clock,
+                ));
                 Ok(Self {
                     usage: Arc::new(usage),
                     queue: Arc::new(queue),
-                    admission: Arc::new(admission),
+                    admission: admission.clone(),
+                    jobs: admission,
                     failover: None,
                     keyspace,
                     redis: None,
@@ -228,6 +237,7 @@ impl BackendHandle {
                 let settings = UsageSettings {
                     keyspace: keyspace.clone(),
                     window,
+                    rolling,
                     command_timeout: cfg.command_timeout,
                     ..UsageSettings::default()
                 };
@@ -237,23 +247,34 @@ impl BackendHandle {
                 let client = redis::Client::open(cfg.url.as_str())
                     .map_err(|e| RouterError::config("router_settings.redis_url", e.to_string()))?;
                 let redis_admission =
-                    RedisAdmission::new(connection.clone(), client, keyspace.clone(), window);
-                let (admission, failover): (Arc<dyn AdmissionBackend>, _) = match failure_mode {
-                    RedisFailureMode::Closed => (Arc::new(redis_admission), None),
-                    RedisFailureMode::Open => {
-                        let local = MemoryAdmission::new(
-                            Arc::new(Mutex::new(QueueState::new())),
-                            Arc::new(Mutex::new(usage_tracker::UsageState::new(
-                                window,
-                                UsageSettings::default().latency_ewma_alpha,
-                            ))),
-                            Clock::new(),
-                        );
-                        let failover =
-                            Arc::new(FailoverAdmission::new(redis_admission, local, probe_every));
-                        (failover.clone(), Some(failover))
-                    }
-                };
+                    RedisAdmission::new(connection.clone(), client, keyspace.clone(), window)
+                        .rolling(rolling);
+                let (admission, jobs, failover): (Arc<dyn AdmissionBackend>, Arc<dyn JobStore>, _) =
+                    match failure_mode {
+                        RedisFailureMode::Closed => {
+                            let redis_admission = Arc::new(redis_admission);
+                            (redis_admission.clone(), redis_admission, None)
+                        }
+                        RedisFailureMode::Open => {
+                            let local = MemoryAdmission::new(
+                                Arc::new(Mutex::new(QueueState::new())),
+                                Arc::new(Mutex::new(
+                                    usage_tracker::UsageState::new(
+                                        window,
+                                        UsageSettings::default().latency_ewma_alpha,
+                                    )
+                                    .rolling(rolling),
+                                )),
+                                Clock::new(),
+                            );
+                            let failover = Arc::new(FailoverAdmission::new(
+                                redis_admission,
+                                local,
+                                probe_every,
+                            ));
+                            (failover.clone(), failover.clone(), Some(failover))
+                        }
+                    };
                 let queue = RedisQueue::from_connection(
                     connection.clone(),
                     RedisQueueSettings {
@@ -265,6 +286,7 @@ impl BackendHandle {
                     usage: Arc::new(usage),
                     queue: Arc::new(queue),
                     admission,
+                    jobs,
                     failover,
                     keyspace,
                     redis: Some(RedisHandle {
@@ -290,6 +312,11 @@ impl BackendHandle {
     /// The admission steps.
     pub(crate) fn admission(&self) -> &Arc<dyn AdmissionBackend> {
         &self.admission
+    }
+
+    /// Durable jobs' records.
+    pub(crate) fn jobs(&self) -> &Arc<dyn JobStore> {
+        &self.jobs
     }
 
     /// The response cache `policy` asks for: in memory, or in Redis on this backend's pool.

@@ -148,6 +148,30 @@ impl Capacity {
         Ok((reservation, waited))
     }
 
+    /// Takes over a reservation granted to a durable job (its lease is renewed from now on).
+    pub(crate) fn adopt(&self, reservation: &Reservation) {
+        self.leases.hold(reservation);
+    }
+
+    /// Gives back a reservation that never reached the upstream (capacity, request count and tokens).
+    pub(crate) async fn give_back(&self, reservation: &Reservation) {
+        self.leases.release(&reservation.id);
+        let release = Release {
+            sent: false,
+            outcome: Outcome::Cancelled,
+            actual_tokens: None,
+            latency: None,
+        };
+        if let Err(e) = self.scheduler.release(reservation, &release).await {
+            tracing::warn!(deployment = %reservation.deployment.id, error = %e, "giving back a grant failed (its lease expires)");
+        }
+    }
+
+    /// The replica's scheduler (durable jobs' claims and submissions).
+    pub(crate) fn scheduler(&self) -> &Scheduler {
+        &self.scheduler
+    }
+
     /// Gives the capacity back with the real usage and, after a failure, applies the cooldown policy; returns
     /// the cooldown put on the deployment. Backend errors are logged, not returned: the response is already
     /// decided.

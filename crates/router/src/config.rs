@@ -216,9 +216,28 @@ pub struct RouterSettings {
     /// request runs; a crashed replica's slots come back after this). Default 30.
     #[serde(default, deserialize_with = "lenient::opt_f64")]
     pub inflight_lease: Option<f64>,
+    /// Durable jobs (`/queue/request`): jobs this replica runs at once (default 4; 0 = this replica runs
+    /// none, others must). Not a LiteLLM setting.
+    #[serde(default, deserialize_with = "lenient::opt_u64")]
+    pub job_workers: Option<u64>,
+    /// Runs a durable job may start before it is finished with an error (its runners died; default 3).
+    #[serde(default, deserialize_with = "lenient::opt_u64")]
+    pub job_max_attempts: Option<u64>,
+    /// Seconds a finished job's result is kept (default 86400).
+    #[serde(default, deserialize_with = "lenient::opt_f64")]
+    pub job_ttl: Option<f64>,
+    /// Seconds a running job's runner lease survives without renewal (renewed every third of it; a job
+    /// whose runner died runs again after this). Default 10.
+    #[serde(default, deserialize_with = "lenient::opt_f64")]
+    pub job_lease: Option<f64>,
     /// Length of the RPM/TPM window in seconds (default 60).
     #[serde(default, deserialize_with = "lenient::opt_f64")]
     pub usage_window: Option<f64>,
+    /// How rpm and tpm are counted: `rolling` (default: at no moment do the admissions of the last
+    /// `usage_window` exceed `rpm`, nor their reserved tokens `tpm`) or `fixed` (windows aligned to the
+    /// clock, as LiteLLM's per-minute counters: up to twice a limit across a window boundary).
+    #[serde(default)]
+    pub usage_window_mode: Option<String>,
     /// What admission does while Redis does not answer: `closed` (default: requests get 503 with
     /// Retry-After) or `open` (each replica admits with its share of every limit in memory).
     #[serde(default)]

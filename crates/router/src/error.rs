@@ -89,6 +89,35 @@ pub enum RouterError {
     /// The router is shutting down (503).
     #[error("the router is shutting down")]
     ShuttingDown,
+    /// No job with this id is visible to the caller (unknown, expired, or another key's).
+    #[error("no job `{id}`: unknown, expired, or created with another key")]
+    JobNotFound {
+        /// The id asked for.
+        id: String,
+    },
+    /// The job id is not one this proxy hands out.
+    #[error("malformed job id `{id}`: ids look like the `id` that `POST /queue/request` answered")]
+    InvalidJobId {
+        /// The id asked for (at most 200 characters of it).
+        id: String,
+    },
+    /// A cancel of a job that had finished already.
+    #[error("job `{id}` has finished already: there is nothing to cancel")]
+    JobFinished {
+        /// The job.
+        id: String,
+    },
+    /// The job was cancelled by its creator (a finished job's `error`).
+    #[error("the job was cancelled")]
+    JobCancelled,
+    /// Every run a job may start (`job_max_attempts`) was started and none ended (its runners stopped).
+    #[error(
+        "the job was started {attempts} times and its runner stopped each time (job_max_attempts)"
+    )]
+    JobAttemptsExhausted {
+        /// Runs started.
+        attempts: u32,
+    },
     /// A bug or an impossible state (500).
     #[error("internal error: {0}")]
     Internal(String),
@@ -232,7 +261,11 @@ impl RouterError {
             Self::InvalidConfig { .. } | Self::Internal(_) => 500,
             Self::BadRequest { .. } | Self::PromptTooLong { .. } => 400,
             Self::OverrideNotAllowed { .. } => 403,
-            Self::ModelNotFound { .. } => 404,
+            Self::ModelNotFound { .. } | Self::JobNotFound { .. } => 404,
+            Self::InvalidJobId { .. } => 400,
+            Self::JobFinished { .. } => 409,
+            Self::JobCancelled => 499,
+            Self::JobAttemptsExhausted { .. } => 500,
             Self::NoDeploymentAvailable { .. } | Self::QueueFull { .. } => 429,
             Self::QueueTimeout { .. } => 408,
             Self::Backend(_) | Self::ShuttingDown => 503,
@@ -306,7 +339,7 @@ impl RouterError {
     /// OpenAI error `type`.
     pub fn error_type(&self) -> &'static str {
         match self.status_code() {
-            400 | 404 | 413 | 415 | 422 => "invalid_request_error",
+            400 | 404 | 409 | 413 | 415 | 422 | 499 => "invalid_request_error",
             401 => "authentication_error",
             403 => "permission_error",
             408 | 504 => "timeout_error",
@@ -333,6 +366,11 @@ impl RouterError {
             Self::QueueTimeout { .. } => Some("queue_timeout"),
             Self::ShuttingDown => Some("shutting_down"),
             Self::Backend(_) => Some("backend_unavailable"),
+            Self::JobNotFound { .. } => Some("job_not_found"),
+            Self::InvalidJobId { .. } => Some("invalid_job_id"),
+            Self::JobFinished { .. } => Some("job_finished"),
+            Self::JobCancelled => Some("cancelled"),
+            Self::JobAttemptsExhausted { .. } => Some("job_attempts_exhausted"),
             _ => None,
         }
     }
@@ -345,8 +383,24 @@ impl RouterError {
             Self::OverrideNotAllowed { param } => Some(param),
             Self::ModelNotFound { .. } => Some("model"),
             Self::PromptTooLong { .. } => Some("messages"),
+            Self::JobNotFound { .. } | Self::InvalidJobId { .. } | Self::JobFinished { .. } => {
+                Some("id")
+            }
             _ => None,
         }
+    }
+
+    /// The OpenAI error body: `{"error": {"message", "type", "param", "code"}}` (what the proxy answers for
+    /// this error; a finished job's `error`).
+    pub fn body(&self) -> serde_json::Value {
+        serde_json::json!({
+            "error": {
+                "message": self.to_string(),
+                "type": self.error_type(),
+                "param": self.param(),
+                "code": self.code(),
+            }
+        })
     }
 
     /// Whether the prompt is too long for the model (upstream context-window error or pre-call check): such

@@ -46,6 +46,10 @@ pub struct DeploymentInfo {
     pub stream_timeout: Option<Duration>,
     /// `model_info` as configured besides `id` and `max_input_tokens` (mode, costs, `base_model`, ...).
     pub model_info: serde_json::Map<String, serde_json::Value>,
+    /// USD per prompt token (`input_cost_per_token` of `model_info` or `litellm_params`).
+    pub input_cost_per_token: Option<f64>,
+    /// USD per completion token (`output_cost_per_token`).
+    pub output_cost_per_token: Option<f64>,
 }
 
 /// Requests waiting in one model group's queue at one priority.
@@ -111,6 +115,8 @@ pub(crate) fn deployments(topology: &Topology) -> Vec<DeploymentInfo> {
             timeout: d.timeout,
             stream_timeout: d.stream_timeout,
             model_info: d.model_info.clone(),
+            input_cost_per_token: d.input_cost_per_token,
+            output_cost_per_token: d.output_cost_per_token,
         })
         .collect()
 }

@@ -4,8 +4,8 @@
 //! `router_settings`, spreads requests over the deployments of a model group with a routing strategy,
 //! admits requests in global priority order across every replica sharing the backend (queue-core +
 //! usage-tracker, composed into one atomic admission step), calls the upstream (OpenAI, OpenAI-compatible
-//! servers, Azure, mock responses), retries, falls back to other groups, cools failing deployments down and
-//! caches responses.
+//! servers by LiteLLM's provider prefixes, Azure, Anthropic natively, mock responses), retries, falls back
+//! to other groups, cools failing deployments down and caches responses.
 //!
 //! Admission: a request first tries the fast path, one atomic step (one Redis round trip) that reserves a
 //! deployment when nobody of equal or better priority waits and a deployment has headroom, and otherwise
@@ -50,13 +50,17 @@
 //!   cooling it down.
 //! - `info`: [`DeploymentInfo`], [`DeploymentHealth`], [`QueueDepth`]: what the router reports about itself.
 //! - `topology`: the validated runtime model: `config` validated (key paths in errors) into deployments with
-//!   stable ids, model groups and the policy; the provider table (prefix -> how the upstream is spoken to).
+//!   stable ids, model groups and the policy; the provider table (prefix -> how the upstream is spoken to:
+//!   [`providers`], [`provider_table_markdown`]); entries with an unsupported prefix ([`SkippedDeployment`]).
 //! - `config`: [`RouterConfig`], [`ModelListEntry`], [`LitellmParams`], [`RouterSettings`]: LiteLLM's config
 //!   shapes (serde; numeric strings accepted; secrets masked in `Debug`).
 //! - `environ`: [`resolve_env_reference`]: LiteLLM's `os.environ/NAME` references, the one resolver (the proxy's
 //!   config loader uses it too).
 //! - `params`: LiteLLM's `drop_params` and `additional_drop_params`: the body parameters a call keeps.
 //! - `provider`: HTTP clients for upstreams, SSE parsing, mock responses, upstream error mapping.
+//! - `provider`: HTTP clients for upstreams, SSE parsing, mock responses; Anthropic's Messages API translated
+//!   to and from OpenAI's shapes (`provider/anthropic`, `provider/anthropic_stream`); the one mapping of
+//!   provider error payloads (`provider/errors`).
 //! - `cache`: the response cache (memory or Redis), keyed by a hash of the normalised request.
 //! - `request`: [`RouterRequest`] (with the caller's permission to override routing, [`OVERRIDE_FIELDS`]),
 //!   [`RouterResponse`], [`ResponseMeta`] (with its [`AnswerSource`]), [`Endpoint`], [`CacheControl`].
@@ -96,6 +100,7 @@ mod environ;
 mod error;
 mod health_check;
 mod info;
+mod jobs;
 mod leases;
 mod metrics;
 mod order;
@@ -120,6 +125,7 @@ pub use environ::{resolve_env_reference, EnvValue};
 pub use error::{RouterError, UpstreamError, UpstreamErrorKind};
 pub use health_check::HealthCheck;
 pub use info::{DeploymentHealth, DeploymentInfo, QueueDepth};
+pub use jobs::{JobCaller, JobOutcome, JobPhase, JobReport, JobStats, JobTicket, CLAIM_EVERY};
 pub use metrics::{Histogram, MetricsSnapshot, RouterMetrics, LATENCY_BUCKETS};
 pub use params::openai_params;
 pub use request::{
@@ -128,4 +134,7 @@ pub use request::{
 };
 pub use router::Router;
 pub use strategy::RoutingStrategy;
-pub use topology::{implements_litellm_param, RedisFailureMode};
+pub use topology::{
+    implements_litellm_param, provider_table_markdown, providers, ProviderInfo, RedisFailureMode,
+    SkippedDeployment,
+};

@@ -13,12 +13,13 @@ use crate::config::RouterConfig;
 use crate::error::RouterError;
 use crate::health_check::{self, HealthCheck};
 use crate::info::{self, DeploymentHealth, DeploymentInfo, QueueDepth};
+use crate::jobs::{JobCaller, JobReport, JobStats, JobTicket, Jobs};
 use crate::leases::{renew_leases, Leases};
 use crate::metrics::RouterMetrics;
 use crate::order::GroupOrders;
 use crate::provider::Providers;
 use crate::request::{RouterRequest, RouterResponse};
-use crate::topology::{self, RedisFailureMode, Topology};
+use crate::topology::{self, RedisFailureMode, SkippedDeployment, Topology};
 use crate::walk::{Attempts, Walk};
 
 /// LiteLLM's Router as a library: model groups of deployments, load balancing, admission against shared
@@ -50,7 +51,9 @@ impl std::fmt::Debug for Router {
 struct RouterInner {
     topology: Arc<Topology>,
     /// The request path.
-    walk: Walk,
+    walk: Arc<Walk>,
+    /// Durable jobs: submissions, reads, this replica's workers.
+    jobs: Arc<Jobs>,
     capacity: Arc<Capacity>,
     /// For readiness, health and queue depths.
     backend: BackendHandle,
@@ -68,10 +71,15 @@ impl Router {
     /// Validates `config` and builds the router on `backend`. Errors name the key path of the problem.
     pub async fn new(config: RouterConfig, backend: Backend) -> Result<Router, RouterError> {
         let topology = Arc::new(topology::build(&config)?);
+        for s in topology.skipped() {
+            tracing::warn!(entry = %s.path, model_name = %s.model_name, model = %s.model,
+                "deployment skipped: {}", s.reason);
+        }
         let policy = topology.policy();
         let backend = BackendHandle::build(
             &backend,
             policy.queue.usage_window,
+            policy.queue.rolling_window,
             policy.queue.failure_mode,
             policy.queue.replica_heartbeat,
         )?;
@@ -118,14 +126,21 @@ impl Router {
             shutdown.clone(),
             settling.clone(),
         );
-        let walk = Walk::new(
+        let walk = Arc::new(Walk::new(
             topology.clone(),
             cache,
             estimator,
             metrics.clone(),
             shutdown.clone(),
             attempts,
+        ));
+        let jobs = Jobs::new(
+            topology.clone(),
+            walk.clone(),
+            capacity.clone(),
+            backend.jobs().clone(),
         );
+        jobs.start();
         let renewer = tokio::spawn(renew_leases(
             Arc::downgrade(&leases),
             backend.usage().clone(),
@@ -136,6 +151,7 @@ impl Router {
             inner: Arc::new(RouterInner {
                 topology,
                 walk,
+                jobs,
                 capacity,
                 backend,
                 metrics,
@@ -169,6 +185,11 @@ impl Router {
         .await
     }
 
+    /// The `model_list` entries not served because their provider prefix is not supported.
+    pub fn skipped_deployments(&self) -> Vec<SkippedDeployment> {
+        self.inner.topology.skipped().to_vec()
+    }
+
     /// Usage and health of every deployment (one backend call per group).
     pub async fn health(&self) -> Result<Vec<DeploymentHealth>, RouterError> {
         info::health(&self.inner.topology, self.inner.backend.usage().as_ref()).await
@@ -190,8 +211,14 @@ impl Router {
 
     /// Stops taking requests (new and retrying requests fail with [`RouterError::ShuttingDown`]), stops
     /// the queue pollers and cancels this replica's queued requests so other replicas proceed.
+    ///
+    /// Durable jobs: this replica stops taking them; the first call waits for the running ones (the
+    /// caller bounds it with the grace period), a later call hands back those still running, at their
+    /// place in the queue.
     pub async fn shutdown(&self) {
+        self.inner.jobs.stop_claiming();
         self.inner.shutdown.cancel();
+        self.inner.jobs.shutdown().await;
         self.inner.settling.close();
         self.inner.settling.wait().await;
         self.inner.capacity.shutdown().await;
@@ -230,6 +257,43 @@ impl Router {
     /// The router's counters.
     pub fn metrics(&self) -> &RouterMetrics {
         &self.inner.metrics
+    }
+
+    /// Enqueues `req` as a durable job of `caller` (checked like [`Router::completion`]; `stream: true` is
+    /// refused) and answers its id, place and an estimate of its start.
+    pub async fn submit_job(
+        &self,
+        req: RouterRequest,
+        caller: &JobCaller,
+    ) -> Result<JobTicket, RouterError> {
+        self.inner.jobs.submit(req, caller).await
+    }
+
+    /// Job `id` as `caller` sees it (another key's job is [`RouterError::JobNotFound`]); waits up to `wait`
+    /// for it to finish.
+    pub async fn job(
+        &self,
+        id: &str,
+        caller: &JobCaller,
+        wait: std::time::Duration,
+    ) -> Result<JobReport, RouterError> {
+        self.inner.jobs.read(id, caller, wait).await
+    }
+
+    /// Cancels job `id` of `caller`: a queued job never runs, a running one's result is discarded; a
+    /// finished one is [`RouterError::JobFinished`].
+    pub async fn cancel_job(&self, id: &str, caller: &JobCaller) -> Result<JobReport, RouterError> {
+        self.inner.jobs.cancel(id, caller).await
+    }
+
+    /// Durable jobs' counters on this replica.
+    pub fn job_stats(&self) -> Arc<JobStats> {
+        self.inner.jobs.stats()
+    }
+
+    /// Durable jobs running on this replica now.
+    pub fn jobs_running(&self) -> usize {
+        self.inner.jobs.running()
     }
 
     /// Routes one request: cache, admission, upstream call, retries, fallbacks.

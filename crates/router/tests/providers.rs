@@ -453,9 +453,9 @@ async fn config_errors_name_the_key_path() -> anyhow::Result<()> {
         (
             json!({"model_list": [
                 {"model_name": "a", "litellm_params": {"model": "openai/x"}},
-                {"model_name": "a", "litellm_params": {"model": "anthropic/claude"}},
+                {"model_name": "a", "litellm_params": {"model": "hosted_vllm/llama"}},
             ]}),
-            "model_list[1].litellm_params.model",
+            "model_list[1].litellm_params.api_base",
         ),
         (
             json!({"model_list": [{"model_name": "a", "litellm_params": {"model": "openai/x", "timeout": -1}}]}),

@@ -8,6 +8,7 @@ use deadpool_redis::Pool;
 use redis::aio::MultiplexedConnection;
 use redis::{FromRedisValue, ScriptInvocation, Value};
 
+use crate::function::{self, FunctionSupport, Recovery, StepCall, StepFunction};
 use crate::BackendError;
 
 /// Calls multiplex over one connection taken from the pool and kept while it works; after a connection
@@ -20,6 +21,7 @@ pub struct RedisConnection {
     pool: Pool,
     timeout: Duration,
     kept: Arc<Mutex<Option<MultiplexedConnection>>>,
+    functions: Arc<FunctionSupport>,
 }
 
 impl fmt::Debug for RedisConnection {
@@ -39,6 +41,7 @@ impl RedisConnection {
             pool,
             timeout,
             kept: Arc::new(Mutex::new(None)),
+            functions: Arc::new(FunctionSupport::default()),
         }
     }
 
@@ -74,6 +77,7 @@ impl RedisConnection {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .take();
+        self.functions.reset();
     }
 
     async fn bounded<T>(
@@ -97,6 +101,67 @@ impl RedisConnection {
                 .invoke_async::<Value>(&mut conn)
                 .await
                 .map_err(BackendError::from)
+        })
+        .await
+    }
+
+    /// Runs one atomic step, within the timeout: `FCALL` where the server has Functions (loading the
+    /// library when the server lacks it: first call, restart, flush), else `EVALSHA` (loading the script on
+    /// `NOSCRIPT`). A load and its retry count against the same timeout.
+    pub async fn call_step(
+        &self,
+        step: &StepFunction,
+        call: &StepCall,
+    ) -> Result<Value, BackendError> {
+        self.bounded(async {
+            let mut conn = self.connection().await?;
+            if self.functions.try_functions() {
+                match call.fcall(step).query_async::<Value>(&mut conn).await {
+                    Ok(value) => {
+                        self.functions.set(true);
+                        return Ok(value);
+                    }
+                    Err(err) => match function::recovery(&err) {
+                        Recovery::LoadLibrary => {
+                            let loaded = function::load_library(step)
+                                .query_async::<Value>(&mut conn)
+                                .await;
+                            match loaded {
+                                Ok(_) => {
+                                    self.functions.set(true);
+                                    return call
+                                        .fcall(step)
+                                        .query_async::<Value>(&mut conn)
+                                        .await
+                                        .map_err(BackendError::from);
+                                }
+                                // Not allowed to load Functions (an ACL without FUNCTION): scripts.
+                                Err(err) if err.is_io_error() || err.is_timeout() => {
+                                    return Err(BackendError::from(err))
+                                }
+                                Err(_) => self.functions.set(false),
+                            }
+                        }
+                        Recovery::UseScripts => self.functions.set(false),
+                        Recovery::LoadScript | Recovery::None => {
+                            return Err(BackendError::from(err))
+                        }
+                    },
+                }
+            }
+            match call.evalsha(step).query_async::<Value>(&mut conn).await {
+                Err(err) if matches!(function::recovery(&err), Recovery::LoadScript) => {
+                    function::load_script(step)
+                        .query_async::<Value>(&mut conn)
+                        .await
+                        .map_err(BackendError::from)?;
+                    call.evalsha(step)
+                        .query_async::<Value>(&mut conn)
+                        .await
+                        .map_err(BackendError::from)
+                }
+                result => result.map_err(BackendError::from),
+            }
         })
         .await
     }

@@ -114,6 +114,11 @@ pub struct GroupKeys {
     pub owners: String,
     /// `<base>:grants`: HASH of granted member -> grant payload.
     pub grants: String,
+    /// `<base>:jobs`: HASH of a live durable job's queue member -> `<score>:<attempts>` (its place in the
+    /// queue and the runs started); the field goes when the job finishes.
+    pub jobs: String,
+    /// `<base>:jobruns`: ZSET of a running job's queue member -> its runner's lease expiry (epoch ms).
+    pub job_runs: String,
 }
 
 impl GroupKeys {
@@ -123,8 +128,15 @@ impl GroupKeys {
             seq: format!("{base}:seq"),
             owners: format!("{base}:owners"),
             grants: format!("{base}:grants"),
+            jobs: format!("{base}:jobs"),
+            job_runs: format!("{base}:jobruns"),
             base,
         }
+    }
+
+    /// `<base>:job:<id>`: HASH of one durable job's record (request, caller, status, result or error).
+    pub fn job(&self, job_id: &str) -> String {
+        format!("{}:job:{job_id}", self.base)
     }
 
     /// `<base>:d:<deployment_id>`: usage HASH of one deployment.

@@ -18,6 +18,8 @@
 //! # Layout
 //! - `config`: [`RedisConfig`] (URL, pool size, call timeout, key prefix) and [`create_pool`].
 //! - `connection`: [`RedisConnection`], one kept multiplexed connection with a timeout on every call.
+//! - `function`: [`StepFunction`] and [`StepCall`], an atomic Lua step run as a Redis Function (`FCALL`),
+//!   or as a cached script where the server has no Functions.
 //! - `keyspace`: [`Keyspace`] and [`GroupKeys`], key names, hash tags and their Redis Cluster slot.
 //! - `clock`: [`Clock`], epoch-millisecond time for the in-memory twins.
 //! - `redact`: [`redact_url`].
@@ -50,6 +52,7 @@ mod clock;
 mod config;
 mod connection;
 mod error;
+mod function;
 mod keyspace;
 mod redact;
 
@@ -57,5 +60,6 @@ pub use clock::Clock;
 pub use config::{create_pool, RedisConfig};
 pub use connection::RedisConnection;
 pub use error::{BackendError, BackendErrorKind};
+pub use function::{StepCall, StepFunction};
 pub use keyspace::{GroupKeys, Keyspace};
 pub use redact::redact_url;

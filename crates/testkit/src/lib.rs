@@ -4,7 +4,8 @@
 //! - `redis_server`: [`RedisServer`], a `redis-server` process of the test's own (in a temp dir, killed on
 //!   drop), or, when `TEST_REDIS_URL` is set, a key prefix of its own on that Redis (its keys deleted on
 //!   drop); [`skip_on_external_redis`] for tests a shared Redis cannot serve.
-//! - `mock_upstream`: [`MockUpstream`], an OpenAI-compatible server with scripted behaviour and a recorder.
+//! - `mock_upstream`: [`MockUpstream`], an OpenAI-compatible server (and Anthropic's Messages API at
+//!   `/v1/messages`) with scripted behaviour and a recorder.
 //!
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {

@@ -8,7 +8,13 @@
 //! at least 1. Latency, errors, hangs and broken streams are scripted with [`Behavior`] for inference requests
 //! (an Azure request without `api-key` is refused before any behaviour is used; `models` always answers at
 //! once). HTTP/1.1 only.
+//!
+//! Anthropic mode: `POST /v1/messages` speaks Anthropic's Messages API (JSON and its named server-sent events,
+//! tool use, Anthropic's error bodies; a scripted [`Behavior::service_unavailable`] is Anthropic's 529
+//! `overloaded_error`); it requires `x-api-key` and `anthropic-version`. See the `anthropic` module for its
+//! deterministic rules.
 
+mod anthropic;
 mod behavior;
 mod openai;
 mod recorder;

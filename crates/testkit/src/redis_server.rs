@@ -113,6 +113,18 @@ impl RedisServer {
         )))
     }
 
+    /// Like [`RedisServer::start_own`], with an append-only file synced on every write
+    /// (`appendfsync always`), so [`RedisServer::shutdown_and_restart`] brings back all the data.
+    pub async fn start_own_persistent(needs: &str) -> anyhow::Result<Option<RedisServer>> {
+        if skip_on_external_redis(&format!("needs its own redis-server: {needs}")) {
+            return Ok(None);
+        }
+        Ok(Some(RedisServer::spawned(
+            RedisProcess::start_with(true).await?,
+            true,
+        )))
+    }
+
     /// A fresh prefix on the Redis at `url`, shared with other tests; fails unless the server answers and is
     /// recent enough for the product's scripts.
     pub async fn external(url: &str) -> anyhow::Result<RedisServer> {
@@ -215,6 +227,56 @@ impl RedisServer {
         Ok(keys)
     }
 
+    /// Every key under this test's prefix with its whole value as text (`name => value` lines; hashes,
+    /// sets, sorted sets, lists and strings read out whole), for tests that assert what Redis holds, e.g.
+    /// that no secret is stored anywhere.
+    pub async fn dump_text(&self) -> anyhow::Result<String> {
+        let client = redis::Client::open(self.url())?;
+        let mut conn =
+            tokio::time::timeout(CALL_TIMEOUT, client.get_multiplexed_async_connection())
+                .await
+                .context("connecting to Redis timed out")??;
+        let mut out = String::new();
+        for key in self.keys().await? {
+            let kind: String = tokio::time::timeout(
+                CALL_TIMEOUT,
+                redis::cmd("TYPE").arg(&key).query_async(&mut conn),
+            )
+            .await
+            .context("TYPE timed out")??;
+            let mut read = match kind.as_str() {
+                "hash" => redis::cmd("HGETALL"),
+                "set" => redis::cmd("SMEMBERS"),
+                "zset" => redis::cmd("ZRANGE"),
+                "list" => redis::cmd("LRANGE"),
+                "stream" => redis::cmd("XRANGE"),
+                _ => redis::cmd("GET"),
+            };
+            read.arg(&key);
+            match kind.as_str() {
+                "zset" => {
+                    read.arg(0).arg(-1).arg("WITHSCORES");
+                }
+                "list" => {
+                    read.arg(0).arg(-1);
+                }
+                "stream" => {
+                    read.arg("-").arg("+");
+                }
+                _ => {}
+            }
+            let value: redis::Value =
+                tokio::time::timeout(CALL_TIMEOUT, read.query_async(&mut conn))
+                    .await
+                    .context("reading a value timed out")??;
+            out.push_str(&key);
+            out.push_str(" => ");
+            text_of(&value, &mut out);
+            out.push('\n');
+        }
+        Ok(out)
+    }
+
     /// Whether the process is running (not stopped or killed).
     ///
     /// # Panics
@@ -239,7 +301,20 @@ impl RedisServer {
         self.own_process("kill").kill();
     }
 
-    /// Stops the server if it runs and starts a new one on the same port with empty data.
+    /// Stops the server with `SHUTDOWN` (which writes out its append-only file), waits for the process to
+    /// exit, and starts it again on the same port and data directory: a server from
+    /// [`RedisServer::start_own_persistent`] comes back with its data once it has loaded it.
+    ///
+    /// # Panics
+    /// Unless the server came from [`RedisServer::start_own`] or [`RedisServer::start_own_persistent`].
+    pub async fn shutdown_and_restart(&mut self) -> anyhow::Result<()> {
+        self.own_process("shutdown_and_restart")
+            .shutdown_and_restart()
+            .await
+    }
+
+    /// Stops the server if it runs (SIGKILL) and starts a new one on the same port: with empty data, or
+    /// with what its append-only file holds for a server from [`RedisServer::start_own_persistent`].
     ///
     /// # Panics
     /// Unless the server came from [`RedisServer::start_own`].
@@ -451,11 +526,17 @@ struct RedisProcess {
     port: u16,
     dir: tempfile::TempDir,
     bin: PathBuf,
+    /// An append-only file synced on every write (else no persistence).
+    persistent: bool,
 }
 
 impl RedisProcess {
     /// Starts a server on a free port of 127.0.0.1 and waits until it answers PING.
     async fn start() -> anyhow::Result<RedisProcess> {
+        RedisProcess::start_with(false).await
+    }
+
+    async fn start_with(persistent: bool) -> anyhow::Result<RedisProcess> {
         let bin = redis_server_bin()?;
         // A port can be taken between probing and binding; retry with a new one.
         let mut last_err = None;
@@ -466,6 +547,7 @@ impl RedisProcess {
                 port,
                 dir: tempfile::tempdir().context("creating a temp dir for redis-server")?,
                 bin: bin.clone(),
+                persistent,
             };
             match server.spawn_and_wait().await {
                 Ok(()) => return Ok(server),
@@ -514,13 +596,42 @@ impl RedisProcess {
         }
     }
 
+    async fn shutdown_and_restart(&mut self) -> anyhow::Result<()> {
+        let client = redis::Client::open(self.url())?;
+        let mut conn =
+            tokio::time::timeout(CALL_TIMEOUT, client.get_multiplexed_async_connection())
+                .await
+                .context("connecting for SHUTDOWN timed out")??;
+        // The server closes the connection instead of answering.
+        let _ = tokio::time::timeout(
+            CALL_TIMEOUT,
+            redis::cmd("SHUTDOWN").query_async::<()>(&mut conn),
+        )
+        .await;
+        if let Some(mut child) = self.child.take() {
+            match tokio::time::timeout(START_TIMEOUT, child.wait()).await {
+                Ok(_) => {}
+                Err(_) => {
+                    let _ = child.kill().await;
+                    bail!(
+                        "redis-server on port {} did not exit after SHUTDOWN",
+                        self.port
+                    );
+                }
+            }
+        }
+        self.restart().await
+    }
+
     async fn spawn_and_wait(&mut self) -> anyhow::Result<()> {
+        let appendonly = if self.persistent { "yes" } else { "no" };
         let mut child = Command::new(&self.bin)
             .arg("--port")
             .arg(self.port.to_string())
             .args(["--bind", "127.0.0.1"])
             .args(["--save", ""])
-            .args(["--appendonly", "no"])
+            .args(["--appendonly", appendonly])
+            .args(["--appendfsync", "always"])
             .args(["--daemonize", "no"])
             .args(["--protected-mode", "yes"])
             .arg("--dir")
@@ -599,6 +710,30 @@ fn redis_server_bin() -> anyhow::Result<PathBuf> {
         .map(|dir| dir.join("redis-server"))
         .find(|candidate| candidate.is_file())
         .context("redis-server is not installed (not on PATH and REDIS_SERVER_BIN unset); run scripts/setup.sh, or point TEST_REDIS_URL at a running Redis")
+}
+
+/// Appends the text of a reply (bulk strings as lossy UTF-8) to `out`.
+fn text_of(value: &redis::Value, out: &mut String) {
+    match value {
+        redis::Value::BulkString(bytes) => out.push_str(&String::from_utf8_lossy(bytes)),
+        redis::Value::SimpleString(s) => out.push_str(s),
+        redis::Value::Int(n) => out.push_str(&n.to_string()),
+        redis::Value::Array(items) | redis::Value::Set(items) => {
+            for item in items {
+                text_of(item, out);
+                out.push(' ');
+            }
+        }
+        redis::Value::Map(pairs) => {
+            for (k, v) in pairs {
+                text_of(k, out);
+                out.push(' ');
+                text_of(v, out);
+                out.push(' ');
+            }
+        }
+        other => out.push_str(&format!("{other:?}")),
+    }
 }
 
 #[cfg(test)]

@@ -75,7 +75,7 @@ pub use error::UsageError;
 pub use memory::MemoryUsage;
 pub use redis_store::RedisUsage;
 pub use settings::UsageSettings;
-pub use state::{UsageSnapshot, UsageState, WindowSnapshot};
+pub use state::{RollingSnapshot, UsageSnapshot, UsageState, WindowSnapshot};
 pub use store::{UsageOps, UsageStore};
 pub use tokens::{
     count_prompt, preload_tokenizers, prompt_tokens, text_len, TokenCounter, TokenEstimate,

@@ -34,10 +34,10 @@ impl MemoryUsage {
     pub fn with_clock(settings: &UsageSettings, clock: Clock) -> Result<MemoryUsage, UsageError> {
         settings.validate()?;
         Ok(MemoryUsage {
-            state: Arc::new(Mutex::new(UsageState::new(
-                settings.window,
-                settings.latency_ewma_alpha,
-            ))),
+            state: Arc::new(Mutex::new(
+                UsageState::new(settings.window, settings.latency_ewma_alpha)
+                    .rolling(settings.rolling),
+            )),
             clock,
         })
     }

@@ -207,7 +207,7 @@ impl UsageStore for RedisUsage {
                 .key(keys.deployment_inflight(id))
                 .key(keys.deployment_cooldown(id));
         }
-        inv.arg(self.settings.window_ms());
+        inv.arg(self.settings.window_spec());
         type Row = (u64, u64, u64, Option<String>, Option<String>, i64, u64, u64);
         let rows: Vec<Row> = self.eval("stats", &inv).await?;
         if rows.len() != deployments.len() {
@@ -252,7 +252,7 @@ impl UsageOps for RedisUsage {
                 .key(keys.deployment_inflight(id))
                 .key(keys.deployment_cooldown(id));
         }
-        inv.arg(self.settings.window_ms())
+        inv.arg(self.settings.window_spec())
             .arg(request.order.mode())
             .arg(tokens_arg(request.est_tokens))
             .arg(tokens_arg(request.prompt_tokens))
@@ -323,7 +323,7 @@ impl UsageOps for RedisUsage {
             .arg(tokens_arg(reservation.est_tokens))
             .arg(actual_tokens.map_or(-1, |a| tokens_arg(a) as i64))
             .arg(outcome_code)
-            .arg(self.settings.window_ms())
+            .arg(self.settings.window_spec())
             .arg(lat)
             .arg(ttft)
             .arg(self.settings.latency_ewma_alpha);

@@ -11,8 +11,12 @@ use crate::error::UsageError;
 pub struct UsageSettings {
     /// Key names (prefix and group hash tags), shared with the queue.
     pub keyspace: Keyspace,
-    /// Length of the fixed RPM/TPM window. Default 60 s.
+    /// Length of the RPM/TPM window. Default 60 s.
     pub window: Duration,
+    /// Count rpm and tpm over a rolling window (no stretch of `window` holds more than a limit) instead of
+    /// fixed windows aligned to the clock. Default false here; the router's `usage_window_mode` defaults
+    /// to rolling.
+    pub rolling: bool,
     /// Deadline for each Redis call, including getting a pooled connection. Default 1 s.
     pub command_timeout: Duration,
     /// Weight of a new sample in the latency EWMAs, in (0, 1]. Default 0.2.
@@ -24,6 +28,7 @@ impl Default for UsageSettings {
         UsageSettings {
             keyspace: Keyspace::default(),
             window: Duration::from_secs(60),
+            rolling: false,
             command_timeout: Duration::from_secs(1),
             latency_ewma_alpha: 0.2,
         }
@@ -67,6 +72,16 @@ impl UsageSettings {
             )));
         }
         Ok(())
+    }
+
+    /// The scripts' window argument: `<ms>` (fixed windows) or `<ms>r` (rolling).
+    pub(crate) fn window_spec(&self) -> String {
+        let ms = self.window_ms();
+        if self.rolling {
+            format!("{ms}r")
+        } else {
+            ms.to_string()
+        }
     }
 
     pub(crate) fn window_ms(&self) -> u64 {

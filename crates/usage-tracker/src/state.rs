@@ -19,6 +19,8 @@ use crate::types::{
 #[derive(Debug)]
 pub struct UsageState {
     window_ms: u64,
+    /// Rolling windows: bucket length (ms) and buckets the span reaches back (`u_window`); `None`: fixed.
+    rolling: Option<Rolling>,
     latency_ewma_alpha: f64,
     groups: HashMap<Arc<str>, HashMap<Arc<str>, DeploymentUsage>>,
 }
@@ -33,7 +35,7 @@ struct DeploymentUsage {
     cooldown: Option<(u64, String)>,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Default)]
 struct UsageHash {
     w: u64,
     rpm: u64,
@@ -42,8 +44,48 @@ struct UsageHash {
     fail: u64,
     lat: Option<f64>,
     ttft: Option<f64>,
+    /// Rolling windows: `rb` (newest bucket folded in), `rr` and `rt` (requests and tokens of the span),
+    /// `k<index>` (each bucket's requests and tokens).
+    rb: Option<i64>,
+    rr: u64,
+    rt: u64,
+    buckets: std::collections::BTreeMap<i64, (u64, u64)>,
     /// Last moment the hash exists (Redis drops a key once now > its expiry).
     expires_at: u64,
+}
+
+/// `u_window` of a rolling step: buckets of `s` ms, the span `b` buckets back from the current one.
+#[derive(Debug, Clone, Copy)]
+struct Rolling {
+    s: u64,
+    b: i64,
+}
+
+impl Rolling {
+    fn new(window_ms: u64) -> Rolling {
+        let s = (window_ms / 60).max(1);
+        Rolling {
+            s,
+            b: window_ms.div_ceil(s) as i64,
+        }
+    }
+
+    fn bucket(&self, now: u64) -> i64 {
+        (now / self.s) as i64
+    }
+
+    /// When bucket `i` leaves the span: the start of bucket `i + b + 1`.
+    fn leaves_at(&self, i: i64) -> u64 {
+        u64::try_from(i + self.b + 1).unwrap_or(0) * self.s
+    }
+}
+
+/// The rolling state `u_rolled` reads: the current bucket and the span's requests and tokens.
+#[derive(Debug, Clone, Copy)]
+struct RolledState {
+    k: i64,
+    rr: u64,
+    rt: u64,
 }
 
 /// Whether a candidate can take a request now.
@@ -86,28 +128,139 @@ impl DeploymentUsage {
         if self.hash.as_ref().is_some_and(|h| now > h.expires_at) {
             self.hash = None;
         }
-        let h = self.hash.get_or_insert(UsageHash {
+        let h = self.hash.get_or_insert_with(|| UsageHash {
             w: ws,
-            rpm: 0,
-            tpm: 0,
-            ok: 0,
-            fail: 0,
-            lat: None,
-            ttft: None,
             expires_at: ws + 3 * window_ms,
+            ..UsageHash::default()
         });
         if h.w != ws {
-            *h = UsageHash {
-                w: ws,
-                rpm: 0,
-                tpm: 0,
-                ok: 0,
-                fail: 0,
-                expires_at: ws + 3 * window_ms,
-                ..*h
-            };
+            h.w = ws;
+            h.rpm = 0;
+            h.tpm = 0;
+            h.ok = 0;
+            h.fail = 0;
+            h.expires_at = ws + 3 * window_ms;
         }
         h
+    }
+
+    /// `u_start_window` of a rolling step (rpm and tpm are fixed windows' fields, left alone): the hash for
+    /// fixed window `fw` of the ok/fail counts, created or reset as needed.
+    fn roll_counts(&mut self, now: u64, fw: u64, window_ms: u64) -> &mut UsageHash {
+        if self.hash.as_ref().is_some_and(|h| now > h.expires_at) {
+            self.hash = None;
+        }
+        let h = self.hash.get_or_insert_with(|| UsageHash {
+            w: fw,
+            expires_at: fw + 3 * window_ms,
+            ..UsageHash::default()
+        });
+        if h.w != fw {
+            h.w = fw;
+            h.ok = 0;
+            h.fail = 0;
+        }
+        h.expires_at = fw + 3 * window_ms;
+        h
+    }
+
+    /// `u_rolled`: the span's requests and tokens at `now`; unless `read_only`, buckets that left the span
+    /// are folded out and deleted and `rb` moves to the current bucket.
+    fn rolled(&mut self, now: u64, r: Rolling, read_only: bool) -> RolledState {
+        let k = r.bucket(now);
+        let Some(h) = self.hash_mut(now) else {
+            return RolledState { k, rr: 0, rt: 0 };
+        };
+        let mut st = RolledState {
+            k,
+            rr: h.rr,
+            rt: h.rt,
+        };
+        let Some(rb) = h.rb.filter(|rb| *rb < k) else {
+            return st;
+        };
+        let (lo_old, lo_new) = (rb - r.b, k - r.b);
+        if lo_new > lo_old {
+            let last = rb.min(lo_new - 1);
+            if lo_new > rb {
+                st.rr = 0;
+                st.rt = 0;
+            } else {
+                let (gone_r, gone_t) = h
+                    .buckets
+                    .range(lo_old..=last)
+                    .fold((0u64, 0u64), |(a, b), (_, (r, t))| (a + r, b + t));
+                st.rr = st.rr.saturating_sub(gone_r);
+                st.rt = st.rt.saturating_sub(gone_t);
+            }
+            if !read_only {
+                let doomed: Vec<i64> = h.buckets.range(lo_old..=last).map(|(i, _)| *i).collect();
+                for i in doomed {
+                    h.buckets.remove(&i);
+                }
+            }
+        }
+        if !read_only {
+            h.rb = Some(k);
+            h.rr = st.rr;
+            h.rt = st.rt;
+        }
+        st
+    }
+
+    /// `u_rolled(..., read_only = true)`: the span's requests and tokens without folding anything.
+    fn rolled_read_only(&self, now: u64, r: Rolling) -> RolledState {
+        let k = r.bucket(now);
+        let Some(h) = self.hash(now) else {
+            return RolledState { k, rr: 0, rt: 0 };
+        };
+        let mut st = RolledState {
+            k,
+            rr: h.rr,
+            rt: h.rt,
+        };
+        let Some(rb) = h.rb.filter(|rb| *rb < k) else {
+            return st;
+        };
+        let (lo_old, lo_new) = (rb - r.b, k - r.b);
+        if lo_new > lo_old {
+            if lo_new > rb {
+                return RolledState { k, rr: 0, rt: 0 };
+            }
+            let (gone_r, gone_t) = h
+                .buckets
+                .range(lo_old..lo_new)
+                .fold((0u64, 0u64), |(a, b), (_, (r, t))| (a + r, b + t));
+            st.rr = st.rr.saturating_sub(gone_r);
+            st.rt = st.rt.saturating_sub(gone_t);
+        }
+        st
+    }
+
+    /// `u_rolling_free_at`: when the span will have lost `need_r` requests and `need_t` tokens from its
+    /// oldest buckets.
+    fn rolling_free_at(
+        &self,
+        now: u64,
+        st: RolledState,
+        r: Rolling,
+        need_r: u64,
+        need_t: u64,
+    ) -> u64 {
+        let (mut gone_r, mut gone_t) = (0u64, 0u64);
+        if let Some(h) = self.hash(now) {
+            for (i, (br, bt)) in h.buckets.range(st.k - r.b..=st.k) {
+                gone_r += br;
+                gone_t += bt;
+                if gone_r >= need_r && gone_t >= need_t {
+                    return r.leaves_at(*i);
+                }
+            }
+        }
+        if need_r == 0 && need_t == 0 {
+            return r.leaves_at(st.k - r.b);
+        }
+        r.leaves_at(st.k)
     }
 
     fn cooldown_remaining(&self, now: u64) -> Option<u64> {
@@ -117,30 +270,90 @@ impl DeploymentUsage {
     }
 
     /// `u_blocked_until`.
+    /// `u_used`: rpm and tpm used at `now` (fixed window `ws`, or the rolling span, pruned).
+    fn used(
+        &mut self,
+        now: u64,
+        ws: u64,
+        rolling: Option<Rolling>,
+    ) -> (u64, u64, Option<RolledState>) {
+        match rolling {
+            None => {
+                let (r, t) = self.usage(now, ws);
+                (r, t, None)
+            }
+            Some(r) => {
+                let st = self.rolled(now, r, false);
+                (st.rr, st.rt, Some(st))
+            }
+        }
+    }
+
+    /// When rpm/tpm headroom for `est` more tokens returns, if they are over (`u_blocked_until`'s and
+    /// `u_not_before`'s window part): the fixed window's end or the moment the rolling span lost enough.
+    #[allow(clippy::too_many_arguments)]
+    fn over_until(
+        &self,
+        limits: &Limits,
+        now: u64,
+        ws: u64,
+        window_ms: u64,
+        rolling: Option<Rolling>,
+        used: (u64, u64, Option<RolledState>),
+        est: u64,
+    ) -> Option<u64> {
+        let (rpm_used, tpm_used, st) = used;
+        let over_r = limits.rpm.is_some_and(|rpm| rpm_used + 1 > rpm);
+        let over_t = limits
+            .tpm
+            .is_some_and(|tpm| tpm_used.saturating_add(est) > tpm);
+        if !(over_r || over_t) {
+            return None;
+        }
+        match (rolling, st) {
+            (Some(r), Some(st)) => {
+                let need_r = if over_r {
+                    (rpm_used + 1).saturating_sub(limits.rpm.unwrap_or(0))
+                } else {
+                    0
+                };
+                let need_t = if over_t {
+                    tpm_used
+                        .saturating_add(est)
+                        .saturating_sub(limits.tpm.unwrap_or(0))
+                } else {
+                    0
+                };
+                Some(self.rolling_free_at(now, st, r, need_r, need_t))
+            }
+            _ => Some(ws + window_ms),
+        }
+    }
+
+    /// `u_blocked_until`.
+    #[allow(clippy::too_many_arguments)]
     fn blocked(
         &mut self,
         limits: &Limits,
         now: u64,
         ws: u64,
         window_ms: u64,
+        rolling: Option<Rolling>,
         est: u64,
         prompt: u64,
-    ) -> Blocked {
+    ) -> (Blocked, Option<RolledState>) {
         if limits.max_input_tokens.is_some_and(|max| prompt > max)
             || limits.tpm.is_some_and(|tpm| est > tpm)
             || limits.rpm == Some(0)
             || limits.max_parallel == Some(0)
         {
-            return Blocked::Never;
+            return (Blocked::Never, None);
         }
         let mut until = self.cooldown_remaining(now).map_or(0, |left| now + left);
-        let (rpm_used, tpm_used) = self.usage(now, ws);
-        if limits.rpm.is_some_and(|rpm| rpm_used + 1 > rpm)
-            || limits
-                .tpm
-                .is_some_and(|tpm| tpm_used.saturating_add(est) > tpm)
-        {
-            until = until.max(ws + window_ms);
+        let used = self.used(now, ws, rolling);
+        let st = used.2;
+        if let Some(t) = self.over_until(limits, now, ws, window_ms, rolling, used, est) {
+            until = until.max(t);
         }
         if let Some(max) = limits.max_parallel {
             let max = u64::from(max);
@@ -153,9 +366,9 @@ impl DeploymentUsage {
             }
         }
         if until == 0 {
-            Blocked::Free
+            (Blocked::Free, st)
         } else {
-            Blocked::Until(until)
+            (Blocked::Until(until), st)
         }
     }
 }
@@ -166,9 +379,23 @@ impl UsageState {
     pub fn new(window: Duration, latency_ewma_alpha: f64) -> UsageState {
         UsageState {
             window_ms: u64::try_from(window.as_millis()).unwrap_or(u64::MAX).max(1),
+            rolling: None,
             latency_ewma_alpha,
             groups: HashMap::new(),
         }
+    }
+
+    /// The same state counting rpm and tpm over a rolling window (`u_window(ms, true)`): buckets of
+    /// `max(1, window / 60)` ms, so no stretch of one window holds more than a limit. The ok/fail counts of
+    /// the cooldown policy stay per fixed window.
+    pub fn rolling(mut self, rolling: bool) -> UsageState {
+        self.rolling = rolling.then(|| Rolling::new(self.window_ms));
+        self
+    }
+
+    /// Whether rpm and tpm count over a rolling window.
+    pub fn is_rolling(&self) -> bool {
+        self.rolling.is_some()
     }
 
     /// The window length in milliseconds.
@@ -176,8 +403,17 @@ impl UsageState {
         self.window_ms
     }
 
-    /// Start of the window containing `now_ms`.
+    /// The stamp of a reservation made at `now_ms` (`u_window_start`): the start of the fixed window
+    /// containing it, or of its rolling bucket.
     pub fn window_start(&self, now_ms: u64) -> u64 {
+        match self.rolling {
+            Some(r) => now_ms - now_ms % r.s,
+            None => now_ms - now_ms % self.window_ms,
+        }
+    }
+
+    /// Start of the fixed window containing `now_ms` (the window of the ok/fail counts in both modes).
+    fn fixed_start(&self, now_ms: u64) -> u64 {
         now_ms - now_ms % self.window_ms
     }
 
@@ -205,10 +441,14 @@ impl UsageState {
     ) -> ReserveOutcome {
         let ws = self.window_start(now_ms);
         let window_ms = self.window_ms;
+        let rolling = self.rolling;
         let mut order: Vec<(u32, u64, usize)> = Vec::with_capacity(candidates.len());
         for (i, c) in candidates.iter().enumerate() {
             let metric = match request.order {
                 CandidateOrder::AsGiven => 0,
+                CandidateOrder::LowestTpm if rolling.is_some() => {
+                    self.slot_mut(&c.deployment).used(now_ms, ws, rolling).1
+                }
                 CandidateOrder::LowestTpm => self
                     .slot(&c.deployment)
                     .map_or(0, |s| s.usage(now_ms, ws).1),
@@ -223,14 +463,16 @@ impl UsageState {
         for (_, _, i) in order {
             let c = &candidates[i];
             let slot = self.slot_mut(&c.deployment);
-            match slot.blocked(
+            let (blocked, _) = slot.blocked(
                 &c.limits,
                 now_ms,
                 ws,
                 window_ms,
+                rolling,
                 request.est_tokens,
                 request.prompt_tokens,
-            ) {
+            );
+            match blocked {
                 Blocked::Free => {
                     let mut reservation = self.charge(
                         now_ms,
@@ -269,10 +511,26 @@ impl UsageState {
     ) -> Reservation {
         let ws = self.window_start(now_ms);
         let window_ms = self.window_ms;
+        let fw = self.fixed_start(now_ms);
+        let rolling = self.rolling;
         let slot = self.slot_mut(deployment);
-        let h = slot.roll(now_ms, ws, window_ms);
-        h.rpm += 1;
-        h.tpm = h.tpm.saturating_add(est_tokens);
+        match rolling {
+            None => {
+                let h = slot.roll(now_ms, ws, window_ms);
+                h.rpm += 1;
+                h.tpm = h.tpm.saturating_add(est_tokens);
+            }
+            Some(r) => {
+                let st = slot.rolled(now_ms, r, false);
+                let h = slot.roll_counts(now_ms, fw, window_ms);
+                let bucket = h.buckets.entry(st.k).or_insert((0, 0));
+                bucket.0 += 1;
+                bucket.1 = bucket.1.saturating_add(est_tokens);
+                h.rb = Some(st.k);
+                h.rr = st.rr + 1;
+                h.rt = st.rt.saturating_add(est_tokens);
+            }
+        }
         let lease_ms = crate::types::duration_ms(lease);
         slot.inflight
             .insert(reservation_id.to_owned(), now_ms + lease_ms);
@@ -312,16 +570,33 @@ impl UsageState {
     /// still in its window, its request and its estimated tokens come back. Only the call that ends the
     /// lease gives anything back (racing give-backs count once); returns whether it did.
     pub fn give_back(&mut self, now_ms: u64, reservation: &Reservation) -> bool {
+        let rolling = self.rolling;
         let slot = self.slot_mut(&reservation.deployment);
         if slot.inflight.remove(&reservation.id).is_none() {
             return false;
         }
-        if let Some(h) = slot
-            .hash_mut(now_ms)
-            .filter(|h| h.w == reservation.window_start_ms)
-        {
-            h.rpm = h.rpm.saturating_sub(1);
-            h.tpm = h.tpm.saturating_sub(reservation.est_tokens);
+        match rolling {
+            None => {
+                if let Some(h) = slot
+                    .hash_mut(now_ms)
+                    .filter(|h| h.w == reservation.window_start_ms)
+                {
+                    h.rpm = h.rpm.saturating_sub(1);
+                    h.tpm = h.tpm.saturating_sub(reservation.est_tokens);
+                }
+            }
+            Some(r) => {
+                let kb = (reservation.window_start_ms / r.s) as i64;
+                let st = slot.rolled(now_ms, r, false);
+                if kb >= st.k - r.b && kb <= st.k {
+                    let h = slot.hash.get_or_insert_with(UsageHash::default);
+                    let (br, bt) = h.buckets.get(&kb).copied().unwrap_or((0, 0));
+                    let (dr, dt) = (br.min(1), bt.min(reservation.est_tokens));
+                    h.rr = st.rr.saturating_sub(dr);
+                    h.rt = st.rt.saturating_sub(dt);
+                    h.buckets.insert(kb, (br - dr, bt - dt));
+                }
+            }
         }
         true
     }
@@ -336,37 +611,65 @@ impl UsageState {
         outcome: Outcome,
         latency: Option<&LatencySample>,
     ) -> SettleReport {
-        self.release(
-            now_ms,
-            &reservation.deployment,
-            &reservation.id,
-            reservation.window_start_ms,
-            reservation.est_tokens,
-            actual_tokens,
-        );
-        let ws = self.window_start(now_ms);
-        let alpha = self.latency_ewma_alpha;
+        let Some(r) = self.rolling else {
+            self.release(
+                now_ms,
+                &reservation.deployment,
+                &reservation.id,
+                reservation.window_start_ms,
+                reservation.est_tokens,
+                actual_tokens,
+            );
+            let ws = self.window_start(now_ms);
+            let window_ms = self.window_ms;
+            let alpha = self.latency_ewma_alpha;
+            let h = self
+                .slot_mut(&reservation.deployment)
+                .roll(now_ms, ws, window_ms);
+            return count_outcome(h, outcome, latency, alpha);
+        };
+        let fw = self.fixed_start(now_ms);
         let window_ms = self.window_ms;
-        let h = self
-            .slot_mut(&reservation.deployment)
-            .roll(now_ms, ws, window_ms);
-        match outcome {
-            Outcome::Success => h.ok += 1,
-            Outcome::Failure(_) => h.fail += 1,
-            Outcome::Cancelled => {}
+        let alpha = self.latency_ewma_alpha;
+        let slot = self.slot_mut(&reservation.deployment);
+        slot.inflight.remove(&reservation.id);
+        let kb = (reservation.window_start_ms / r.s) as i64;
+        let st = slot.rolled(now_ms, r, false);
+        // The correction, computed from the hash as it was read (`u_settle` reads, then writes once).
+        let correction = actual_tokens
+            .filter(|a| *a != reservation.est_tokens)
+            .and_then(|actual| {
+                let delta = i128::from(actual) - i128::from(reservation.est_tokens);
+                let bucket = |i: i64| {
+                    slot.hash(now_ms)
+                        .and_then(|h| h.buckets.get(&i).copied())
+                        .unwrap_or((0, 0))
+                };
+                if kb >= st.k - r.b && kb <= st.k {
+                    // Still in the span: the bucket it was admitted in holds the actual count.
+                    let (br, bt) = bucket(kb);
+                    let nt = u64::try_from((i128::from(bt) + delta).max(0)).unwrap_or(u64::MAX);
+                    let rt = i128::from(st.rt) + i128::from(nt) - i128::from(bt);
+                    Some((kb, (br, nt), u64::try_from(rt.max(0)).unwrap_or(u64::MAX)))
+                } else if delta > 0 {
+                    // Settled after its bucket left the span: the excess is debt in the current bucket.
+                    let (br, bt) = bucket(st.k);
+                    let debt = u64::try_from(delta).unwrap_or(u64::MAX);
+                    Some((
+                        st.k,
+                        (br, bt.saturating_add(debt)),
+                        st.rt.saturating_add(debt),
+                    ))
+                } else {
+                    None
+                }
+            });
+        let h = slot.roll_counts(now_ms, fw, window_ms);
+        if let Some((i, value, rt)) = correction {
+            h.buckets.insert(i, value);
+            h.rt = rt;
         }
-        let lat = latency.and_then(LatencySample::ms_per_token);
-        let ttft = latency.and_then(LatencySample::ttft_ms);
-        if let Some(sample) = lat {
-            h.lat = Some(ewma(h.lat, sample, alpha));
-        }
-        if let Some(sample) = ttft {
-            h.ttft = Some(ewma(h.ttft, sample, alpha));
-        }
-        SettleReport {
-            requests_in_window: h.ok + h.fail,
-            failures_in_window: h.fail,
-        }
+        count_outcome(h, outcome, latency, alpha)
     }
 
     /// `u_renew`: extends a live lease to `now_ms + lease`; false if it already ended or expired.
@@ -415,7 +718,7 @@ impl UsageState {
             return stats;
         };
         if let Some(h) = slot.hash(now_ms) {
-            if h.w == self.window_start(now_ms) {
+            if h.w == self.fixed_start(now_ms) {
                 stats.rpm_used = h.rpm;
                 stats.tpm_used = h.tpm;
                 stats.successes_in_window = h.ok;
@@ -423,6 +726,11 @@ impl UsageState {
             }
             stats.latency_ms_per_token = h.lat;
             stats.ttft_ms = h.ttft;
+        }
+        if let Some(r) = self.rolling {
+            let st = slot.rolled_read_only(now_ms, r);
+            stats.rpm_used = st.rr;
+            stats.tpm_used = st.rt;
         }
         stats.in_flight = slot.inflight.values().filter(|e| **e > now_ms).count() as u64;
         stats.cooldown_remaining = slot.cooldown_remaining(now_ms).map(Duration::from_millis);
@@ -436,36 +744,60 @@ impl UsageState {
     /// earliest cooldown end or window roll; `None` if no candidate ever can. In-flight slots are not
     /// counted (they may free at any moment), so it is a lower bound.
     pub fn not_before(
-        &self,
+        &mut self,
         now_ms: u64,
         candidates: &[Candidate],
         est_tokens: u64,
         prompt_tokens: u64,
     ) -> Option<u64> {
         let ws = self.window_start(now_ms);
-        candidates
-            .iter()
-            .filter(|c| {
-                let l = &c.limits;
-                !(l.max_input_tokens.is_some_and(|m| prompt_tokens > m)
-                    || l.tpm.is_some_and(|t| est_tokens > t)
-                    || l.rpm == Some(0)
-                    || l.max_parallel == Some(0))
-            })
-            .map(|c| {
-                let l = &c.limits;
-                let slot = self.slot(&c.deployment);
-                let mut at = now_ms + slot.and_then(|s| s.cooldown_remaining(now_ms)).unwrap_or(0);
-                let (rpm_used, tpm_used) = slot.map_or((0, 0), |s| s.usage(now_ms, ws));
-                if l.rpm.is_some_and(|r| rpm_used + 1 > r)
-                    || l.tpm
-                        .is_some_and(|t| tpm_used.saturating_add(est_tokens) > t)
-                {
-                    at = at.max(ws + self.window_ms);
-                }
-                at
-            })
-            .min()
+        let window_ms = self.window_ms;
+        let rolling = self.rolling;
+        let mut best: Option<u64> = None;
+        for c in candidates {
+            let l = &c.limits;
+            if l.max_input_tokens.is_some_and(|m| prompt_tokens > m)
+                || l.tpm.is_some_and(|t| est_tokens > t)
+                || l.rpm == Some(0)
+                || l.max_parallel == Some(0)
+            {
+                continue;
+            }
+            let cooldown = self
+                .slot(&c.deployment)
+                .and_then(|s| s.cooldown_remaining(now_ms))
+                .unwrap_or(0);
+            let mut at = now_ms + cooldown;
+            let slot = self.slot_mut(&c.deployment);
+            let used = slot.used(now_ms, ws, rolling);
+            if let Some(t) = slot.over_until(l, now_ms, ws, window_ms, rolling, used, est_tokens) {
+                at = at.max(t);
+            }
+            best = Some(best.map_or(at, |b| b.min(at)));
+        }
+        best
+    }
+
+    /// `u_end_leases_of`: ends the in-flight leases of `deployment` whose holder (the part of the
+    /// reservation id after its first `|`) `is_holder` names; the window's counters stay. Returns how many.
+    pub fn end_leases_of(
+        &mut self,
+        deployment: &DeploymentRef,
+        is_holder: impl Fn(&str) -> bool,
+    ) -> usize {
+        let Some(slot) = self
+            .groups
+            .get_mut(&deployment.group)
+            .and_then(|g| g.get_mut(&deployment.id))
+        else {
+            return 0;
+        };
+        let before = slot.inflight.len();
+        slot.inflight.retain(|id, _| {
+            !id.split_once('|')
+                .is_some_and(|(_, holder)| is_holder(holder))
+        });
+        before - slot.inflight.len()
     }
 
     /// The expiry of in-flight lease `reservation_id` as stored (`ZSCORE`): an expired lease not yet
@@ -489,6 +821,12 @@ impl UsageState {
                 fail: h.fail,
                 latency_ms_per_token: h.lat.map(|v| format!("{v:.4}")),
                 ttft_ms: h.ttft.map(|v| format!("{v:.4}")),
+                rolling: RollingSnapshot {
+                    newest_bucket: h.rb,
+                    requests: h.rr,
+                    tokens: h.rt,
+                    buckets: h.buckets.clone(),
+                },
             }),
             leases: slot
                 .inflight
@@ -525,6 +863,48 @@ pub struct WindowSnapshot {
     pub latency_ms_per_token: Option<String>,
     /// `ttft`.
     pub ttft_ms: Option<String>,
+    /// The rolling window's fields (all empty in fixed mode).
+    pub rolling: RollingSnapshot,
+}
+
+/// The rolling window's fields of a usage hash: `rb`, `rr`, `rt` and the `k<index>` buckets
+/// (`"<requests>,<tokens>"`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RollingSnapshot {
+    /// `rb`: the newest bucket folded in.
+    pub newest_bucket: Option<i64>,
+    /// `rr`: requests in the span (0 when absent).
+    pub requests: u64,
+    /// `rt`: tokens in the span (0 when absent).
+    pub tokens: u64,
+    /// `k<index>`: requests and tokens by bucket index.
+    pub buckets: std::collections::BTreeMap<i64, (u64, u64)>,
+}
+
+/// The tail of `u_settle`: the outcome counted in the hash's fixed window, the latency sample folded in.
+fn count_outcome(
+    h: &mut UsageHash,
+    outcome: Outcome,
+    latency: Option<&LatencySample>,
+    alpha: f64,
+) -> SettleReport {
+    match outcome {
+        Outcome::Success => h.ok += 1,
+        Outcome::Failure(_) => h.fail += 1,
+        Outcome::Cancelled => {}
+    }
+    let lat = latency.and_then(LatencySample::ms_per_token);
+    let ttft = latency.and_then(LatencySample::ttft_ms);
+    if let Some(sample) = lat {
+        h.lat = Some(ewma(h.lat, sample, alpha));
+    }
+    if let Some(sample) = ttft {
+        h.ttft = Some(ewma(h.ttft, sample, alpha));
+    }
+    SettleReport {
+        requests_in_window: h.ok + h.fail,
+        failures_in_window: h.fail,
+    }
 }
 
 /// The EWMA step of `u_ewma`, rounded to 4 decimals as the fragment stores it.
@@ -656,5 +1036,46 @@ mod tests {
             "expired at its expiry"
         );
         reserved(s.try_reserve(T0 + 500, &c, &req("r2", 1)));
+    }
+}
+
+#[cfg(test)]
+mod rolling_tests {
+    use super::*;
+
+    #[test]
+    fn capacity_returns_when_the_oldest_admission_leaves() {
+        let t0: u64 = 1_700_000_000_000;
+        let mut s = UsageState::new(Duration::from_millis(1000), 0.5).rolling(true);
+        let c = [Candidate {
+            deployment: DeploymentRef::new("g", "a"),
+            limits: Limits {
+                rpm: Some(3),
+                ..Limits::default()
+            },
+        }];
+        let req = |id: &str| ReserveRequest {
+            reservation_id: id.to_owned(),
+            est_tokens: 0,
+            prompt_tokens: 0,
+            lease: Duration::from_secs(60),
+            order: CandidateOrder::AsGiven,
+        };
+        for (t, id) in [(0, "a"), (634, "b"), (817, "c")] {
+            assert!(
+                matches!(
+                    s.try_reserve(t0 + t, &c, &req(id)),
+                    ReserveOutcome::Reserved(_)
+                ),
+                "{id}"
+            );
+        }
+        let blocked = s.try_reserve(t0 + 817, &c, &req("d"));
+        assert!(
+            matches!(blocked, ReserveOutcome::Unavailable { .. }),
+            "{blocked:?}"
+        );
+        let later = s.try_reserve(t0 + 1032, &c, &req("d"));
+        assert!(matches!(later, ReserveOutcome::Reserved(_)), "{later:?}");
     }
 }

@@ -137,8 +137,8 @@ async fn fragment_composes_into_other_scripts() -> anyhow::Result<()> {
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local cands = u_parse_candidates(KEYS, ARGV, 1, 2, 2)
-local i, ws = u_try_reserve(now, 60000, cands, 0, 10, 5, ARGV[1], 1000)
-local busy, next_ms = u_try_reserve(now, 60000, { cands[1] }, 0, 10, 5, 'other', 1000)
+local i, ws = u_try_reserve(now, u_window(60000, false), cands, 0, 10, 5, ARGV[1], 1000)
+local busy, next_ms = u_try_reserve(now, u_window(60000, false), { cands[1] }, 0, 10, 5, 'other', 1000)
 local held = u_release(cands[i].dep, cands[i].inflight, ARGV[1], ws, 10, 4)
 local again = u_release(cands[i].dep, cands[i].inflight, ARGV[1], ws, 4, -1)
 return { i, cands[i].id, cands[1].rpm, cands[2].tier, held, again,
@@ -377,8 +377,8 @@ async fn give_back_counts_once() -> anyhow::Result<()> {
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local cands = u_parse_candidates(KEYS, ARGV, 0, 0, 1)
-local _, ws = u_try_reserve(now, 60000, cands, 0, 7, 1, 'kept', 10000)
-local _, ws2 = u_try_reserve(now, 60000, cands, 0, 5, 1, 'unsent', 10000)
+local _, ws = u_try_reserve(now, u_window(60000, false), cands, 0, 7, 1, 'kept', 10000)
+local _, ws2 = u_try_reserve(now, u_window(60000, false), cands, 0, 5, 1, 'unsent', 10000)
 local first = u_give_back(cands[1].dep, cands[1].inflight, 'unsent', ws2, 5)
 local second = u_give_back(cands[1].dep, cands[1].inflight, 'unsent', ws2, 5)
 return { first, second, tonumber(redis.call('HGET', cands[1].dep, 'rpm')),

@@ -8,7 +8,9 @@
 --   k_seq    STRING per-group sequence counter
 --   k_owners ZSET   owner id -> lease expiry (epoch ms); an entry is alive while its owner's expiry >= now
 --   k_grants HASH   member -> grant payload "<deployment_id>|<window_start_ms>"
--- Member: "<id>|<owner>|<est_tokens>|<prompt_tokens>|<deadline_ms>" (deadline 0 = none).
+-- Member: "<id>|<owner>|<est_tokens>|<prompt_tokens>|<deadline_ms>" (deadline 0 = none). The owner `~jobs`
+-- (queue_core::JOB_OWNER) marks a durable job's entry: it belongs to no replica and is always live (its
+-- deadline is acted on by the admission step, which finishes the job, not by silent removal).
 -- Scores stay below 2^53, so Lua doubles hold them exactly; q_num formats them for Redis.
 
 -- Formats an integral number without exponent notation (Lua's tostring switches to it past 1e14).
@@ -35,6 +37,9 @@ end
 -- True while `owner` holds a lease (expiry >= now). `cache` (optional table) memoises answers per owner for
 -- the rest of the script, so a head full of one dead owner's entries costs one ZSCORE.
 local function q_owner_alive(k_owners, owner, now, cache)
+  if owner == '~jobs' then
+    return true
+  end
   if cache ~= nil then
     local known = cache[owner]
     if known ~= nil then
@@ -53,6 +58,9 @@ end
 local function q_live(k_owners, e, now, cache)
   if e == nil then
     return false
+  end
+  if e.owner == '~jobs' then
+    return true
   end
   if e.deadline ~= 0 and e.deadline < now then
     return false

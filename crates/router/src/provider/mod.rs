@@ -1,25 +1,29 @@
-//! Provider clients: OpenAI and OpenAI-compatible servers, Azure OpenAI, and mock responses; upstream errors
-//! mapped to [`RouterError`].
+//! Provider clients: OpenAI and OpenAI-compatible servers, Azure OpenAI, Anthropic's Messages API (translated),
+//! and mock responses; upstream errors mapped to [`RouterError`] in `errors`.
 
+mod anthropic;
+mod anthropic_stream;
+mod errors;
 mod mock;
 mod reply;
 pub(crate) mod sse;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use reqwest::header::HeaderMap;
 use serde_json::{Map, Value};
 
-use crate::error::{RouterError, UpstreamError, UpstreamErrorKind};
+use crate::error::{RouterError, UpstreamErrorKind};
 use crate::request::{AnswerSource, Endpoint};
-use crate::topology::Deployment;
+use crate::topology::{Deployment, ProviderKind};
+pub(crate) use errors::{error_from_response, stream_error};
 pub(crate) use reply::Reply;
 pub(crate) use sse::SseEvent;
 
 /// One upstream call.
 pub(crate) struct Call<'a> {
-    pub(crate) deployment: &'a Deployment,
+    pub(crate) deployment: &'a Arc<Deployment>,
     pub(crate) endpoint: Endpoint,
     /// The client's body without router-only fields.
     pub(crate) body: &'a Map<String, Value>,
@@ -100,7 +104,30 @@ impl Providers {
     async fn send(&self, call: &Call<'_>) -> Result<Reply, RouterError> {
         let d = call.deployment;
         let secret = d.api_key.as_ref().map(|k| k.expose());
+        let anthropic = d.kind == ProviderKind::Anthropic;
         let body = upstream_body(d, call.body);
+        let body = if anthropic {
+            if call.endpoint != Endpoint::ChatCompletions {
+                return Err(RouterError::BadRequest {
+                    message: format!(
+                        "deployment {} is an Anthropic model: it serves chat completions only, not {}",
+                        d.id,
+                        call.endpoint.name()
+                    ),
+                    param: Some("model".into()),
+                });
+            }
+            let mut b = anthropic::request(&body)?;
+            // `extra_body` is for the provider's own API.
+            if let Value::Object(m) = &mut b {
+                for (k, v) in &d.extra_body {
+                    m.insert(k.clone(), v.clone());
+                }
+            }
+            b
+        } else {
+            body
+        };
         let prepared = &d.prepared;
         let req = match prepared.url(call.endpoint) {
             Some(parsed) => self.client.post(parsed.clone()),
@@ -121,6 +148,15 @@ impl Providers {
         }
         if call.stream {
             let mut events = sse::events(resp.bytes_stream(), d.id.clone());
+            if anthropic {
+                let include_usage = call
+                    .body
+                    .get("stream_options")
+                    .and_then(|o| o.get("include_usage"))
+                    .and_then(Value::as_bool)
+                    .unwrap_or(false);
+                events = anthropic_stream::translate(d.clone(), events, include_usage);
+            }
             return match events.next().await {
                 Some(Ok(first)) => {
                     if let Some(err) = stream_error(d, &first) {
@@ -143,6 +179,15 @@ impl Providers {
         }
         let bytes = resp.bytes().await.map_err(|e| transport_error(d, &e))?;
         match serde_json::from_slice::<Value>(&bytes) {
+            Ok(v) if anthropic => anthropic::response(&v).map(Reply::Json).ok_or_else(|| {
+                RouterError::upstream(
+                    UpstreamErrorKind::InvalidResponse,
+                    &d.id,
+                    Some(status),
+                    "the response is not an Anthropic message",
+                    secret,
+                )
+            }),
             Ok(v) if v.is_object() => Ok(Reply::Json(v)),
             _ => Err(RouterError::upstream(
                 UpstreamErrorKind::InvalidResponse,
@@ -185,119 +230,6 @@ fn transport_error(d: &Deployment, e: &reqwest::Error) -> RouterError {
     )
 }
 
-/// An `{"error": ...}` event inside a stream.
-pub(crate) fn stream_error(d: &Deployment, event: &SseEvent) -> Option<RouterError> {
-    if !event.data.contains("\"error\"") {
-        return None;
-    }
-    let v: Value = serde_json::from_str(&event.data).ok()?;
-    v.get("error")?;
-    let status = v
-        .pointer("/error/status")
-        .or_else(|| v.pointer("/error/code"))
-        .and_then(Value::as_u64)
-        .and_then(|s| u16::try_from(s).ok())
-        .filter(|s| (400..600).contains(s))
-        .unwrap_or(500);
-    Some(error_from_response(
-        d,
-        status,
-        &HeaderMap::new(),
-        &event.data,
-    ))
-}
-
-/// Maps an upstream error response to the typed error.
-pub(crate) fn error_from_response(
-    d: &Deployment,
-    status: u16,
-    headers: &HeaderMap,
-    body: &str,
-) -> RouterError {
-    let parsed: Option<Value> = serde_json::from_str(body).ok();
-    let err_obj = parsed.as_ref().and_then(|v| v.get("error"));
-    let field = |k: &str| -> Option<String> {
-        err_obj.and_then(|e| e.get(k)).and_then(|v| match v {
-            Value::String(s) => Some(s.clone()),
-            Value::Number(n) => Some(n.to_string()),
-            _ => None,
-        })
-    };
-    let message = field("message")
-        .or_else(|| err_obj.and_then(Value::as_str).map(str::to_owned))
-        .or_else(|| {
-            parsed
-                .as_ref()
-                .and_then(|v| v.get("message"))
-                .and_then(Value::as_str)
-                .map(str::to_owned)
-        })
-        .or_else(|| {
-            parsed
-                .as_ref()
-                .and_then(|v| v.get("detail"))
-                .map(|v| match v {
-                    Value::String(s) => s.clone(),
-                    other => other.to_string(),
-                })
-        })
-        .unwrap_or_else(|| body.chars().take(500).collect());
-    let code = field("code");
-    let lower = message.to_ascii_lowercase();
-    let code_is = |names: &[&str]| code.as_deref().is_some_and(|c| names.contains(&c));
-    let kind = match status {
-        400 | 413 | 422 => {
-            if code_is(&["context_length_exceeded", "string_above_max_length"])
-                || [
-                    "context length",
-                    "context_length",
-                    "maximum context",
-                    "context window",
-                    "too many tokens",
-                    "prompt is too long",
-                    "input is too long",
-                    "reduce the length",
-                ]
-                .iter()
-                .any(|p| lower.contains(p))
-            {
-                UpstreamErrorKind::ContextWindowExceeded
-            } else if code_is(&["content_policy_violation", "content_filter"])
-                || [
-                    "content management policy",
-                    "content_policy",
-                    "safety system",
-                    "content filter",
-                ]
-                .iter()
-                .any(|p| lower.contains(p))
-            {
-                UpstreamErrorKind::ContentPolicyViolation
-            } else {
-                UpstreamErrorKind::BadRequest
-            }
-        }
-        401 => UpstreamErrorKind::Authentication,
-        403 => UpstreamErrorKind::PermissionDenied,
-        404 => UpstreamErrorKind::NotFound,
-        408 => UpstreamErrorKind::Timeout,
-        429 => UpstreamErrorKind::RateLimited,
-        503 | 529 => UpstreamErrorKind::ServiceUnavailable,
-        504 => UpstreamErrorKind::Timeout,
-        409 | 500..=599 => UpstreamErrorKind::InternalServer,
-        _ => UpstreamErrorKind::BadRequest,
-    };
-    let secret = d.api_key.as_ref().map(|k| k.expose());
-    let mut err = RouterError::upstream(kind, &d.id, Some(status), message, secret);
-    if let RouterError::Upstream(u) = &mut err {
-        let u: &mut UpstreamError = u;
-        u.retry_after = retry_after(headers);
-        u.code = code.map(|c| crate::error::redact(c, secret));
-        u.param = field("param");
-    }
-    err
-}
-
 /// (total tokens, completion tokens) of a response's `usage`.
 pub(crate) fn usage_of(v: &Value) -> (Option<u64>, Option<u64>) {
     let Some(u) = v.get("usage").filter(|u| u.is_object()) else {
@@ -310,26 +242,9 @@ pub(crate) fn usage_of(v: &Value) -> (Option<u64>, Option<u64>) {
     (total, completion)
 }
 
-/// `retry-after-ms` (milliseconds) or `retry-after` (seconds).
-fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    let num = |name: &str| -> Option<f64> {
-        headers
-            .get(name)?
-            .to_str()
-            .ok()?
-            .trim()
-            .parse::<f64>()
-            .ok()
-            .filter(|v| v.is_finite() && *v >= 0.0 && *v < 1e7)
-    };
-    num("retry-after-ms")
-        .map(|ms| Duration::from_secs_f64(ms / 1000.0))
-        .or_else(|| num("retry-after").map(Duration::from_secs_f64))
-}
-
 #[cfg(test)]
 mod tests {
-    use reqwest::header::HeaderValue;
+    use reqwest::header::{HeaderMap, HeaderValue};
 
     use super::*;
     use crate::config::{LitellmParams, ModelListEntry, RouterConfig, Secret};

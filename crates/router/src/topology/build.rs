@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use super::deployment::Deployment;
-use super::entry::{deployment, Env};
+use super::entry::{deployment, Built, Env, SkippedDeployment};
 use super::groups::{ModelGroup, Topology};
 use super::settings::{default_params, policy};
 use crate::config::{AliasTarget, RouterConfig};
@@ -21,9 +21,16 @@ pub(super) fn build_with_env(config: &RouterConfig, env: Env<'_>) -> Result<Topo
     let defaults = default_params(&config.settings)?;
     let mut groups: BTreeMap<String, Vec<Arc<Deployment>>> = BTreeMap::new();
     let mut ids: HashMap<String, usize> = HashMap::new();
+    let mut skipped = Vec::new();
     for (i, entry) in config.model_list.iter().enumerate() {
         let path = format!("model_list[{i}]");
-        let d = deployment(entry, defaults.as_ref(), &path, env)?;
+        let d = match deployment(entry, defaults.as_ref(), &path, env)? {
+            Built::Deployment(d) => *d,
+            Built::Unsupported(s) => {
+                skipped.push(s);
+                continue;
+            }
+        };
         if let Some(prev) = ids.insert(d.id.clone(), i) {
             return Err(RouterError::config(
                 format!("{path}.model_info.id"),
@@ -70,6 +77,11 @@ pub(super) fn build_with_env(config: &RouterConfig, env: Env<'_>) -> Result<Topo
     }
 
     let s = &config.settings;
+    let skipped_groups: Vec<&str> = skipped
+        .iter()
+        .map(|d: &SkippedDeployment| d.model_name.trim())
+        .filter(|g| !groups.contains_key(*g))
+        .collect();
     let mut aliases = BTreeMap::new();
     for (alias, target) in s.model_group_alias.iter().flatten() {
         let path = format!("router_settings.model_group_alias.{alias}");
@@ -77,6 +89,10 @@ pub(super) fn build_with_env(config: &RouterConfig, env: Env<'_>) -> Result<Topo
             AliasTarget::Group(g) => (g.clone(), false),
             AliasTarget::Detailed { model, hidden } => (model.clone(), hidden.unwrap_or(false)),
         };
+        if skipped_groups.contains(&group.as_str()) {
+            // Its group is not served: neither is the alias.
+            continue;
+        }
         if !groups.contains_key(&group) {
             return Err(RouterError::config(
                 path,
@@ -92,12 +108,13 @@ pub(super) fn build_with_env(config: &RouterConfig, env: Env<'_>) -> Result<Topo
         aliases.insert(alias.clone(), (group, hidden));
     }
 
-    let policy = policy(s, &groups)?;
+    let policy = policy(s, &groups, &skipped_groups)?;
     Ok(Topology {
         groups,
         aliases,
         direct,
         policy,
+        skipped,
     })
 }
 
@@ -181,6 +198,135 @@ mod tests {
             text.contains("model_list[0].litellm_params.api_key") && text.contains("AZ_KEY"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn providers_take_their_default_base_and_key_variable() {
+        let cases = [
+            (
+                "groq/llama-3.1-8b-instant",
+                "https://api.groq.com/openai/v1",
+                "GROQ_API_KEY",
+            ),
+            (
+                "together_ai/meta/llama",
+                "https://api.together.ai/v1",
+                "TOGETHERAI_API_KEY",
+            ),
+            (
+                "fireworks_ai/accounts/f/models/m",
+                "https://api.fireworks.ai/inference/v1",
+                "FIREWORKS_AI_API_KEY",
+            ),
+            (
+                "deepseek/deepseek-chat",
+                "https://api.deepseek.com/beta",
+                "DEEPSEEK_API_KEY",
+            ),
+            (
+                "mistral/mistral-small",
+                "https://api.mistral.ai/v1",
+                "MISTRAL_API_KEY",
+            ),
+            (
+                "openrouter/a/b",
+                "https://openrouter.ai/api/v1",
+                "OPENROUTER_API_KEY",
+            ),
+            ("xai/grok-3", "https://api.x.ai/v1", "XAI_API_KEY"),
+            (
+                "perplexity/sonar",
+                "https://api.perplexity.ai",
+                "PERPLEXITYAI_API_KEY",
+            ),
+            (
+                "gemini/gemini-2.0-flash",
+                "https://generativelanguage.googleapis.com/v1beta/openai",
+                "GEMINI_API_KEY",
+            ),
+            (
+                "cohere/command-r",
+                "https://api.cohere.ai/compatibility/v1",
+                "COHERE_API_KEY",
+            ),
+            (
+                "ollama_chat/llama3",
+                "http://localhost:11434/v1",
+                "OLLAMA_API_KEY",
+            ),
+            (
+                "anthropic/claude-sonnet-4-5",
+                "https://api.anthropic.com",
+                "ANTHROPIC_API_KEY",
+            ),
+        ];
+        for (model, base, var) in cases {
+            let config = RouterConfig::from_json(json!({"model_list": [
+                {"model_name": "g", "litellm_params": {"model": model}},
+            ]}))
+            .unwrap();
+            let env = |name: &str| (name == var).then(|| format!("key-from-{name}"));
+            let t = build_with_env(&config, &env).unwrap();
+            let d = &t.groups["g"].deployments[0];
+            assert_eq!(d.api_base, base, "{model}");
+            assert_eq!(
+                d.api_key.as_ref().map(Secret::expose),
+                Some(format!("key-from-{var}").as_str()),
+                "{model}"
+            );
+            assert_eq!(Some(d.model.as_str()), model.split_once('/').map(|x| x.1));
+        }
+        // A base variable wins over the default; a base naming the Messages path is accepted.
+        let config = RouterConfig::from_json(json!({"model_list": [
+            {"model_name": "g", "litellm_params": {"model": "groq/m"}},
+            {"model_name": "h", "litellm_params": {"model": "anthropic/c", "api_base": "https://gw.example/v1/messages"}},
+        ]}))
+        .unwrap();
+        let env =
+            |name: &str| (name == "GROQ_API_BASE").then(|| "https://groq.gw.example/v1".to_owned());
+        let t = build_with_env(&config, &env).unwrap();
+        assert_eq!(
+            t.groups["g"].deployments[0].api_base,
+            "https://groq.gw.example/v1"
+        );
+        assert_eq!(
+            t.groups["h"].deployments[0].url(crate::request::Endpoint::ChatCompletions),
+            "https://gw.example/v1/messages"
+        );
+        // Prefixes without a default base need one.
+        for model in ["hosted_vllm/m", "azure_ai/m"] {
+            let config = RouterConfig::from_json(json!({"model_list": [
+                {"model_name": "g", "litellm_params": {"model": model}},
+            ]}))
+            .unwrap();
+            let err = build_with_env(&config, &|_: &str| None)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("model_list[0].litellm_params.api_base"),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn unsupported_prefixes_are_skipped_with_their_aliases() {
+        let t = topology(json!({
+            "model_list": [
+                {"model_name": "g", "litellm_params": {"model": "openai/a"}},
+                {"model_name": "b", "litellm_params": {"model": "bedrock/claude"}},
+                {"model_name": "g", "litellm_params": {"model": "vertex_ai/gemini"}},
+                {"model_name": "m", "litellm_params": {"model": "bedrock/x", "mock_response": "hi"}},
+            ],
+            "router_settings": {"model_group_alias": {"claude": "b"}, "fallbacks": [{"g": ["b"]}]},
+        }))
+        .unwrap();
+        let skipped: Vec<&str> = t.skipped().iter().map(|s| s.path.as_str()).collect();
+        assert_eq!(skipped, ["model_list[1]", "model_list[2]"]);
+        assert!(t.skipped()[0].reason.contains("`bedrock`"));
+        assert_eq!(t.groups["g"].deployments.len(), 1);
+        assert!(t.resolve("b").is_none() && t.resolve("claude").is_none());
+        assert!(t.resolve("m").is_some(), "a mock may name any provider");
     }
 
     #[test]

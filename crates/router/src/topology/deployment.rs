@@ -5,7 +5,7 @@ use std::time::Duration;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::{Map, Value};
 
-use super::provider_table::ProviderKind;
+use super::provider_table::{auth_header, Auth, ProviderKind, ANTHROPIC_VERSION};
 use crate::config::Secret;
 use crate::request::Endpoint;
 
@@ -23,6 +23,8 @@ pub(crate) struct Deployment {
     /// The provider prefix (`openai`, `azure`, `hosted_vllm`, ...).
     pub(crate) provider: String,
     pub(crate) kind: ProviderKind,
+    /// Which header carries the key.
+    pub(crate) auth: Auth,
     /// The model name sent upstream (the part after the provider prefix).
     pub(crate) model: String,
     /// Base URL without trailing slash (OpenAI-compatible: the `/v1` base; Azure: the resource endpoint).
@@ -51,6 +53,10 @@ pub(crate) struct Deployment {
     pub(crate) tags: Vec<String>,
     /// `model_info` as configured besides `id` and `max_input_tokens` (mode, costs, `base_model`, ...).
     pub(crate) model_info: Map<String, Value>,
+    /// USD per prompt token (`input_cost_per_token`), for spend.
+    pub(crate) input_cost_per_token: Option<f64>,
+    /// USD per completion token (`output_cost_per_token`).
+    pub(crate) output_cost_per_token: Option<f64>,
     /// Body parameters applied when the client did not send them.
     pub(crate) body_defaults: Map<String, Value>,
     /// `extra_body`: merged into every upstream body.
@@ -73,6 +79,8 @@ impl Deployment {
                 endpoint.path(),
                 self.api_version.as_deref().unwrap_or_default()
             ),
+            // The Messages API answers chat completions; other endpoints are refused before a call.
+            ProviderKind::Anthropic => format!("{}/v1/messages", self.api_base),
         }
     }
 }
@@ -119,16 +127,26 @@ fn endpoint_index(endpoint: Endpoint) -> usize {
     }
 }
 
-/// The credentials header of the provider kind and the extra headers.
+/// The credentials header of the provider, its version header and the extra headers.
 fn headers(d: &Deployment) -> HeaderMap {
     let mut h = HeaderMap::new();
+    if d.kind == ProviderKind::Anthropic {
+        h.insert(
+            HeaderName::from_static("anthropic-version"),
+            HeaderValue::from_static(ANTHROPIC_VERSION),
+        );
+    }
     if let Some(key) = &d.api_key {
-        let (name, value) = match d.kind {
-            ProviderKind::OpenAi => (
+        let (name, value) = match auth_header(d.auth, &d.api_base) {
+            Auth::Bearer | Auth::AzureAiByHost => (
                 HeaderName::from_static("authorization"),
                 format!("Bearer {}", key.expose()),
             ),
-            ProviderKind::Azure => (HeaderName::from_static("api-key"), key.expose().to_owned()),
+            Auth::ApiKey => (HeaderName::from_static("api-key"), key.expose().to_owned()),
+            Auth::XApiKey => (
+                HeaderName::from_static("x-api-key"),
+                key.expose().to_owned(),
+            ),
         };
         if let Ok(mut v) = HeaderValue::from_str(&value) {
             v.set_sensitive(true);

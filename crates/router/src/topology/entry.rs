@@ -3,7 +3,9 @@
 use serde_json::{json, Map, Value};
 
 use super::deployment::{Deployment, Prepared};
-use super::provider_table::{provider_spec, ProviderKind, ProviderSpec, AZURE_DEFAULT_API_VERSION};
+use super::provider_table::{
+    known_prefixes, provider_spec, ProviderKind, ProviderSpec, AZURE_DEFAULT_API_VERSION,
+};
 use super::values::{count, secs, secs_or_zero};
 use crate::config::{LitellmParams, ModelListEntry, Secret};
 use crate::environ::{self, EnvValue};
@@ -12,13 +14,33 @@ use crate::error::RouterError;
 /// Where validation reads environment variables (`os.environ/` references, providers' default keys).
 pub(super) type Env<'a> = &'a dyn Fn(&str) -> Option<String>;
 
+/// A `model_list` entry validated: a deployment, or one whose provider prefix is not supported (skipped with
+/// a warning, listed in `/health`; `check-config` fails on it).
+pub(super) enum Built {
+    Deployment(Box<Deployment>),
+    Unsupported(SkippedDeployment),
+}
+
+/// A `model_list` entry that is not served because its provider prefix is not supported.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SkippedDeployment {
+    /// Where it is in the config (`model_list[3]`).
+    pub path: String,
+    /// Its `model_name`.
+    pub model_name: String,
+    /// Its `litellm_params.model`.
+    pub model: String,
+    /// Why it is skipped, naming the supported prefixes.
+    pub reason: String,
+}
+
 /// Validates one `model_list` entry (at `path`) into a deployment.
 pub(super) fn deployment(
     entry: &ModelListEntry,
     defaults: Option<&LitellmParams>,
     path: &str,
     env: Env<'_>,
-) -> Result<Deployment, RouterError> {
+) -> Result<Built, RouterError> {
     let lp = format!("{path}.litellm_params");
     let group = entry.model_name.trim().to_owned();
     if group.is_empty() {
@@ -62,13 +84,16 @@ pub(super) fn deployment(
         // A mock deployment never calls an upstream, so any provider name is fine.
         None if mock_response.is_some() => ProviderSpec::OPENAI_COMPATIBLE,
         None => {
-            return Err(RouterError::config(
-                format!("{lp}.model"),
-                format!(
-                    "provider `{provider}` is not supported; use `openai/<model>` with an `api_base` for \
-                     OpenAI-compatible servers, `hosted_vllm/`, `ollama_chat/` or `azure/`"
+            return Ok(Built::Unsupported(SkippedDeployment {
+                path: path.to_owned(),
+                model_name: group,
+                model: full,
+                reason: format!(
+                    "provider `{provider}` is not supported (supported prefixes: {}; any OpenAI-compatible \
+                     server works as `openai/<model>` with an `api_base`)",
+                    known_prefixes()
                 ),
-            ))
+            }))
         }
     };
 
@@ -82,15 +107,19 @@ pub(super) fn deployment(
             &format!("{lp}.api_key"),
             env,
         )?)),
-        None => spec.key_env.and_then(env).map(Secret::new),
+        None => spec
+            .key_env
+            .iter()
+            .find_map(|name| env(name))
+            .map(Secret::new),
     };
     if api_key.as_ref().is_some_and(|k| k.expose().is_empty()) {
         api_key = None;
     }
     let mut api_base = env_str(params.api_base.clone(), "api_base")?;
     let mut api_version = env_str(params.api_version.clone(), "api_version")?;
+    api_base = api_base.or_else(|| spec.base_env.iter().find_map(|name| env(name)));
     if spec.kind == ProviderKind::Azure {
-        api_base = api_base.or_else(|| env("AZURE_API_BASE"));
         api_version = api_version
             .or_else(|| env("AZURE_API_VERSION"))
             .or_else(|| Some(AZURE_DEFAULT_API_VERSION.to_owned()));
@@ -106,16 +135,25 @@ pub(super) fn deployment(
             }
             if spec.wants_v1 && !b.ends_with("/v1") {
                 format!("{b}/v1")
+            } else if spec.kind == ProviderKind::Anthropic {
+                // The Messages path is added per call; a base naming it (or `/v1`) is accepted as LiteLLM does.
+                let b = b.strip_suffix("/v1/messages").unwrap_or(&b);
+                b.strip_suffix("/v1").unwrap_or(b).to_owned()
             } else {
                 b
             }
         }
         None if mock_response.is_some() => String::new(),
         None => {
+            let vars = if spec.base_env.is_empty() {
+                String::new()
+            } else {
+                format!(" (or {})", spec.base_env.join(", "))
+            };
             return Err(RouterError::config(
                 format!("{lp}.api_base"),
-                format!("provider `{provider}` needs an api_base"),
-            ))
+                format!("provider `{provider}` has no default api_base: set `api_base`{vars}"),
+            ));
         }
     };
 
@@ -245,6 +283,7 @@ pub(super) fn deployment(
         litellm_model: full,
         provider,
         kind: spec.kind,
+        auth: spec.auth,
         model,
         api_base,
         api_key,
@@ -279,13 +318,30 @@ pub(super) fn deployment(
                 out
             })
             .unwrap_or_default(),
+        input_cost_per_token: price(entry, "input_cost_per_token"),
+        output_cost_per_token: price(entry, "output_cost_per_token"),
         body_defaults,
         extra_body,
         headers,
         prepared: Prepared::default(),
     };
     deployment.prepared = Prepared::of(&deployment);
-    Ok(deployment)
+    Ok(Built::Deployment(Box::new(deployment)))
+}
+
+/// A price per token (USD) from `model_info`, else from `litellm_params` (LiteLLM reads both).
+fn price(entry: &ModelListEntry, name: &str) -> Option<f64> {
+    entry
+        .model_info
+        .as_ref()
+        .and_then(|i| i.extra.get(name))
+        .or_else(|| entry.litellm_params.extra.get(name))
+        .and_then(|v| match v {
+            Value::Number(n) => n.as_f64(),
+            Value::String(s) => s.trim().parse().ok(),
+            _ => None,
+        })
+        .filter(|p: &f64| p.is_finite() && *p >= 0.0)
 }
 
 fn check_header(name: &str, value: &str, path: &str) -> Result<(), RouterError> {
@@ -351,6 +407,8 @@ pub fn implements_litellm_param(key: &str) -> bool {
                 | "max_retries"
                 | "drop_params"
                 | "additional_drop_params"
+                | "input_cost_per_token"
+                | "output_cost_per_token"
         )
 }
 

@@ -24,6 +24,8 @@ pub(crate) struct Topology {
     /// Provider model string (`azure/x`) or deployment id -> (group, deployment ids).
     pub(super) direct: HashMap<String, (String, Vec<String>)>,
     pub(super) policy: Policy,
+    /// Entries not served: their provider prefix is not supported.
+    pub(super) skipped: Vec<super::SkippedDeployment>,
 }
 
 /// What a requested model name resolves to.
@@ -73,6 +75,11 @@ impl Topology {
         );
         names.sort();
         names
+    }
+
+    /// The `model_list` entries skipped because their provider prefix is not supported.
+    pub(crate) fn skipped(&self) -> &[super::SkippedDeployment] {
+        &self.skipped
     }
 
     /// The validated `router_settings`.

@@ -15,7 +15,9 @@ mod values;
 
 pub(crate) use build::build;
 pub(crate) use deployment::Deployment;
-pub use entry::implements_litellm_param;
+pub use entry::{implements_litellm_param, SkippedDeployment};
 pub(crate) use groups::{ModelGroup, Topology};
-pub(crate) use policy::CachePolicy;
 pub use policy::RedisFailureMode;
+pub(crate) use policy::{CachePolicy, JobSettings};
+pub(crate) use provider_table::ProviderKind;
+pub use provider_table::{provider_table_markdown, providers, ProviderInfo};

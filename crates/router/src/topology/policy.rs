@@ -47,9 +47,21 @@ pub(crate) struct QueueSettings {
     pub(crate) default_priority: u32,
     pub(crate) max_queue_depth: u64,
     pub(crate) usage_window: Duration,
+    /// rpm and tpm over a rolling window (`usage_window_mode: rolling`, the default) or fixed windows.
+    pub(crate) rolling_window: bool,
     /// What admission does while Redis does not answer.
     pub(crate) failure_mode: RedisFailureMode,
     pub(crate) default_max_tokens: Option<u64>,
+    pub(crate) jobs: JobSettings,
+}
+
+/// Durable jobs: this replica's workers, the runner lease, the attempt cap and how long results stay.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct JobSettings {
+    pub(crate) workers: u32,
+    pub(crate) max_attempts: u32,
+    pub(crate) ttl: Duration,
+    pub(crate) lease: Duration,
 }
 
 /// Response cache settings.

@@ -6,16 +6,19 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 
 use super::groups::ModelGroup;
-use super::policy::{CachePolicy, Fallbacks, Policy, QueueSettings, RedisFailureMode};
+use super::policy::{CachePolicy, Fallbacks, JobSettings, Policy, QueueSettings, RedisFailureMode};
 use super::values::{count, secs, secs_or_zero};
 use crate::config::{FallbackTargets, LitellmParams, RouterSettings};
 use crate::error::RouterError;
 use crate::strategy::Strategy;
 
 /// Validates `router_settings` (fallbacks must name groups of `groups`).
+/// `skipped` names groups whose every deployment was skipped (unsupported provider): fallbacks may name them
+/// (the walk passes over them).
 pub(super) fn policy(
     s: &RouterSettings,
     groups: &BTreeMap<String, ModelGroup>,
+    skipped: &[&str],
 ) -> Result<Policy, RouterError> {
     let p = |k: &str| format!("router_settings.{k}");
     let strategy = match s.routing_strategy.as_deref() {
@@ -52,7 +55,7 @@ pub(super) fn policy(
     let timeout = secs(s.timeout, &p("timeout"))?.unwrap_or(Duration::from_secs(600));
     let stream_timeout = secs(s.stream_timeout, &p("stream_timeout"))?;
 
-    let known = |g: &str| groups.contains_key(g);
+    let known = |g: &str| groups.contains_key(g) || skipped.contains(&g);
     let fallbacks = fallbacks(
         s.fallbacks.as_deref(),
         s.default_fallbacks.as_deref(),
@@ -122,6 +125,16 @@ pub(super) fn policy(
         default_priority,
         max_queue_depth: s.max_queue_depth.unwrap_or(10_000),
         usage_window: secs(s.usage_window, &p("usage_window"))?.unwrap_or(Duration::from_secs(60)),
+        rolling_window: match s.usage_window_mode.as_deref().map(str::trim) {
+            None | Some("rolling") => true,
+            Some("fixed") => false,
+            Some(other) => {
+                return Err(RouterError::config(
+                    p("usage_window_mode"),
+                    format!("expected `rolling` or `fixed`, got `{other}`"),
+                ))
+            }
+        },
         failure_mode: match s.redis_failure_mode.as_deref().map(str::trim) {
             None | Some("closed") => RedisFailureMode::Closed,
             Some("open") => RedisFailureMode::Open,
@@ -133,7 +146,25 @@ pub(super) fn policy(
             }
         },
         default_max_tokens: s.default_max_tokens,
+        jobs: JobSettings {
+            workers: count(s.job_workers, &p("job_workers"))?.unwrap_or(4),
+            max_attempts: count(s.job_max_attempts, &p("job_max_attempts"))?.unwrap_or(3),
+            ttl: secs(s.job_ttl, &p("job_ttl"))?.unwrap_or(Duration::from_secs(86_400)),
+            lease: secs(s.job_lease, &p("job_lease"))?.unwrap_or(Duration::from_secs(10)),
+        },
     };
+    if queue.jobs.max_attempts == 0 {
+        return Err(RouterError::config(
+            p("job_max_attempts"),
+            "must be at least 1",
+        ));
+    }
+    if queue.jobs.lease < Duration::from_millis(300) {
+        return Err(RouterError::config(
+            p("job_lease"),
+            "must be at least 0.3 seconds",
+        ));
+    }
     if queue.polling_interval.is_zero() {
         return Err(RouterError::config(
             p("polling_interval"),

@@ -57,6 +57,11 @@ impl Attempts {
         }
     }
 
+    /// The capacity requests take and give back.
+    pub(crate) fn capacity(&self) -> Arc<Capacity> {
+        self.capacity.clone()
+    }
+
     /// Attempts in one group: each attempt reserves capacity on the strategy's preferred deployment with
     /// headroom; retryable failures are retried (another deployment at once, else after Retry-After or a
     /// backoff) up to the retry budget.
@@ -116,20 +121,35 @@ impl Attempts {
             let (candidates, order) = self.orders.for_request(group, &pool).await;
             let deployment_timeout =
                 |d: &Deployment| job.timeout.or(d.timeout).unwrap_or(policy.timeout);
-            let (reservation, waited) = self
-                .capacity
-                .acquire(AdmitRequest {
-                    group: group.name.as_str().into(),
-                    candidates,
-                    order,
-                    est_tokens: job.est_tokens,
-                    prompt_tokens: job.prompt_tokens,
-                    priority: job.priority,
-                    deadline: job.deadline,
-                    force_queue: job.force_queue,
-                    retry: job.attempts > 0,
-                })
-                .await?;
+            // A grant made before the walk (a durable job) serves the first attempt in its group; one left
+            // unused goes back when the walk ends.
+            let granted = if job
+                .granted
+                .as_ref()
+                .is_some_and(|r| *r.deployment.group == *group.name)
+            {
+                job.granted.take()
+            } else {
+                None
+            };
+            let (reservation, waited) = match granted {
+                Some(reservation) => (reservation, Duration::ZERO),
+                None => {
+                    self.capacity
+                        .acquire(AdmitRequest {
+                            group: group.name.as_str().into(),
+                            candidates,
+                            order,
+                            est_tokens: job.est_tokens,
+                            prompt_tokens: job.prompt_tokens,
+                            priority: job.priority,
+                            deadline: job.deadline,
+                            force_queue: job.force_queue,
+                            retry: job.attempts > 0,
+                        })
+                        .await?
+                }
+            };
             job.queue_wait += waited;
             // From here the request may be dropped at any await (client gone): the guard settles it.
             let mut held = Held::new(self.capacity.clone(), reservation);

@@ -5,7 +5,7 @@ use std::time::Duration;
 use queue_core::Priority;
 use serde_json::Value;
 use tokio::time::Instant;
-use usage_tracker::{TokenEstimate, TokenEstimator};
+use usage_tracker::{Reservation, TokenEstimate, TokenEstimator};
 
 use crate::error::RouterError;
 use crate::request::{AnswerSource, Endpoint, ResponseBody};
@@ -27,6 +27,8 @@ pub(super) struct Job {
     pub(super) mock_delay: Option<Duration>,
     pub(super) attempts: u32,
     pub(super) queue_wait: Duration,
+    /// Capacity granted before the walk (a durable job): the first attempt in its group uses it.
+    pub(super) granted: Option<Reservation>,
 }
 
 /// A successful answer from some deployment.

@@ -12,12 +12,13 @@ use queue_core::Priority;
 use serde_json::Value;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use usage_tracker::TokenEstimator;
+use usage_tracker::{Reservation, TokenEstimator};
 
 pub(crate) use attempts::Attempts;
 use job::{estimate_tokens, Job};
 
 use crate::cache::ResponseCache;
+use crate::capacity::Capacity;
 use crate::error::{RouterError, UpstreamErrorKind};
 use crate::metrics::RouterMetrics;
 use crate::request::{
@@ -55,11 +56,77 @@ impl Walk {
         }
     }
 
+    /// Checks a durable job's request as [`Walk::completion`] would, without running it: the model, the
+    /// router-only fields, fallbacks, no streaming. Returns its model group and token estimate.
+    pub(crate) async fn prepare_job(&self, req: &RouterRequest) -> Result<Prepared, RouterError> {
+        if self.shutdown.is_cancelled() {
+            return Err(RouterError::ShuttingDown);
+        }
+        if req.is_stream() {
+            return Err(RouterError::BadRequest {
+                message: "`stream` is not supported for queued jobs: jobs return whole answers"
+                    .into(),
+                param: Some("stream".into()),
+            });
+        }
+        let topology = &self.topology;
+        let Some(target) = topology.resolve(&req.model) else {
+            return Err(RouterError::ModelNotFound {
+                model: req.model.clone(),
+                known: topology.model_names().join(", "),
+            });
+        };
+        let group = target.group;
+        let mut body = req.body.clone();
+        let controls = Controls::take(&mut body, &group.name, req.overrides_allowed)?;
+        if let Some(list) = &controls.fallbacks {
+            if let Some(unknown) = list.iter().find(|g| topology.group(g).is_none()) {
+                return Err(RouterError::BadRequest {
+                    message: format!("fallback model group `{unknown}` is not served here"),
+                    param: Some("fallbacks".into()),
+                });
+            }
+        }
+        let token_model = group
+            .deployments
+            .first()
+            .map_or("", |d| d.litellm_model.as_str());
+        let (estimate, _) =
+            estimate_tokens(self.estimator, token_model, Value::Object(body)).await?;
+        let est_tokens = if req.endpoint == Endpoint::Embeddings {
+            estimate.prompt_tokens
+        } else {
+            estimate.est_tokens
+        };
+        let policy = topology.policy();
+        Ok(Prepared {
+            group: group.name.clone(),
+            est_tokens,
+            prompt_tokens: estimate.prompt_tokens,
+            priority: req.priority.or(controls.priority).unwrap_or_else(|| {
+                Priority::new(policy.queue.default_priority).unwrap_or(Priority::MAX)
+            }),
+            timeout: req.timeout.or(controls.timeout),
+        })
+    }
+
     /// Routes one request: cache, admission, upstream call, retries, fallbacks.
     pub(crate) async fn completion(
         &self,
         req: RouterRequest,
     ) -> Result<RouterResponse, RouterError> {
+        self.completion_granted(req, None).await
+    }
+
+    /// [`Walk::completion`] for a request already granted capacity (a durable job taken from the queue):
+    /// its first attempt uses `granted`; a grant the walk does not use (a cache hit, an early error) is
+    /// given back.
+    pub(crate) async fn completion_granted(
+        &self,
+        req: RouterRequest,
+        granted: Option<Reservation>,
+    ) -> Result<RouterResponse, RouterError> {
+        let mut granted = UnusedGrant(granted, self.attempts.capacity());
         if self.shutdown.is_cancelled() {
             return Err(RouterError::ShuttingDown);
         }
@@ -168,6 +235,7 @@ impl Walk {
             mock_delay: controls.mock_delay,
             attempts: 0,
             queue_wait: Duration::ZERO,
+            granted: granted.0.take(),
         };
 
         // Groups in the order tried: the first, then fallbacks depth first (a failing fallback's own
@@ -196,8 +264,13 @@ impl Walk {
                             >= usize::try_from(policy.max_fallbacks).unwrap_or(usize::MAX);
                     // The client gets the first group's error: it is about the model it asked for.
                     let err = first_error.take().unwrap_or(e);
-                    let next_group = if stop { None } else { pending.pop_front() };
-                    let Some(next) = next_group.and_then(|g| topology.group(&g)) else {
+                    // A group not served (every deployment skipped at startup) is passed over.
+                    let next_group = if stop {
+                        None
+                    } else {
+                        std::iter::from_fn(|| pending.pop_front()).find_map(|g| topology.group(&g))
+                    };
+                    let Some(next) = next_group else {
                         break Err(err);
                     };
                     first_error = Some(err);
@@ -210,6 +283,8 @@ impl Walk {
             }
         };
 
+        granted.0 = job.granted.take();
+        drop(granted);
         match result {
             Ok(mut answer) => {
                 self.metrics
@@ -348,4 +423,29 @@ fn cache_when_done(
             }
         })
         .boxed()
+}
+/// A durable job's request as checked at submission.
+pub(crate) struct Prepared {
+    /// The model group it runs in.
+    pub(crate) group: String,
+    pub(crate) est_tokens: u64,
+    pub(crate) prompt_tokens: u64,
+    pub(crate) priority: Priority,
+    /// The request's `timeout`: the job's deadline from its submission.
+    pub(crate) timeout: Option<Duration>,
+}
+
+/// A granted reservation the walk did not use, given back (never sent) when dropped.
+struct UnusedGrant(Option<Reservation>, Arc<Capacity>);
+
+impl Drop for UnusedGrant {
+    fn drop(&mut self) {
+        let Some(reservation) = self.0.take() else {
+            return;
+        };
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            let capacity = self.1.clone();
+            handle.spawn(async move { capacity.give_back(&reservation).await });
+        }
+    }
 }

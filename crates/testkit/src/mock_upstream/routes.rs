@@ -20,6 +20,7 @@ use bytes::Bytes;
 use serde_json::Value;
 use tokio::time::Instant;
 
+use super::anthropic::{self, Message, MessagesRequest};
 use super::behavior::Outcome;
 use super::openai::{self, Completion, Endpoint, Inference};
 use super::recorder::{epoch_ms, InFlightGuard, RecordedRequest};
@@ -48,6 +49,7 @@ pub(super) fn router(shared: Arc<Shared>) -> Router {
             .route(&format!("{prefix}/models"), get(models));
     }
     router
+        .route("/v1/messages", post(messages))
         .route(
             "/openai/deployments/{deployment}/chat/completions",
             azure(Endpoint::Chat),
@@ -230,6 +232,123 @@ async fn inference(
         tokio::time::sleep(generation).await;
     }
     json_body(completion.to_json(endpoint), drop_after)
+}
+
+/// `POST /v1/messages`: Anthropic's Messages API. Requires `x-api-key` and `anthropic-version` (checked before
+/// any behaviour is used); scripted failures answer in Anthropic's error shape.
+async fn messages(State(shared): State<Arc<Shared>>, request: Request) -> Response {
+    let (parts, body) = match read_and_record(&shared, request).await {
+        Ok(read) => read,
+        Err(response) => return response,
+    };
+    if !parts.headers.contains_key("x-api-key") {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            anthropic::error_body("authentication_error", "x-api-key header is required"),
+        );
+    }
+    if !parts.headers.contains_key("anthropic-version") {
+        return error(
+            StatusCode::BAD_REQUEST,
+            anthropic::error_body(
+                "invalid_request_error",
+                "anthropic-version: header is required",
+            ),
+        );
+    }
+    let (behavior, server_reply) = shared.next_behavior();
+    if !behavior.latency.is_zero() {
+        tokio::time::sleep(behavior.latency).await;
+    }
+    if let Some(response) = anthropic_failure(&behavior.outcome, &body) {
+        return response;
+    }
+    let drop_after = match behavior.outcome {
+        Outcome::Hang => return std::future::pending().await,
+        Outcome::DropMidStream { after_chunks } => Some(after_chunks),
+        _ => None,
+    };
+    let request = match MessagesRequest::parse(&body) {
+        Ok(request) => request,
+        Err(error_body) => return error(StatusCode::BAD_REQUEST, error_body),
+    };
+    let reply = behavior.reply.as_deref().unwrap_or(&server_reply);
+    let n = shared
+        .next_id
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let message = Message::new(n, &request, reply);
+    if request.stream {
+        let body = Body::from_stream(chunked(
+            message.to_events(),
+            behavior.token_latency,
+            drop_after,
+        ));
+        return (
+            [
+                (CONTENT_TYPE, HeaderValue::from_static("text/event-stream")),
+                (CACHE_CONTROL, HeaderValue::from_static("no-cache")),
+            ],
+            body,
+        )
+            .into_response();
+    }
+    let generation = behavior
+        .token_latency
+        .saturating_mul(u32::try_from(message.tokens()).unwrap_or(u32::MAX));
+    if !generation.is_zero() {
+        tokio::time::sleep(generation).await;
+    }
+    json_body(message.to_json(), drop_after)
+}
+
+/// A scripted failure in Anthropic's shape: 400 "prompt is too long", 401, 404, 429 `rate_limit_error`, 500
+/// `api_error`, and 529 `overloaded_error` for [`Outcome::ServiceUnavailable`].
+fn anthropic_failure(outcome: &Outcome, body: &Value) -> Option<Response> {
+    let with = |status: u16, kind: &str, message: &str| {
+        error(
+            StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            anthropic::error_body(kind, message),
+        )
+    };
+    let response = match outcome {
+        Outcome::ContextLengthExceeded => {
+            let tokens = MessagesRequest::parse(body).map_or(1, |r| r.prompt_tokens());
+            error(
+                StatusCode::BAD_REQUEST,
+                anthropic::prompt_too_long(tokens.max(200_001)),
+            )
+        }
+        Outcome::Unauthorized => with(401, "authentication_error", "invalid x-api-key"),
+        Outcome::NotFound => {
+            let model = body
+                .get("model")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            with(404, "not_found_error", &format!("model: {model}"))
+        }
+        Outcome::RateLimited { retry_after_secs } => {
+            let mut response = with(
+                429,
+                "rate_limit_error",
+                "Number of request tokens has exceeded your per-minute rate limit",
+            );
+            if let Some(seconds) = retry_after_secs {
+                response
+                    .headers_mut()
+                    .insert(RETRY_AFTER, HeaderValue::from(*seconds));
+            }
+            response
+        }
+        Outcome::InternalError => with(500, "api_error", "Internal server error"),
+        Outcome::ServiceUnavailable => with(529, "overloaded_error", "Overloaded"),
+        Outcome::Status {
+            status,
+            headers,
+            body,
+        } => custom(*status, headers, body),
+        Outcome::Success | Outcome::Hang | Outcome::DropMidStream { .. } => return None,
+    };
+    Some(response)
 }
 
 /// `GET /v1/models`.

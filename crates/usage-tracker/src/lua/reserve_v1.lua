@@ -7,7 +7,7 @@
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local cands = u_parse_candidates(KEYS, ARGV, 0, 7, tonumber(ARGV[7]))
-local i, v = u_try_reserve(now, tonumber(ARGV[1]), cands, tonumber(ARGV[2]), tonumber(ARGV[3]),
+local i, v = u_try_reserve(now, u_window_spec(ARGV[1]), cands, tonumber(ARGV[2]), tonumber(ARGV[3]),
   tonumber(ARGV[4]), ARGV[5], tonumber(ARGV[6]))
 if i then
   return { 1, i, v, now }
