@@ -17,6 +17,7 @@
 //! - `messages`: `POST /v1/messages`, Anthropic's Messages API translated to and from a chat completion.
 //! - `error`: [`ApiError`], the OpenAI-shaped error every handler answers with.
 //! - `metrics`: Prometheus metrics of the edge and the router.
+//! - `model_info`: LiteLLM's `/model/info` and `/model_group/info` shapes, without credentials.
 //! - `state`: [`AppState`], shared by handlers.
 //! - `server`: [`run`], serving until shutdown with a grace period; accepting under `max_connections`.
 //! - `connection`: one client connection (HTTP/1.1) with its header, keep-alive and body timeouts
@@ -47,6 +48,7 @@ mod keys_cli;
 mod master_key;
 mod messages;
 mod metrics;
+mod model_info;
 mod request;
 mod routes;
 mod server;

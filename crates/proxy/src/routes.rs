@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Extension, Path, Request, State};
+use axum::extract::{DefaultBodyLimit, Extension, Path, Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -64,6 +64,9 @@ pub fn app(state: AppState) -> axum::Router {
         .route("/v1/models", get(models))
         .route("/models/{model}", get(model))
         .route("/v1/models/{model}", get(model))
+        .route("/model/info", get(model_info))
+        .route("/v1/model/info", get(model_info))
+        .route("/model_group/info", get(model_group_info))
         .route("/health", get(health))
         .route("/key/generate", post(key_routes::generate))
         .route("/key/info", get(key_routes::info))
@@ -209,6 +212,8 @@ pub(crate) async fn inference(
     if state.serves(model) {
         tracker.model_group.clone_from(model);
     }
+    // Answers name the model as the client asked for it, as LiteLLM's proxy does (since 1.81.7).
+    let requested: std::sync::Arc<str> = model.as_str().into();
     // A virtual key's rules; its place in the key's limits is held until the answer is out.
     let mut permit = match &caller {
         Some(caller) => match key_routes::admit(&state, caller, &mut parsed.router_request).await {
@@ -272,7 +277,7 @@ pub(crate) async fn inference(
     let headers = meta_headers(&meta, overhead);
 
     match response.body {
-        ResponseBody::Json(value) => {
+        ResponseBody::Json(mut value) => {
             if let Some(caller) = &caller {
                 let price = state.price(&meta.deployment_id).or_else(|| {
                     own_router.as_ref().and_then(|r| {
@@ -290,6 +295,7 @@ pub(crate) async fn inference(
                 key_routes::settle(&state, caller, permit.as_mut(), price, &value);
             }
             drop(permit);
+            name_requested_model(&mut value, &requested);
             (headers, Json(value)).into_response()
         }
         ResponseBody::Stream(stream) => {
@@ -300,7 +306,7 @@ pub(crate) async fn inference(
                 let _tracker = &tracker;
                 let _permit = &permit;
                 Ok::<_, Infallible>(match item {
-                    Ok(bytes) => bytes,
+                    Ok(bytes) => chunk_naming_model(bytes, &requested),
                     Err(err) => {
                         let err = edge_error(err);
                         tracing::warn!(model_group = %group, error = %err, "stream broke");
@@ -319,6 +325,34 @@ pub(crate) async fn inference(
             h.insert("x-accel-buffering", HeaderValue::from_static("no"));
             response
         }
+    }
+}
+
+/// Sets an answer's `model` to the name the client asked for (the group or alias, not the deployment's
+/// upstream model): LiteLLM's proxy answers so, and clients compare it with what they sent.
+fn name_requested_model(value: &mut Value, requested: &str) {
+    if let Some(object) = value.as_object_mut() {
+        if object.contains_key("model") {
+            object.insert("model".to_owned(), Value::String(requested.to_owned()));
+        }
+    }
+}
+
+/// One streamed event (`data: {...}\n\n`) with its `model` named as the client asked; other events (`[DONE]`)
+/// and events without a `model` pass unchanged.
+fn chunk_naming_model(bytes: Bytes, requested: &str) -> Bytes {
+    let Some(data) = bytes
+        .strip_prefix(b"data: ")
+        .filter(|d| d.starts_with(b"{") && d.windows(7).any(|w| w == b"\"model\""))
+    else {
+        return bytes;
+    };
+    match serde_json::from_slice::<Value>(data.trim_ascii_end()) {
+        Ok(mut value) => {
+            name_requested_model(&mut value, requested);
+            Bytes::from(format!("data: {value}\n\n"))
+        }
+        Err(_) => bytes,
     }
 }
 
@@ -473,6 +507,22 @@ async fn model(
     }
 }
 
+/// `GET /model/info` (LiteLLM's shape: one entry per deployment, credentials left out).
+async fn model_info(State(state): State<AppState>) -> Json<Value> {
+    Json(crate::model_info::model_info(&state.router().deployments()))
+}
+
+/// `GET /model_group/info[?model_group=NAME]` (LiteLLM's `ModelGroupInfo` list).
+async fn model_group_info(
+    State(state): State<AppState>,
+    Query(query): Query<std::collections::HashMap<String, String>>,
+) -> Json<Value> {
+    Json(crate::model_info::model_group_info(
+        &state.router().deployments(),
+        query.get("model_group").map(String::as_str),
+    ))
+}
+
 fn model_object(id: &str, created: u64) -> Value {
     json!({ "id": id, "object": "model", "created": created, "owned_by": "llm-scheduler" })
 }
@@ -515,13 +565,26 @@ async fn health(State(state): State<AppState>) -> Result<Json<Value>, ApiError> 
         .into_iter()
         .map(|s| json!({"entry": s.path, "model_group": s.model_name, "model": s.model, "reason": s.reason}))
         .collect();
-    Ok(Json(json!({
+    let mut body = json!({
         "backend": state.backend_name(),
         "healthy_count": deployments.len() - cooling,
         "unhealthy_count": cooling,
         "deployments": deployments,
         "skipped_deployments": skipped,
-    })))
+    });
+    if let Some((checked_at, checks)) = state.health_checks() {
+        // LiteLLM's names for its health check's endpoint lists.
+        let endpoint = |c: &router::HealthCheck| {
+            json!({"id": c.id, "model_name": c.group, "model": c.model, "api_base": c.api_base,
+                   "error": c.error, "cooldown_secs": c.cooldown.map(|d| d.as_secs_f64())})
+        };
+        body["background_health_checks"] = json!({
+            "checked_at": checked_at,
+            "healthy_endpoints": checks.iter().filter(|c| c.healthy).map(endpoint).collect::<Vec<_>>(),
+            "unhealthy_endpoints": checks.iter().filter(|c| !c.healthy).map(endpoint).collect::<Vec<_>>(),
+        });
+    }
+    Ok(Json(body))
 }
 
 /// `GET /health/readiness`: the backend answers and the replica is not shutting down.
@@ -580,6 +643,18 @@ async fn method_not_allowed(request: Request) -> ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn answers_name_the_requested_model() {
+        let chunk = Bytes::from("data: {\"id\":\"c\",\"model\":\"gpt-4o-2024-08-06\"}\n\n");
+        let out = chunk_naming_model(chunk, "chat");
+        assert_eq!(&out[..], b"data: {\"id\":\"c\",\"model\":\"chat\"}\n\n");
+        let done = Bytes::from_static(b"data: [DONE]\n\n");
+        assert_eq!(chunk_naming_model(done.clone(), "chat"), done);
+        let mut value = json!({"object": "list", "data": []});
+        name_requested_model(&mut value, "chat");
+        assert!(value.get("model").is_none(), "{value}");
+    }
 
     #[test]
     fn millis_headers_have_three_decimals() {

@@ -61,6 +61,10 @@ pub async fn run(
         }
     }
     let state = AppState::new(router.clone(), &config);
+    let checks_stop = CancellationToken::new();
+    let checks = config
+        .background_health_checks
+        .map(|every| tokio::spawn(health_checks(state.clone(), every, checks_stop.clone())));
     let key_state = state.clone();
     let connections = state.metrics().connections().clone();
     tracing::info!("listening on http://{addr}");
@@ -105,6 +109,10 @@ pub async fn run(
             }
         }
     };
+    checks_stop.cancel();
+    if let Some(task) = checks {
+        let _ = task.await;
+    }
     // The server may have ended on its own at the signal (no connection open): durable jobs running here
     // still get the grace period; a second shutdown hands back those still running.
     if tokio::time::timeout(grace, router.shutdown())
@@ -120,6 +128,26 @@ pub async fn run(
     key_state.shutdown_key_routers().await;
     tracing::info!("stopped");
     result
+}
+
+/// LiteLLM's `background_health_checks`: every deployment checked at once every `every`, the first time at
+/// startup; failures cool deployments down (in the router) and `/health` shows the last results.
+async fn health_checks(state: AppState, every: Duration, stop: CancellationToken) {
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            () = stop.cancelled() => return,
+        }
+        let checks = tokio::select! {
+            checks = state.router().check_health() => checks,
+            () = stop.cancelled() => return,
+        };
+        let unhealthy = checks.iter().filter(|c| !c.healthy).count();
+        tracing::debug!(checked = checks.len(), unhealthy, "background health check");
+        state.record_health_checks(checks);
+    }
 }
 
 /// Accepts connections until `shutdown` completes, each served by [`connection::serve`], then waits for the

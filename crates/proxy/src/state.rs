@@ -1,15 +1,14 @@
 //! `AppState`: what every handler shares (the router, the master key, limits, metrics).
 
+use std::collections::HashMap;
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use std::collections::HashMap;
-
 use keys::Keys;
-use router::{Backend, Router, RouterSettings};
+use router::{Backend, HealthCheck, Router, RouterSettings};
 
 use crate::key_config::KeyRouters;
 
@@ -48,6 +47,8 @@ struct Inner {
     default_timeout: Duration,
     started_epoch_secs: u64,
     shutting_down: AtomicBool,
+    /// The last background health check: when (Unix seconds) and what it found.
+    health_checks: Mutex<Option<(u64, Vec<HealthCheck>)>>,
 }
 
 impl AppState {
@@ -97,6 +98,7 @@ impl AppState {
                     .duration_since(UNIX_EPOCH)
                     .map_or(0, |d| d.as_secs()),
                 shutting_down: AtomicBool::new(false),
+                health_checks: Mutex::new(None),
             }),
         }
     }
@@ -180,6 +182,27 @@ impl AppState {
 
     pub(crate) fn started_epoch_secs(&self) -> u64 {
         self.inner.started_epoch_secs
+    }
+
+    /// Keeps the results of a background health check for `/health`.
+    pub(crate) fn record_health_checks(&self, checks: Vec<HealthCheck>) {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        *self
+            .inner
+            .health_checks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some((now, checks));
+    }
+
+    /// The last background health check, if one ran.
+    pub(crate) fn health_checks(&self) -> Option<(u64, Vec<HealthCheck>)> {
+        self.inner
+            .health_checks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 }
 

@@ -266,7 +266,7 @@ general_settings:
         .send()
         .await
         .unwrap();
-    assert_refused(r, 504, "timed out").await;
+    assert_refused(r, 408, "timed out").await;
     assert!(
         started.elapsed() < Duration::from_secs(3),
         "{:?}",

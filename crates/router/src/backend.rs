@@ -327,6 +327,20 @@ impl BackendHandle {
         let Some(c) = policy else {
             return Ok(None);
         };
+        if let Some(own) = &c.own_redis {
+            let pool = own.create_pool().map_err(|e| {
+                RouterError::config("router_settings.cache_kwargs.host", e.to_string())
+            })?;
+            let keyspace = own.keyspace().map_err(|e| {
+                RouterError::config("router_settings.cache_kwargs.namespace", e.to_string())
+            })?;
+            return Ok(Some(ResponseCache::redis(
+                c.ttl,
+                pool,
+                keyspace,
+                own.command_timeout,
+            )));
+        }
         Ok(match (c.redis, &self.redis) {
             (Some(true), None) => {
                 return Err(RouterError::config(

@@ -135,6 +135,17 @@ pub struct RouterSettings {
     /// Retries per error class, overriding `num_retries`.
     #[serde(default)]
     pub retry_policy: Option<RetryPolicy>,
+    /// `retry_policy` per model group: a group named here uses its own policy instead of `retry_policy`.
+    #[serde(default)]
+    pub model_group_retry_policy: Option<BTreeMap<String, RetryPolicy>>,
+    /// Least seconds to wait before retrying when no other deployment of the group can take the retry
+    /// (default 0: the upstream's Retry-After or the backoff alone).
+    #[serde(default, deserialize_with = "lenient::opt_f64")]
+    pub retry_after: Option<f64>,
+    /// Drop body parameters that are not OpenAI parameters of the endpoint instead of sending them upstream
+    /// (LiteLLM's `drop_params`, also in `litellm_settings`; a deployment's own `drop_params` wins).
+    #[serde(default, deserialize_with = "lenient::opt_bool")]
+    pub drop_params: Option<bool>,
     /// Failures per minute a deployment may have before it cools down (default 3).
     #[serde(default, deserialize_with = "lenient::opt_u64")]
     pub allowed_fails: Option<u64>,
@@ -380,6 +391,18 @@ pub struct CacheSettings {
     /// Memory cache size bound in bytes (default 64 MiB).
     #[serde(default, deserialize_with = "lenient::opt_u64")]
     pub max_size_bytes: Option<u64>,
+    /// Host of a Redis of its own for the cache (with `port`, `password`), instead of the router's.
+    #[serde(default, deserialize_with = "lenient::opt_string")]
+    pub host: Option<String>,
+    /// Port of the cache's own Redis (default 6379).
+    #[serde(default, deserialize_with = "lenient::opt_u64")]
+    pub port: Option<u64>,
+    /// Password of the cache's own Redis (masked in `Debug`).
+    #[serde(default)]
+    pub password: Option<Secret>,
+    /// Key prefix in the cache's own Redis (LiteLLM's `namespace`; default: the router's `key_prefix`).
+    #[serde(default, deserialize_with = "lenient::opt_string")]
+    pub namespace: Option<String>,
     /// Other keys.
     #[serde(flatten)]
     pub extra: BTreeMap<String, Value>,

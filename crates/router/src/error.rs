@@ -280,11 +280,15 @@ impl RouterError {
                 UpstreamErrorKind::PermissionDenied => 403,
                 UpstreamErrorKind::NotFound => 404,
                 UpstreamErrorKind::RateLimited => 429,
-                UpstreamErrorKind::Timeout => 504,
+                // LiteLLM's `Timeout` (also for an upstream 504).
+                UpstreamErrorKind::Timeout => 408,
                 UpstreamErrorKind::ServiceUnavailable => 503,
-                UpstreamErrorKind::InternalServer
-                | UpstreamErrorKind::Connection
-                | UpstreamErrorKind::InvalidResponse => 502,
+                // LiteLLM's `InternalServerError` (500) and `APIError`, which keeps the upstream's 5xx (502).
+                UpstreamErrorKind::InternalServer => {
+                    u.status.filter(|s| (500..600).contains(s)).unwrap_or(500)
+                }
+                // LiteLLM's `APIConnectionError` and `APIError` (500).
+                UpstreamErrorKind::Connection | UpstreamErrorKind::InvalidResponse => 500,
             },
         }
     }
@@ -461,7 +465,17 @@ mod tests {
         assert!(!e.is_retryable() && !e.triggers_cooldown());
         assert_eq!(e.code(), Some("context_length_exceeded"));
         let e = RouterError::upstream(UpstreamErrorKind::Timeout, "d1", None, "", None);
-        assert_eq!((e.status_code(), e.error_type()), (504, "timeout_error"));
+        assert_eq!((e.status_code(), e.error_type()), (408, "timeout_error"));
+        let status =
+            |kind, status| RouterError::upstream(kind, "d1", status, "", None).status_code();
+        assert_eq!(status(UpstreamErrorKind::InternalServer, Some(500)), 500);
+        assert_eq!(status(UpstreamErrorKind::InternalServer, Some(502)), 502);
+        assert_eq!(status(UpstreamErrorKind::InternalServer, Some(409)), 500);
+        assert_eq!(status(UpstreamErrorKind::Connection, None), 500);
+        assert_eq!(
+            status(UpstreamErrorKind::ServiceUnavailable, Some(503)),
+            503
+        );
     }
 
     #[test]

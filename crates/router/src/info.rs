@@ -38,6 +38,14 @@ pub struct DeploymentInfo {
     pub tags: Vec<String>,
     /// Answers with `mock_response`.
     pub mock: bool,
+    /// Azure `api-version`.
+    pub api_version: Option<String>,
+    /// Upstream timeout (`litellm_params.timeout`), if set.
+    pub timeout: Option<Duration>,
+    /// Timeout to the first streamed chunk, if set.
+    pub stream_timeout: Option<Duration>,
+    /// `model_info` as configured besides `id` and `max_input_tokens` (mode, costs, `base_model`, ...).
+    pub model_info: serde_json::Map<String, serde_json::Value>,
     /// USD per prompt token (`input_cost_per_token` of `model_info` or `litellm_params`).
     pub input_cost_per_token: Option<f64>,
     /// USD per completion token (`output_cost_per_token`).
@@ -103,6 +111,10 @@ pub(crate) fn deployments(topology: &Topology) -> Vec<DeploymentInfo> {
             weight: d.weight,
             tags: d.tags.clone(),
             mock: d.mock_response.is_some(),
+            api_version: d.api_version.clone(),
+            timeout: d.timeout,
+            stream_timeout: d.stream_timeout,
+            model_info: d.model_info.clone(),
             input_cost_per_token: d.input_cost_per_token,
             output_cost_per_token: d.output_cost_per_token,
         })

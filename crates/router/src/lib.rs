@@ -15,6 +15,23 @@
 //! admission step, so freed capacity goes to the head of the queue with no extra round trip. The
 //! uncontended path costs two round trips: submit and release.
 //!
+//! Coming from LiteLLM's Python `Router`:
+//!
+//! | LiteLLM | here |
+//! | --- | --- |
+//! | `Router(model_list=..., **router_settings)` | [`Router::new`]`(`[`RouterConfig`]`, `[`Backend`]`)`; the config from `config.yaml` text ([`RouterConfig::from_yaml_str`]) or JSON ([`RouterConfig::from_json`]) |
+//! | `redis_host=`, `redis_port=`, `redis_password=` | [`BackendChoice::from_settings`] on the same [`RouterSettings`] keys (or `REDIS_URL`) gives the [`Backend`] |
+//! | `await router.schedule_acompletion(model=..., messages=..., priority=0)` | `router.completion(RouterRequest::from_json(Endpoint::ChatCompletions, json!({"model": ..., "messages": ..., "priority": 0}))?).await` |
+//! | `await router.acompletion(model=..., messages=..., priority=0)` | the same call: every request is scheduled, so `priority` always orders it when capacity is short (without one it gets `default_priority`) |
+//! | `timeout=` on the call or the router | the body's `timeout` (or [`RouterRequest::timeout`]), else `router_settings.timeout`: one deadline for the wait and the upstream calls |
+//! | `litellm.Timeout` / `RateLimitError` / ... | [`RouterError`]: [`RouterError::status_code`] is LiteLLM's status (408 for timeouts, 429, 500, ...) |
+//! | `router.aembedding(...)`, `router.atext_completion(...)` | [`Endpoint::Embeddings`], [`Endpoint::Completions`] |
+//! | `stream=True` | the body's `"stream": true`: [`ResponseBody::Stream`] yields the server-sent events |
+//!
+//! Runnable: `cargo run -p router --example quick_start` (LiteLLM's scheduler quick start: `rpm: 1`,
+//! `timeout: 2`, `polling_interval: 0.03`, `priority: 0`) and `cargo run -p router --example shared_queue`
+//! (the same on Redis, so several processes share one queue); both run in the test suite.
+//!
 //! Layout:
 //! - `router`: [`Router`], the public API: builds the parts below from the config and answers from them.
 //! - `walk`: the request path: the response cache, the request's controls, the groups tried in order with
@@ -27,6 +44,10 @@
 //!   it back ([`SchedulerStats`]); cooldowns are applied there.
 //! - `leases`: the in-flight leases of this replica's requests and their renewal.
 //! - `stream`: relaying streams chunk by chunk and settling when they end.
+//! - `text_completion`: `/v1/completions` on a chat-only deployment, sent as chat and answered as text.
+//! - `stream_cache`: streamed answers gathered for the response cache, cached answers replayed as streams.
+//! - `health_check`: [`HealthCheck`]: LiteLLM's health checks, a small call to every deployment, failures
+//!   cooling it down.
 //! - `info`: [`DeploymentInfo`], [`DeploymentHealth`], [`QueueDepth`]: what the router reports about itself.
 //! - `topology`: the validated runtime model: `config` validated (key paths in errors) into deployments with
 //!   stable ids, model groups and the policy; the provider table (prefix -> how the upstream is spoken to:
@@ -35,6 +56,8 @@
 //!   shapes (serde; numeric strings accepted; secrets masked in `Debug`).
 //! - `environ`: [`resolve_env_reference`]: LiteLLM's `os.environ/NAME` references, the one resolver (the proxy's
 //!   config loader uses it too).
+//! - `params`: LiteLLM's `drop_params` and `additional_drop_params`: the body parameters a call keeps.
+//! - `provider`: HTTP clients for upstreams, SSE parsing, mock responses, upstream error mapping.
 //! - `provider`: HTTP clients for upstreams, SSE parsing, mock responses; Anthropic's Messages API translated
 //!   to and from OpenAI's shapes (`provider/anthropic`, `provider/anthropic_stream`); the one mapping of
 //!   provider error payloads (`provider/errors`).
@@ -75,16 +98,20 @@ mod capacity;
 mod config;
 mod environ;
 mod error;
+mod health_check;
 mod info;
 mod jobs;
 mod leases;
 mod metrics;
 mod order;
+mod params;
 mod provider;
 mod request;
 mod router;
 mod strategy;
 mod stream;
+mod stream_cache;
+mod text_completion;
 mod topology;
 mod walk;
 
@@ -96,9 +123,11 @@ pub use config::{
 };
 pub use environ::{resolve_env_reference, EnvValue};
 pub use error::{RouterError, UpstreamError, UpstreamErrorKind};
+pub use health_check::HealthCheck;
 pub use info::{DeploymentHealth, DeploymentInfo, QueueDepth};
 pub use jobs::{JobCaller, JobOutcome, JobPhase, JobReport, JobStats, JobTicket, CLAIM_EVERY};
 pub use metrics::{Histogram, MetricsSnapshot, RouterMetrics, LATENCY_BUCKETS};
+pub use params::openai_params;
 pub use request::{
     AnswerSource, CacheControl, Endpoint, ResponseBody, ResponseMeta, RouterRequest,
     RouterResponse, CLIENT_CREDENTIAL_FIELDS, OVERRIDE_FIELDS, ROUTER_ONLY_FIELDS,

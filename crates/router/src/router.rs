@@ -11,6 +11,7 @@ use crate::backend::{Backend, BackendHandle};
 use crate::capacity::Capacity;
 use crate::config::RouterConfig;
 use crate::error::RouterError;
+use crate::health_check::{self, HealthCheck};
 use crate::info::{self, DeploymentHealth, DeploymentInfo, QueueDepth};
 use crate::jobs::{JobCaller, JobReport, JobStats, JobTicket, Jobs};
 use crate::leases::{renew_leases, Leases};
@@ -57,6 +58,8 @@ struct RouterInner {
     /// For readiness, health and queue depths.
     backend: BackendHandle,
     metrics: Arc<RouterMetrics>,
+    /// For health checks.
+    providers: Providers,
     shutdown: CancellationToken,
     /// The lease renewer, awaited on shutdown.
     renewer: Mutex<Option<tokio::task::JoinHandle<()>>>,
@@ -118,7 +121,7 @@ impl Router {
             topology.clone(),
             orders,
             capacity.clone(),
-            providers,
+            providers.clone(),
             metrics.clone(),
             shutdown.clone(),
             settling.clone(),
@@ -152,6 +155,7 @@ impl Router {
                 capacity,
                 backend,
                 metrics,
+                providers,
                 shutdown,
                 renewer: Mutex::new(Some(renewer)),
                 settling,
@@ -167,6 +171,18 @@ impl Router {
     /// The deployments, without secrets.
     pub fn deployments(&self) -> Vec<DeploymentInfo> {
         info::deployments(&self.inner.topology)
+    }
+
+    /// LiteLLM's health check: one small call (`ping`, one token) to every deployment at once, outside
+    /// admission (it does not count against rpm/tpm); a failure that counts against a deployment cools it
+    /// down for its `cooldown_time`, as a failed request would.
+    pub async fn check_health(&self) -> Vec<HealthCheck> {
+        health_check::check_all(
+            &self.inner.topology,
+            &self.inner.providers,
+            self.inner.backend.usage(),
+        )
+        .await
     }
 
     /// The `model_list` entries not served because their provider prefix is not supported.

@@ -112,16 +112,18 @@ async fn caches_identical_requests(backend: Backend) -> anyhow::Result<()> {
         .completion(chat_with("g", json!({"cache": {"no-cache": true}})))
         .await?;
     ensure!(!c.meta.cache_hit && up.request_count() == 2);
-    // A different body is a different entry; streams are never cached.
+    // A different body is a different entry; the same request streaming is answered from the entry, as a
+    // stream.
     r.completion(chat_with("g", json!({"temperature": 0.5})))
         .await?;
     ensure!(up.request_count() == 3);
     let s = r
         .completion(chat_with("g", json!({"stream": true})))
         .await?;
-    ensure!(!s.meta.cache_hit && up.request_count() == 4);
+    ensure!(s.meta.cache_hit && up.request_count() == 3);
+    ensure!(matches!(s.body, ResponseBody::Stream(_)));
     let snap = r.metrics().snapshot();
-    ensure!(snap.cache_hits == 1, "{snap:?}");
+    ensure!(snap.cache_hits == 2, "{snap:?}");
     Ok(())
 }
 
@@ -370,7 +372,7 @@ async fn mock_responses() -> anyhow::Result<()> {
         .await
         .err()
         .ok_or_else(|| anyhow!("expected a timeout"))?;
-    ensure!(err.status_code() == 504, "{err}");
+    ensure!(err.status_code() == 408, "{err}");
     // Streams of mocks end with [DONE].
     let resp = r
         .completion(chat_with("mock", json!({"stream": true})))
@@ -386,21 +388,40 @@ async fn mock_responses() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Text completions and embeddings reach their endpoints; a deployment can be named by its provider model.
+/// Text completions reach the completions endpoint of a completion model and go through chat on a chat
+/// model (LiteLLM's `openai/`); embeddings reach theirs; a deployment can be named by its provider model.
 #[tokio::test]
 async fn completions_embeddings_and_direct_deployment_names() -> anyhow::Result<()> {
     let up = MockUpstream::start().await?;
+    let text_model = json!({
+        "model_name": "text",
+        "litellm_params": {"model": "text-completion-openai/davinci", "api_base": up.base_url(), "api_key": "sk-test"},
+    });
     let r = router(
-        json!({"model_list": [openai("g", "m", &up, json!({})), openai("g", "n", &up, json!({}))]}),
+        json!({"model_list": [openai("g", "m", &up, json!({})), openai("g", "n", &up, json!({})), text_model]}),
         Backend::Memory,
     )
     .await?;
     let req = RouterRequest::from_json(
         Endpoint::Completions,
-        json!({"model": "g", "prompt": "Once upon"}),
+        json!({"model": "text", "prompt": "Once upon"}),
     )?;
     let v = json_body(r.completion(req).await?.body);
     ensure!(v["choices"][0]["text"].is_string(), "{v}");
+    let req = RouterRequest::from_json(
+        Endpoint::Completions,
+        json!({"model": "openai/m", "prompt": "Once upon"}),
+    )?;
+    let v = json_body(r.completion(req).await?.body);
+    ensure!(
+        v["object"] == "text_completion" && v["choices"][0]["text"].is_string(),
+        "{v}"
+    );
+    ensure!(
+        up.requests()[1].body["messages"] == json!([{"role": "user", "content": "Once upon"}]),
+        "{:?}",
+        up.requests()[1].body
+    );
     let req = RouterRequest::from_json(
         Endpoint::Embeddings,
         json!({"model": "openai/n", "input": ["a", "b"]}),
@@ -408,8 +429,11 @@ async fn completions_embeddings_and_direct_deployment_names() -> anyhow::Result<
     let v = json_body(r.completion(req).await?.body);
     ensure!(v["data"].as_array().map(Vec::len) == Some(2), "{v}");
     let paths: Vec<String> = up.requests().iter().map(|r| r.path.clone()).collect();
-    ensure!(paths == ["/v1/completions", "/v1/embeddings"], "{paths:?}");
-    ensure!(up.requests()[1].body["model"] == json!("n"));
+    ensure!(
+        paths == ["/v1/completions", "/v1/chat/completions", "/v1/embeddings"],
+        "{paths:?}"
+    );
+    ensure!(up.requests()[2].body["model"] == json!("n"));
     let err = r
         .completion(chat("nope"))
         .await

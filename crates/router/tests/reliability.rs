@@ -196,7 +196,7 @@ async fn times_out_and_marks_the_deployment(backend: Backend) -> anyhow::Result<
         .ok_or_else(|| anyhow::anyhow!("expected a timeout"))?;
     let took = started.elapsed();
     ensure!(
-        err.upstream_kind() == Some(UpstreamErrorKind::Timeout) && err.status_code() == 504,
+        err.upstream_kind() == Some(UpstreamErrorKind::Timeout) && err.status_code() == 408,
         "{err}"
     );
     ensure!(

@@ -11,6 +11,8 @@ use super::keypath::KeyPath;
 pub(crate) const ROUTER_KEYS: &[(&str, &str)] = &[
     ("num_retries", "num_retries"),
     ("request_timeout", "timeout"),
+    ("stream_timeout", "stream_timeout"),
+    ("drop_params", "drop_params"),
     ("allowed_fails", "allowed_fails"),
     ("cooldown_time", "cooldown_time"),
     ("disable_cooldowns", "disable_cooldowns"),

@@ -40,7 +40,8 @@ pub struct Config {
     pub master_key: Option<MasterKey>,
     /// Largest accepted request body in bytes.
     pub max_request_size: usize,
-    /// Whether `/metrics` needs the master key (`general_settings.require_auth_for_metrics_endpoint`).
+    /// Whether `/metrics` needs the master key (`litellm_settings.require_auth_for_metrics_endpoint`, as LiteLLM
+    /// reads it; also accepted under `general_settings`). Open by default, as in LiteLLM.
     pub metrics_require_auth: bool,
     /// Whether callers may override routing from the body: `mock_response`, `mock_delay`, `fallbacks`,
     /// `num_retries` ([`router::OVERRIDE_FIELDS`]; `general_settings.allow_client_side_overrides`, default
@@ -60,6 +61,9 @@ pub struct Config {
     moves: Moves,
     /// Timeouts and the cap on open connections of the HTTP server.
     pub connections: ConnectionSettings,
+    /// `general_settings.background_health_checks` with `health_check_interval` (default 300 s): how often
+    /// every deployment gets a health check; `None` when off.
+    pub background_health_checks: Option<Duration>,
 }
 
 /// The top level of `config.yaml` (`environment_variables` is taken out before, it only feeds `os.environ/`).
@@ -82,6 +86,8 @@ struct LitellmSettings {
     set_verbose: Option<bool>,
     #[serde(default)]
     json_logs: Option<bool>,
+    #[serde(default)]
+    require_auth_for_metrics_endpoint: Option<bool>,
 }
 
 /// `general_settings` keys the proxy implements.
@@ -105,6 +111,10 @@ struct GeneralSettings {
     body_read_timeout: Option<f64>,
     #[serde(default)]
     max_connections: Option<u64>,
+    #[serde(default)]
+    background_health_checks: Option<bool>,
+    #[serde(default)]
+    health_check_interval: Option<f64>,
 }
 
 impl Config {
@@ -270,6 +280,20 @@ fn parse_mapping(
     }
     .validate()?;
 
+    let background_health_checks = match general.background_health_checks {
+        Some(true) => {
+            let secs = general.health_check_interval.unwrap_or(300.0);
+            if !(secs.is_finite() && (0.1..=86_400.0).contains(&secs)) {
+                return Err(ConfigError::invalid(
+                    "general_settings.health_check_interval",
+                    format!("expected seconds in [0.1, 86400], got {secs}"),
+                ));
+            }
+            Some(Duration::from_secs_f64(secs))
+        }
+        _ => None,
+    };
+
     let backend =
         BackendChoice::from_settings(&settings, |name| env.get(name)).map_err(|e| match e {
             RouterError::InvalidConfig { path, message } => ConfigError::invalid(path, message),
@@ -284,7 +308,11 @@ fn parse_mapping(
         backend,
         master_key,
         max_request_size,
-        metrics_require_auth: general.require_auth_for_metrics_endpoint.unwrap_or(false),
+        // LiteLLM reads it from `litellm_settings`; `general_settings` is accepted too (litellm_settings wins).
+        metrics_require_auth: litellm
+            .require_auth_for_metrics_endpoint
+            .or(general.require_auth_for_metrics_endpoint)
+            .unwrap_or(false),
         allow_client_side_overrides: general.allow_client_side_overrides.unwrap_or(false),
         verbose: litellm.set_verbose.unwrap_or(false),
         json_logs: litellm.json_logs.unwrap_or(false),
@@ -293,6 +321,7 @@ fn parse_mapping(
         grace_period: DEFAULT_GRACE_PERIOD,
         moves,
         connections,
+        background_health_checks,
     })
 }
 

@@ -57,19 +57,23 @@ fn unimplemented_keys_are_collected_with_their_paths() {
         &format!(
             "{MINIMAL}      temperature: 0.2\n      vertex_project: p\n    custom_key: 1\n\
              router_settings:\n  provider_budget_config: {{}}\n\
-             litellm_settings:\n  success_callback: [langfuse]\n  drop_params: true\n\
+             litellm_settings:\n  success_callback: [langfuse]\n  drop_params: true\n  stream_timeout: 5\n\
+             \x20 require_auth_for_metrics_endpoint: true\n\
              general_settings:\n  database_url: postgres://x\n  master_key: sk-fine-and-random-0001\n\
              guardrails: []\n"
         ),
         &[],
     )
     .unwrap();
+    // drop_params, stream_timeout and require_auth_for_metrics_endpoint are LiteLLM settings read here.
+    assert!(config.metrics_require_auth);
+    assert_eq!(config.router.settings.drop_params, Some(true));
+    assert_eq!(config.router.settings.stream_timeout, Some(5.0));
     assert_eq!(
         config.unimplemented_keys,
         vec![
             "general_settings.database_url",
             "guardrails",
-            "litellm_settings.drop_params",
             "litellm_settings.success_callback",
             "model_list[0].custom_key",
             "model_list[0].litellm_params.vertex_project",
@@ -88,13 +92,15 @@ fn a_moved_key_is_reported_under_its_own_section() {
     let text = err.to_string();
     assert!(text.contains("litellm_settings.request_timeout"), "{text}");
     let config = load(
-        &format!("{MINIMAL}litellm_settings:\n  cache_params: {{type: redis, host: h}}\n"),
+        &format!(
+            "{MINIMAL}litellm_settings:\n  cache_params: {{type: redis, host: h, supported_call_types: [acompletion]}}\n"
+        ),
         &[],
     )
     .unwrap();
     assert_eq!(
         config.unimplemented_keys,
-        vec!["litellm_settings.cache_params.host"]
+        vec!["litellm_settings.cache_params.supported_call_types"]
     );
 }
 
@@ -313,4 +319,21 @@ fn connection_settings_have_defaults_and_are_checked() {
         .set_keepalive_secs("--keepalive-timeout", f64::NAN)
         .unwrap_err();
     assert!(err.to_string().contains("--keepalive-timeout"), "{err}");
+}
+
+#[tokio::test]
+async fn errors_of_the_caches_own_redis_name_the_cache_params() {
+    let config = load(
+        &format!(
+            "{MINIMAL}litellm_settings:\n  cache: true\n  cache_params: {{type: redis, host: h, port: 70000}}\n"
+        ),
+        &[],
+    )
+    .unwrap();
+    let err = config.build_router().await.expect_err("a bad port");
+    let text = err.to_string();
+    assert!(
+        text.contains("litellm_settings.cache_params.port"),
+        "{text}"
+    );
 }

@@ -42,10 +42,17 @@ pub(crate) struct Deployment {
     pub(crate) timeout: Option<Duration>,
     pub(crate) stream_timeout: Option<Duration>,
     pub(crate) cooldown_time: Option<Duration>,
+    /// `num_retries`, else `max_retries`.
     pub(crate) num_retries: Option<u32>,
+    /// `drop_params` of the deployment (else the router's).
+    pub(crate) drop_params: Option<bool>,
+    /// `additional_drop_params`: body parameters never sent to this deployment.
+    pub(crate) additional_drop_params: Vec<String>,
     pub(crate) mock_response: Option<String>,
     pub(crate) mock_delay: Option<Duration>,
     pub(crate) tags: Vec<String>,
+    /// `model_info` as configured besides `id` and `max_input_tokens` (mode, costs, `base_model`, ...).
+    pub(crate) model_info: Map<String, Value>,
     /// USD per prompt token (`input_cost_per_token`), for spend.
     pub(crate) input_cost_per_token: Option<f64>,
     /// USD per completion token (`output_cost_per_token`).

@@ -186,8 +186,57 @@ pub(super) fn deployment(
     let mut body_defaults = Map::new();
     let mut extra_body = Map::new();
     let mut headers = Vec::new();
+    let mut max_retries = None;
+    let mut drop_params = None;
+    let mut additional_drop_params = Vec::new();
     for (k, v) in &params.extra {
         match k.as_str() {
+            // LiteLLM hands `max_retries` to the OpenAI client, which retries the same deployment; here the
+            // retries go through the walk (another deployment first), as `num_retries` does.
+            "max_retries" => {
+                let n = v
+                    .as_u64()
+                    .or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))
+                    .and_then(|n| u32::try_from(n).ok())
+                    .ok_or_else(|| {
+                        RouterError::config(
+                            format!("{lp}.max_retries"),
+                            format!("must be a non-negative integer, got {v}"),
+                        )
+                    })?;
+                max_retries = Some(n);
+            }
+            "drop_params" => {
+                let b = match v {
+                    Value::Bool(b) => Some(*b),
+                    Value::String(s) => match s.trim() {
+                        "true" | "True" => Some(true),
+                        "false" | "False" => Some(false),
+                        _ => None,
+                    },
+                    _ => None,
+                };
+                drop_params = Some(b.ok_or_else(|| {
+                    RouterError::config(
+                        format!("{lp}.drop_params"),
+                        format!("must be a boolean, got {v}"),
+                    )
+                })?);
+            }
+            "additional_drop_params" => {
+                let names = v.as_array().and_then(|items| {
+                    items
+                        .iter()
+                        .map(|i| i.as_str().map(str::to_owned))
+                        .collect::<Option<Vec<_>>>()
+                });
+                additional_drop_params = names.ok_or_else(|| {
+                    RouterError::config(
+                        format!("{lp}.additional_drop_params"),
+                        "must be a list of parameter names",
+                    )
+                })?;
+            }
             "extra_headers" | "headers" => {
                 let Value::Object(h) = v else {
                     return Err(RouterError::config(
@@ -248,10 +297,27 @@ pub(super) fn deployment(
         timeout: secs(params.timeout, &format!("{lp}.timeout"))?,
         stream_timeout: secs(params.stream_timeout, &format!("{lp}.stream_timeout"))?,
         cooldown_time: secs_or_zero(params.cooldown_time, &format!("{lp}.cooldown_time"))?,
-        num_retries: count(params.num_retries, &format!("{lp}.num_retries"))?,
+        num_retries: count(params.num_retries, &format!("{lp}.num_retries"))?.or(max_retries),
+        drop_params,
+        additional_drop_params,
         mock_delay: secs_or_zero(params.mock_delay, &format!("{lp}.mock_delay"))?,
         mock_response,
         tags: params.tags.clone().unwrap_or_default(),
+        model_info: entry
+            .model_info
+            .as_ref()
+            .map(|i| {
+                let mut out: Map<String, Value> = i
+                    .extra
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
+                if let Some(base) = &i.base_model {
+                    out.insert("base_model".into(), Value::String(base.clone()));
+                }
+                out
+            })
+            .unwrap_or_default(),
         input_cost_per_token: price(entry, "input_cost_per_token"),
         output_cost_per_token: price(entry, "output_cost_per_token"),
         body_defaults,
@@ -338,6 +404,9 @@ pub fn implements_litellm_param(key: &str) -> bool {
                 | "headers"
                 | "organization"
                 | "extra_body"
+                | "max_retries"
+                | "drop_params"
+                | "additional_drop_params"
                 | "input_cost_per_token"
                 | "output_cost_per_token"
         )

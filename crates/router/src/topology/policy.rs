@@ -15,6 +15,12 @@ pub(crate) struct Policy {
     pub(crate) latency_ttl: Duration,
     pub(crate) num_retries: u32,
     pub(crate) retry_policy: RetryPolicy,
+    /// `model_group_retry_policy`: a group's own policy, replacing `retry_policy` for it.
+    pub(crate) group_retry_policy: HashMap<String, RetryPolicy>,
+    /// `retry_after`: least wait before a retry that has no other deployment to go to.
+    pub(crate) retry_after: Duration,
+    /// `drop_params` of deployments that set none.
+    pub(crate) drop_params: bool,
     /// allowed_fails, allowed_fails_policy and the router-wide cooldown_time.
     pub(crate) cooldown: usage_tracker::CooldownPolicy,
     pub(crate) timeout: Duration,
@@ -65,6 +71,8 @@ pub(crate) struct CachePolicy {
     pub(crate) redis: Option<bool>,
     pub(crate) ttl: Duration,
     pub(crate) max_size_bytes: u64,
+    /// `cache_params.host`/`port`/`password`: a Redis of the cache's own (its `Debug` masks the password).
+    pub(crate) own_redis: Option<store::RedisConfig>,
 }
 
 /// group -> fallback groups, plus the `*` entry.
@@ -73,6 +81,15 @@ pub(crate) struct Fallbacks {
     pub(super) by_group: HashMap<String, Vec<String>>,
     pub(super) wildcard: Vec<String>,
     pub(super) default: Vec<String>,
+}
+
+impl Policy {
+    /// The retry policy of `group`: its `model_group_retry_policy` entry, else `retry_policy`.
+    pub(crate) fn retry_policy_of(&self, group: &str) -> &RetryPolicy {
+        self.group_retry_policy
+            .get(group)
+            .unwrap_or(&self.retry_policy)
+    }
 }
 
 impl Fallbacks {

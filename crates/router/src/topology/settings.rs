@@ -75,7 +75,10 @@ pub(super) fn policy(
 
     let cache = if s.cache_responses == Some(true) {
         let c = s.cache_kwargs.clone().unwrap_or_default();
+        let own_redis = own_cache_redis(&c, s)?;
         let redis = match c.cache_type.as_deref() {
+            // A host of its own means a Redis cache, as in LiteLLM.
+            None if own_redis.is_some() => Some(true),
             None => None,
             Some("local" | "memory" | "in-memory") => Some(false),
             Some("redis") => Some(true),
@@ -90,6 +93,7 @@ pub(super) fn policy(
             redis,
             ttl: secs(c.ttl, &p("cache_kwargs.ttl"))?.unwrap_or(Duration::from_secs(600)),
             max_size_bytes: c.max_size_bytes.unwrap_or(64 << 20),
+            own_redis,
         })
     } else {
         None
@@ -192,12 +196,26 @@ pub(super) fn policy(
         ));
     }
 
+    let mut group_retry_policy = std::collections::HashMap::new();
+    for (group, policy) in s.model_group_retry_policy.iter().flatten() {
+        if !known(group) {
+            return Err(RouterError::config(
+                format!("router_settings.model_group_retry_policy.{group}"),
+                format!("unknown model group `{group}`"),
+            ));
+        }
+        group_retry_policy.insert(group.clone(), *policy);
+    }
+
     Ok(Policy {
         strategy,
         lowest_latency_buffer,
         latency_ttl,
         num_retries: count(s.num_retries, &p("num_retries"))?.unwrap_or(2),
         retry_policy: s.retry_policy.unwrap_or_default(),
+        group_retry_policy,
+        retry_after: secs_or_zero(s.retry_after, &p("retry_after"))?.unwrap_or(Duration::ZERO),
+        drop_params: s.drop_params.unwrap_or(false),
         cooldown: usage_tracker::CooldownPolicy {
             cooldown_time,
             allowed_fails: count(s.allowed_fails, &p("allowed_fails"))?.unwrap_or(3),
@@ -213,6 +231,42 @@ pub(super) fn policy(
         cache,
         queue,
     })
+}
+
+/// The cache's own Redis when `cache_kwargs` (LiteLLM's `cache_params`) names a `host`: URL built as for
+/// the router's `redis_host`, errors naming the cache's keys.
+fn own_cache_redis(
+    c: &crate::config::CacheSettings,
+    s: &RouterSettings,
+) -> Result<Option<store::RedisConfig>, RouterError> {
+    let Some(host) = c.host.as_deref().filter(|h| !h.trim().is_empty()) else {
+        return Ok(None);
+    };
+    let as_router = RouterSettings {
+        redis_host: Some(host.to_owned()),
+        redis_port: c.port,
+        redis_password: c.password.clone(),
+        key_prefix: c.namespace.clone().or_else(|| s.key_prefix.clone()),
+        ..RouterSettings::default()
+    };
+    let rename = |path: String| {
+        path.replace("router_settings.redis_", "router_settings.cache_kwargs.")
+            .replace(
+                "router_settings.key_prefix",
+                "router_settings.cache_kwargs.namespace",
+            )
+    };
+    match crate::BackendChoice::from_settings(&as_router, |_| None) {
+        Ok(crate::BackendChoice {
+            backend: crate::Backend::Redis(cfg),
+            ..
+        }) => Ok(Some(cfg)),
+        Ok(_) => Ok(None),
+        Err(RouterError::InvalidConfig { path, message }) => {
+            Err(RouterError::config(rename(path), message))
+        }
+        Err(other) => Err(other),
+    }
 }
 
 fn fallbacks_of(

@@ -16,9 +16,12 @@ use crate::capacity::{Capacity, Held, Settlement};
 use crate::error::RouterError;
 use crate::metrics::RouterMetrics;
 use crate::order::GroupOrders;
+use crate::params;
 use crate::provider::{self, usage_of, Call, Providers, Reply};
+use crate::request::Endpoint;
 use crate::request::ResponseBody;
 use crate::stream;
+use crate::text_completion;
 use crate::topology::{Deployment, ModelGroup, Topology};
 
 /// What a request's attempts in a group use: the strategy's order, capacity, the upstream clients.
@@ -182,19 +185,39 @@ impl Attempts {
                     "request body is not an object".into(),
                 ));
             };
+            let as_chat = job.endpoint == Endpoint::Completions && text_completion::through_chat(d);
+            let (endpoint, body) = if as_chat {
+                let chat = text_completion::chat_body(body)?;
+                let kept =
+                    params::for_deployment(d, Endpoint::ChatCompletions, &chat, policy.drop_params)
+                        .into_owned();
+                (Endpoint::ChatCompletions, std::borrow::Cow::Owned(kept))
+            } else {
+                (
+                    job.endpoint,
+                    params::for_deployment(d, job.endpoint, body, policy.drop_params),
+                )
+            };
             let reply = self
                 .providers
                 .call(Call {
                     deployment: d,
-                    endpoint: job.endpoint,
-                    body,
+                    endpoint,
+                    body: &body,
                     stream: job.stream,
                     timeout: first_byte_timeout,
                     mock_response: job.mock_response.as_deref(),
                     mock_delay: job.mock_delay,
                     prompt_tokens: job.prompt_tokens,
                 })
-                .await;
+                .await
+                .map(|reply| {
+                    if as_chat {
+                        text_completion::reply_as_text(reply)
+                    } else {
+                        reply
+                    }
+                });
             let latency = sent.elapsed();
             let source = provider::answer_source(d, job.mock_response.as_deref());
             match reply {
@@ -264,7 +287,7 @@ impl Attempts {
                     }
                     let budget = e
                         .upstream_kind()
-                        .and_then(|k| policy.retry_policy.for_kind(k))
+                        .and_then(|k| policy.retry_policy_of(&group.name).for_kind(k))
                         .or(job.num_retries)
                         .or(d.num_retries)
                         .unwrap_or(policy.num_retries);
@@ -278,7 +301,10 @@ impl Attempts {
                     // reservation answers at once, with a 429 naming when to retry if all are cooling down.
                     let another_healthy = eligible.iter().any(|i| !failed.contains(i));
                     if !another_healthy && !cooled {
-                        let wait = e.retry_after().unwrap_or_else(|| backoff(retries - 1));
+                        let wait = e
+                            .retry_after()
+                            .unwrap_or_else(|| backoff(retries - 1))
+                            .max(policy.retry_after);
                         if Instant::now() + wait >= job.deadline {
                             return Err(e);
                         }

@@ -24,12 +24,13 @@ use crate::metrics::RouterMetrics;
 use crate::request::{
     AnswerSource, Controls, Endpoint, ResponseBody, ResponseMeta, RouterRequest, RouterResponse,
 };
+use crate::stream_cache;
 use crate::topology::{ModelGroup, Topology};
 
 /// The request path of a router.
 pub(crate) struct Walk {
     topology: Arc<Topology>,
-    cache: Option<ResponseCache>,
+    cache: Option<Arc<ResponseCache>>,
     estimator: TokenEstimator,
     metrics: Arc<RouterMetrics>,
     shutdown: CancellationToken,
@@ -47,7 +48,7 @@ impl Walk {
     ) -> Self {
         Self {
             topology,
-            cache,
+            cache: cache.map(Arc::new),
             estimator,
             metrics,
             shutdown,
@@ -166,9 +167,11 @@ impl Walk {
         }
 
         // The key leaves out router-only fields: a request's own mock answer must not be served a cached one.
+        // Streaming and whole answers share it: a stream is cached as the whole answer it spelled out and
+        // replayed as a stream.
         let cache_key = match &self.cache {
-            Some(_) if !stream && controls.mock_response.is_none() => {
-                Some(ResponseCache::key(&group.name, endpoint, &body))
+            Some(_) if controls.mock_response.is_none() => {
+                Some(stream_neutral_key(&group.name, endpoint, &body))
             }
             _ => None,
         };
@@ -178,8 +181,18 @@ impl Walk {
                 self.metrics.cache(hit.is_some());
                 if let Some(v) = hit {
                     self.metrics.request(&group.name, 200, "");
+                    let body = if stream {
+                        let usage = body
+                            .get("stream_options")
+                            .and_then(|o| o.get("include_usage"))
+                            .and_then(Value::as_bool)
+                            .unwrap_or(false);
+                        ResponseBody::Stream(stream_cache::replay(endpoint, &v, usage))
+                    } else {
+                        ResponseBody::Json(v)
+                    };
                     return Ok(RouterResponse {
-                        body: ResponseBody::Json(v),
+                        body,
                         meta: ResponseMeta {
                             model_group: group.name.clone(),
                             cache_hit: true,
@@ -273,14 +286,25 @@ impl Walk {
         granted.0 = job.granted.take();
         drop(granted);
         match result {
-            Ok(answer) => {
+            Ok(mut answer) => {
                 self.metrics
                     .request(&group.name, 200, &answer.deployment_id);
-                if let (Some(c), Some(key), ResponseBody::Json(v)) =
-                    (&self.cache, &cache_key, &answer.body)
-                {
-                    if !cache_control.no_store {
-                        c.put(key, v, answer.source, cache_control.ttl).await;
+                if let (Some(c), Some(key)) = (&self.cache, cache_key) {
+                    if !cache_control.no_store && answer.source.is_cacheable() {
+                        answer.body = match answer.body {
+                            ResponseBody::Json(v) => {
+                                c.put(&key, &v, answer.source, cache_control.ttl).await;
+                                ResponseBody::Json(v)
+                            }
+                            ResponseBody::Stream(s) => ResponseBody::Stream(cache_when_done(
+                                s,
+                                endpoint,
+                                c.clone(),
+                                key,
+                                answer.source,
+                                cache_control.ttl,
+                            )),
+                        };
                     }
                 }
                 Ok(RouterResponse {
@@ -344,6 +368,62 @@ impl Walk {
     }
 }
 
+/// The cache key of a request, the same whether it streams or not (`stream` and `stream_options` left out).
+fn stream_neutral_key(
+    group: &str,
+    endpoint: Endpoint,
+    body: &serde_json::Map<String, Value>,
+) -> String {
+    if body.contains_key("stream") || body.contains_key("stream_options") {
+        let mut neutral = body.clone();
+        neutral.remove("stream");
+        neutral.remove("stream_options");
+        ResponseCache::key(group, endpoint, &neutral)
+    } else {
+        ResponseCache::key(group, endpoint, body)
+    }
+}
+
+/// `stream` relayed as is, gathering the whole answer it spells out and storing it once the stream ended
+/// with `[DONE]`, before the `[DONE]` goes on (a broken or abandoned stream stores nothing).
+fn cache_when_done(
+    stream: futures::stream::BoxStream<'static, Result<bytes::Bytes, RouterError>>,
+    endpoint: Endpoint,
+    cache: Arc<ResponseCache>,
+    key: String,
+    source: AnswerSource,
+    ttl: Option<Duration>,
+) -> futures::stream::BoxStream<'static, Result<bytes::Bytes, RouterError>> {
+    use futures::StreamExt;
+    let mut gathering = Some(stream_cache::Assembler::new(endpoint));
+    let key: Arc<str> = key.into();
+    stream
+        .map(move |item| {
+            let mut whole = None;
+            match &item {
+                Ok(bytes) => {
+                    if let Some(a) = gathering.as_mut() {
+                        a.observe(bytes);
+                    }
+                    if bytes.as_ref() == b"data: [DONE]\n\n" {
+                        whole = gathering.take().and_then(stream_cache::Assembler::finish);
+                    }
+                }
+                Err(_) => gathering = None,
+            }
+            (item, whole)
+        })
+        .then(move |(item, whole)| {
+            let (cache, key) = (cache.clone(), key.clone());
+            async move {
+                if let Some(whole) = whole {
+                    cache.put(&key, &whole, source, ttl).await;
+                }
+                item
+            }
+        })
+        .boxed()
+}
 /// A durable job's request as checked at submission.
 pub(crate) struct Prepared {
     /// The model group it runs in.
