@@ -171,36 +171,14 @@ impl DeploymentUsage {
         let Some(h) = self.hash_mut(now) else {
             return RolledState { k, rr: 0, rt: 0 };
         };
-        let mut st = RolledState {
-            k,
-            rr: h.rr,
-            rt: h.rt,
-        };
-        let Some(rb) = h.rb.filter(|rb| *rb < k) else {
-            return st;
-        };
-        let (lo_old, lo_new) = (rb - r.b, k - r.b);
-        if lo_new > lo_old {
-            let last = rb.min(lo_new - 1);
-            if lo_new > rb {
-                st.rr = 0;
-                st.rt = 0;
-            } else {
-                let (gone_r, gone_t) = h
-                    .buckets
-                    .range(lo_old..=last)
-                    .fold((0u64, 0u64), |(a, b), (_, (r, t))| (a + r, b + t));
-                st.rr = st.rr.saturating_sub(gone_r);
-                st.rt = st.rt.saturating_sub(gone_t);
-            }
-            if !read_only {
-                let doomed: Vec<i64> = h.buckets.range(lo_old..=last).map(|(i, _)| *i).collect();
+        let (st, gone) = span(h, k, r);
+        if !read_only && h.rb.is_some_and(|rb| rb < k) {
+            if let Some((lo, last)) = gone {
+                let doomed: Vec<i64> = h.buckets.range(lo..=last).map(|(i, _)| *i).collect();
                 for i in doomed {
                     h.buckets.remove(&i);
                 }
             }
-        }
-        if !read_only {
             h.rb = Some(k);
             h.rr = st.rr;
             h.rt = st.rt;
@@ -211,30 +189,10 @@ impl DeploymentUsage {
     /// `u_rolled(..., read_only = true)`: the span's requests and tokens without folding anything.
     fn rolled_read_only(&self, now: u64, r: Rolling) -> RolledState {
         let k = r.bucket(now);
-        let Some(h) = self.hash(now) else {
-            return RolledState { k, rr: 0, rt: 0 };
-        };
-        let mut st = RolledState {
-            k,
-            rr: h.rr,
-            rt: h.rt,
-        };
-        let Some(rb) = h.rb.filter(|rb| *rb < k) else {
-            return st;
-        };
-        let (lo_old, lo_new) = (rb - r.b, k - r.b);
-        if lo_new > lo_old {
-            if lo_new > rb {
-                return RolledState { k, rr: 0, rt: 0 };
-            }
-            let (gone_r, gone_t) = h
-                .buckets
-                .range(lo_old..lo_new)
-                .fold((0u64, 0u64), |(a, b), (_, (r, t))| (a + r, b + t));
-            st.rr = st.rr.saturating_sub(gone_r);
-            st.rt = st.rt.saturating_sub(gone_t);
+        match self.hash(now) {
+            Some(h) => span(h, k, r).0,
+            None => RolledState { k, rr: 0, rt: 0 },
         }
-        st
     }
 
     /// `u_rolling_free_at`: when the span will have lost `need_r` requests and `need_t` tokens from its
@@ -879,6 +837,36 @@ pub struct RollingSnapshot {
     pub tokens: u64,
     /// `k<index>`: requests and tokens by bucket index.
     pub buckets: std::collections::BTreeMap<i64, (u64, u64)>,
+}
+
+/// The arithmetic of `u_rolled`: the span's requests and tokens at bucket `k`, and the buckets that left it
+/// since `rb` (first and last index), if any.
+fn span(h: &UsageHash, k: i64, r: Rolling) -> (RolledState, Option<(i64, i64)>) {
+    let mut st = RolledState {
+        k,
+        rr: h.rr,
+        rt: h.rt,
+    };
+    let Some(rb) = h.rb.filter(|rb| *rb < k) else {
+        return (st, None);
+    };
+    let (lo_old, lo_new) = (rb - r.b, k - r.b);
+    if lo_new <= lo_old {
+        return (st, None);
+    }
+    let last = rb.min(lo_new - 1);
+    if lo_new > rb {
+        st.rr = 0;
+        st.rt = 0;
+    } else {
+        let (gone_r, gone_t) = h
+            .buckets
+            .range(lo_old..=last)
+            .fold((0u64, 0u64), |(a, b), (_, (r, t))| (a + r, b + t));
+        st.rr = st.rr.saturating_sub(gone_r);
+        st.rt = st.rt.saturating_sub(gone_t);
+    }
+    (st, Some((lo_old, last)))
 }
 
 /// The tail of `u_settle`: the outcome counted in the hash's fixed window, the latency sample folded in.
