@@ -137,6 +137,11 @@ cat <<EOF
 Redis per request on the uncontended path (all scenario-1 runs through the single Redis replica, warm-ups
 included): $(s .s1_redis_scripts_per_request) step calls (FCALL round trips), $(s .s1_redis_commands_per_request)
 commands executed in total (Redis counts the commands a script runs in INFO commandstats).
+$(if [[ "$(s '.s1_redis_cpu_usec_per_request // empty')" != "" ]]; then
+    echo "Redis time: $(fmt 1 "$(s .s1_redis_script_usec_per_call)") µs per step call and $(fmt 1 "$(s .s1_redis_script_usec_per_request)") µs of steps per request"
+    echo "(commandstats), $(fmt 1 "$(s .s1_redis_cpu_usec_per_request)") µs of Redis CPU per request with I/O (INFO cpu, user + system): one Redis core"
+    echo "carries about $(fmt 0 "$(calc "1000000 / $(s .s1_redis_cpu_usec_per_request)")") admitted req/s at that cost."
+fi)
 
 ## 2. Saturation with priorities
 
@@ -215,6 +220,39 @@ overhead is the gateway's \`x-llm-scheduler-overhead-ms\` (time to the response 
 latency: parsing, the admission script, the release script). Script µs per call is Redis's own time per
 FCALL (INFO commandstats) during the run.
 
+$(if [[ "$(s '.s4 // empty')" != "" ]]; then cat <<EOT
+## 4. Durable jobs
+
+One replica (\`job_workers: 64\`) on the fast mock; \`llm-scheduler loadtest --queue\` submits jobs
+(\`POST /queue/request\`) at concurrency 64 for $(r s4-jobs .elapsed_s | cut -c1-4) s, each long-polled to its answer
+(\`/queue/response/{id}?wait=\`). Then $(s .s4.queued) jobs submitted to a replica with \`job_workers: 0\`, so they stay queued.
+
+| jobs/s (submitted and answered) | step calls per job | commands per job | Redis CPU µs per job | Redis bytes per queued job (used_memory Δ) | job latency p50 / p99 ms |
+| ---: | ---: | ---: | ---: | ---: | ---: |
+| $(fmt 0 "$(s .s4.jobs_per_s)") | $(fmt 2 "$(s .s4.scripts_per_job)") | $(fmt 1 "$(s .s4.commands_per_job)") | $(fmt 1 "$(s .s4.redis_cpu_us_per_job)") | $(fmt 0 "$(s .s4.redis_bytes_per_queued_job)") B | $(fmt 3 "$(r s4-jobs .latency_ms.p50)") / $(fmt 3 "$(r s4-jobs .latency_ms.p99)") |
+
+A job's step calls: its submit, its claim (shared by the jobs one claim takes), its release, and the polls
+that record its state; its record (request body, then answer) lives in Redis until \`job_ttl\`.
+
+EOT
+fi)
+$(if [[ "$(s '.s5 // empty')" != "" ]]; then cat <<EOT
+## 5. Rolling vs fixed windows
+
+One replica at 167 req/s (10,000 rpm) against one deployment with a 60 s \`usage_window\`, once per
+\`usage_window_mode\` (rolling: a full window of traffic, so all 60 buckets are live; fixed: its hash does not
+grow with traffic). Script µs per call from commandstats over the run; bytes of the deployment's usage hash
+(\`MEMORY USAGE\`) at the end.
+
+| mode | run s | script µs per call | commands per call | usage hash bytes | hash fields | latency p50 / p99 ms |
+| --- | ---: | ---: | ---: | ---: | ---: | ---: |
+$(jq -r '.s5[] | [.mode, .secs, .script_usec_per_call, .commands_per_call, .usage_hash_bytes, .usage_hash_fields] | @tsv' "$SUMMARY" |
+    while IFS=$'\t' read -r mode secs usec cpc bytes fields; do
+        echo "| $mode | $secs | $(fmt 1 "$usec") | $(fmt 1 "$cpc") | $bytes B | $fields | $(fmt 3 "$(r "s5-window-$mode" .latency_ms.p50)") / $(fmt 3 "$(r "s5-window-$mode" .latency_ms.p99)") |"
+    done)
+
+EOT
+fi)
 ## Targets
 
 EOF
@@ -242,6 +280,13 @@ row "Redis commands per request across queue depths (spread)" "$(fmt 1 "$spread"
 idle_spread="$(jq '[.s3[].idle_commands_per_s] | (max / min - 1) * 100' "$SUMMARY")"
 row "idle Redis commands/s across queue depths (spread)" "$(fmt 1 "$idle_spread")%" "independent of depth (≤ 10%)" \
     "$(le "$idle_spread" 10)"
+if [[ "$(s '.s1_redis_script_usec_per_call // empty')" != "" ]]; then
+    usc="$(s .s1_redis_script_usec_per_call)"
+    row "Redis µs per step call (commandstats)" "$(fmt 1 "$usc") µs" "≤ 10 µs" "$(le "$usc" 10)"
+    cpu="$(s .s1_redis_cpu_usec_per_request)"
+    row "admitted req/s one Redis core carries (Redis CPU per request, I/O included)" \
+        "$(fmt 0 "$(calc "1000000 / $cpu")") ($(fmt 1 "$cpu") µs)" "50,000" "$(le 50000 "$(calc "1000000 / $cpu")")"
+fi
 mem="$(jq '.s3 | max_by(.depth) | .used_memory_per_entry' "$SUMMARY")"
 row "Redis memory per waiting request ($(jq '.s3 | max_by(.depth) | .depth' "$SUMMARY") waiting)" "$(fmt 0 "$mem") B" "< 300 B" "$(lt "$mem" 300)"
 if [[ -f "$DIR/s1-litellm-c64.json" ]]; then

@@ -12,7 +12,7 @@
 # and names the run; LiteLLM's runs alone may fail requests (`--max-error-rate 1`): its errors are figures of
 # the comparison, in the tables.
 #
-#   scripts/bench.sh                 # about 6 minutes on 2 cores (LiteLLM included when installed)
+#   scripts/bench.sh                 # about 8 minutes on 2 cores (LiteLLM included when installed)
 #
 # Scenarios:
 #   1. overhead: the same load straight to the mock upstream and through llm-scheduler (in memory; Redis;
@@ -24,6 +24,12 @@
 #   3. queue depth: 10, 1,000 and 100,000 entries waiting in one group's Redis queue (written with queue-core's
 #      RedisQueue by examples/queue_fill.rs, owner lease kept alive) while one replica's poller runs and short
 #      requests flow: Redis commands/s, script time, admission latency, Redis memory per waiting entry.
+#   4. durable jobs: jobs/s through one replica (submitted with `loadtest --queue` at concurrency 64, each
+#      polled to its answer), Redis script calls and Redis CPU per job; Redis bytes per queued job (1,000
+#      jobs submitted to a replica with `job_workers: 0`, so they stay queued).
+#   5. rolling vs fixed windows: one replica at 167 req/s (10,000 rpm) against a deployment with a 60 s window,
+#      once per `usage_window_mode`: Redis µs per step call (commandstats) and the usage hash's bytes per
+#      deployment after a full window of traffic (rolling) or 10 s (fixed: its size does not grow).
 #
 # Settings (environment):
 #   BENCH_OUT        where RESULTS.md and results/ go (default: bench/ in the repository)
@@ -51,10 +57,10 @@ KEY="sk-bench-master-key-0123456789"
 
 if [[ "${BENCH_QUICK:-0}" == 1 ]]; then
     RATE_SECS=1 THROUGHPUT_SECS=1 WARMUP=100 LITELLM_SECS=0.5 S2_SECS=3 S3_IDLE_SECS=2 S3_LOAD_SECS=2
-    DEPTHS="10 1000 10000" ROUNDS="${BENCH_ROUNDS:-1}"
+    DEPTHS="10 1000 10000" ROUNDS="${BENCH_ROUNDS:-1}" S5_SECS=3 S5_FIXED_SECS=2
 else
     RATE_SECS=5 THROUGHPUT_SECS=5 WARMUP=500 LITELLM_SECS=1 S2_SECS=8 S3_IDLE_SECS=5 S3_LOAD_SECS=6
-    DEPTHS="10 1000 100000" ROUNDS="${BENCH_ROUNDS:-3}"
+    DEPTHS="10 1000 100000" ROUNDS="${BENCH_ROUNDS:-3}" S5_SECS=62 S5_FIXED_SECS=10
 fi
 RATES="50 1000 2000"
 S2_RATE=400 S2_MIX="0:10,64:30,128:60" S2_PARALLEL=4 S2_RPM=300 S2_TOLERANCE_MS=5
@@ -192,6 +198,12 @@ cpu_idle_pct() {
         for (i = 2; i <= n; i++) total += y[i] - x[i]
         idle = (y[5] - x[5]) + (y[6] - x[6])
         printf "%.0f", (total > 0) ? 100 * idle / total : 0 }'
+}
+
+# Redis's own CPU time so far (user + system, µs): I/O included, unlike commandstats' per-command times.
+redis_cpu_us() {
+    rcli info cpu | tr -d '\r' | awk -F: '$1 == "used_cpu_user" || $1 == "used_cpu_sys" { t += $2 }
+        END { printf "%d\n", t * 1000000 }'
 }
 
 used_memory() { rcli info memory | tr -d '\r' | awk -F: '$1 == "used_memory" { print $2 }'; }
@@ -384,7 +396,7 @@ fi
 # target and slow to run). Redis commands per request: counted around the single-replica runs (their
 # warm-ups included).
 S1_TARGETS="direct memory redis redis3 redispool"
-redis_delta_total=0 redis_delta_ev=0 redis_requests=0
+redis_delta_total=0 redis_delta_ev=0 redis_delta_evus=0 redis_delta_cpu=0 redis_requests=0
 for load in $(for rate in $RATES; do echo "r$rate"; done) c64; do
     for round in $(seq "$ROUNDS"); do
         for target in $S1_TARGETS; do
@@ -393,11 +405,15 @@ for load in $(for rate in $RATES; do echo "r$rate"; done) c64; do
                 direct) s1_run "$name" direct "$load" "$MOCK_FAST" ;;
                 memory) s1_run "$name" memory "$load" "$MEMORY" ;;
                 redis)
-                    read -r before_total before_ev _ < <(redis_calls)
+                    read -r before_total before_ev before_evus < <(redis_calls)
+                    before_cpu="$(redis_cpu_us)"
                     s1_run "$name" redis "$load" "$R1"
-                    read -r after_total after_ev _ < <(redis_calls)
+                    after_cpu="$(redis_cpu_us)"
+                    read -r after_total after_ev after_evus < <(redis_calls)
                     redis_delta_total=$((redis_delta_total + after_total - before_total))
                     redis_delta_ev=$((redis_delta_ev + after_ev - before_ev))
+                    redis_delta_evus=$((redis_delta_evus + after_evus - before_evus))
+                    redis_delta_cpu=$((redis_delta_cpu + after_cpu - before_cpu))
                     redis_requests=$((redis_requests + WARMUP + $(jq .sent "$RUN/$name.json")))
                     ;;
                 redis3) s1_run "$name" redis3 "$load" "$R1" "$R2" "$R3" ;;
@@ -422,7 +438,11 @@ stop proxy-memory
 stop proxy-pool
 S1_EVALSHA_PER_REQ="$(awk -v a="$redis_delta_ev" -v n="$redis_requests" 'BEGIN { printf "%.3f", a / n }')"
 S1_CMDS_PER_REQ="$(awk -v a="$redis_delta_total" -v n="$redis_requests" 'BEGIN { printf "%.1f", a / n }')"
+S1_SCRIPT_US_PER_CALL="$(awk -v a="$redis_delta_evus" -v n="$redis_delta_ev" 'BEGIN { printf "%.1f", a / n }')"
+S1_SCRIPT_US_PER_REQ="$(awk -v a="$redis_delta_evus" -v n="$redis_requests" 'BEGIN { printf "%.1f", a / n }')"
+S1_REDIS_CPU_US_PER_REQ="$(awk -v a="$redis_delta_cpu" -v n="$redis_requests" 'BEGIN { printf "%.1f", a / n }')"
 log "Redis: $S1_EVALSHA_PER_REQ script calls and $S1_CMDS_PER_REQ commands (inside scripts included) per request"
+log "Redis: $S1_SCRIPT_US_PER_CALL µs per script call, $S1_SCRIPT_US_PER_REQ µs of scripts and $S1_REDIS_CPU_US_PER_REQ µs of CPU (I/O included) per request"
 
 # ---------------------------------------------------------------------------------------------------------
 log "scenario 2: saturation with priorities (3 replicas, max_parallel_requests $S2_PARALLEL, $S2_RPM per 1 s window)"
@@ -516,6 +536,104 @@ stop holder
 stop proxy-deep
 
 # ---------------------------------------------------------------------------------------------------------
+log "scenario 4: durable jobs"
+rcli flushall >/dev/null
+# jobs_config WORKERS: one group on the fast mock, jobs run by WORKERS job workers of the replica.
+jobs_config() {
+    cat <<EOF
+model_list:
+  - model_name: jobs
+    litellm_params:
+      model: openai/gpt-4o
+      api_base: $MOCK_FAST/v1
+      api_key: sk-mock
+      rpm: 1000000000
+      tpm: 1000000000000
+    model_info: { id: jobs-a }
+router_settings:
+  redis_host: 127.0.0.1
+  redis_port: $REDIS_PORT
+  job_workers: $1
+  max_queue_depth: 1000000
+general_settings: { master_key: $KEY }
+EOF
+}
+jobs_config 64 >"$TMP/jobs.yaml"
+jobs_config 0 >"$TMP/jobs-idle.yaml"
+start proxy-jobs "$BIN" --config "$TMP/jobs.yaml" --host 127.0.0.1 --port 0
+JOBS="$(address proxy-jobs 'listening on')"
+read -r j_t0 j_e0 _ < <(redis_calls)
+j_cpu0="$(redis_cpu_us)"
+lt s4-jobs --url "$JOBS" --queue --key "$KEY" --model jobs --concurrency 64 --num-requests 100000000 \
+    --duration "$THROUGHPUT_SECS" --timeout 60
+j_cpu1="$(redis_cpu_us)"
+read -r j_t1 j_e1 _ < <(redis_calls)
+j_done="$(jq .ok "$RUN/s4-jobs.json")"
+stop proxy-jobs
+rcli flushall >/dev/null
+start proxy-jobs-idle "$BIN" --config "$TMP/jobs-idle.yaml" --host 127.0.0.1 --port 0
+JOBS_IDLE="$(address proxy-jobs-idle 'listening on')"
+S4_QUEUED=1000
+j_mem0="$(used_memory)"
+# Submissions only (no worker runs them), 8 at a time.
+seq "$S4_QUEUED" | xargs -P 8 -I{} curl -sf -o /dev/null "$JOBS_IDLE/queue/request" \
+    -H "Authorization: Bearer $KEY" -H 'Content-Type: application/json' \
+    -d '{"model": "jobs", "messages": [{"role": "user", "content": "job {}: say hello"}]}' ||
+    die "a job submission failed"
+j_mem1="$(used_memory)"
+j_depth="$(rcli zcard 'llms:{jobs}:q')"
+[[ "$j_depth" == "$S4_QUEUED" ]] || die "expected $S4_QUEUED queued jobs, found $j_depth"
+S4="$(jq -n --argjson done "$j_done" --argjson calls "$((j_t1 - j_t0))" --argjson ev "$((j_e1 - j_e0))" \
+    --argjson cpu "$((j_cpu1 - j_cpu0))" --argjson queued "$S4_QUEUED" --argjson mem "$((j_mem1 - j_mem0))" \
+    --argjson rps "$(jq .ok_rps "$RUN/s4-jobs.json")" \
+    '{jobs_per_s: $rps, jobs_done: $done, scripts_per_job: ($ev / $done), commands_per_job: ($calls / $done),
+      redis_cpu_us_per_job: ($cpu / $done), queued: $queued, redis_bytes_per_queued_job: ($mem / $queued)}')"
+log "jobs: $(jq -c . <<<"$S4")"
+stop proxy-jobs-idle
+
+# ---------------------------------------------------------------------------------------------------------
+log "scenario 5: rolling vs fixed windows (10,000 rpm, 60 s window)"
+S5_ROWS="[]"
+for mode in fixed rolling; do
+    rcli flushall >/dev/null
+    cat >"$TMP/window-$mode.yaml" <<EOF
+model_list:
+  - model_name: win
+    litellm_params:
+      model: openai/gpt-4o
+      api_base: $MOCK_FAST/v1
+      api_key: sk-mock
+      rpm: 1000000
+      tpm: 1000000000
+    model_info: { id: win-a }
+router_settings:
+  redis_host: 127.0.0.1
+  redis_port: $REDIS_PORT
+  usage_window: 60
+  usage_window_mode: $mode
+general_settings: { master_key: $KEY }
+EOF
+    start "proxy-window-$mode" "$BIN" --config "$TMP/window-$mode.yaml" --host 127.0.0.1 --port 0
+    WIN="$(address "proxy-window-$mode" 'listening on')"
+    secs="$S5_SECS"
+    [[ "$mode" == fixed ]] && secs="$S5_FIXED_SECS"
+    read -r w_t0 w_e0 w_u0 < <(redis_calls)
+    lt "s5-window-$mode" --url "$WIN" --key "$KEY" --model win --rate 167 --num-requests "$((167 * secs))" \
+        --timeout 60
+    read -r w_t1 w_e1 w_u1 < <(redis_calls)
+    hash_bytes="$(rcli memory usage 'llms:{win}:d:win-a' samples 0)"
+    fields="$(rcli hlen 'llms:{win}:d:win-a')"
+    row="$(jq -n --arg mode "$mode" --argjson ev "$((w_e1 - w_e0))" --argjson us "$((w_u1 - w_u0))" \
+        --argjson calls "$((w_t1 - w_t0))" --argjson bytes "${hash_bytes:-0}" --argjson fields "${fields:-0}" \
+        --argjson secs "$secs" \
+        '{mode: $mode, secs: $secs, script_usec_per_call: ($us / $ev), commands_per_call: ($calls / $ev),
+          usage_hash_bytes: $bytes, usage_hash_fields: $fields}')"
+    S5_ROWS="$(jq -c --argjson row "$row" '. + [$row]' <<<"$S5_ROWS")"
+    log "window $mode: $(jq -c . <<<"$row")"
+    stop "proxy-window-$mode"
+done
+
+# ---------------------------------------------------------------------------------------------------------
 COMMIT="$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)"
 if [[ -n "$(git -C "$ROOT" status --porcelain -- . ':!bench' 2>/dev/null || true)" ]]; then
     # Tells apart runs of different uncommitted states of the same commit.
@@ -530,10 +648,13 @@ jq -n --argjson s3 "$S3_ROWS" --argjson s2 "$S2_UPSTREAM" \
     --arg kernel "$(uname -sr)" --arg redis "$(redis-server --version | grep -o 'v=[0-9.]*' | cut -c3-)" \
     --arg rustc "$(rustc --version 2>/dev/null || echo unknown)" --arg quick "${BENCH_QUICK:-0}" --arg idle "$IDLE_BEFORE" \
     --arg evalsha "$S1_EVALSHA_PER_REQ" --arg cmds "$S1_CMDS_PER_REQ" --arg litellm "$LITELLM_STATUS" \
-    --argjson rpm "$S2_RPM" --argjson parallel "$S2_PARALLEL" \
+    --argjson rpm "$S2_RPM" --argjson parallel "$S2_PARALLEL" --argjson s4 "$S4" --argjson s5 "$S5_ROWS" \
+    --arg s1usc "$S1_SCRIPT_US_PER_CALL" --arg s1usr "$S1_SCRIPT_US_PER_REQ" --arg s1cpu "$S1_REDIS_CPU_US_PER_REQ" \
     '{date: $date, commit: $commit, machine: {cores: $cores, cpu: $cpu, memory: $mem, kernel: $kernel,
       redis: $redis, rustc: $rustc, cpu_idle_before_pct: ($idle | tonumber)}, quick: ($quick == "1"),
       s1_redis_scripts_per_request: ($evalsha | tonumber), s1_redis_commands_per_request: ($cmds | tonumber),
+      s1_redis_script_usec_per_call: ($s1usc | tonumber), s1_redis_script_usec_per_request: ($s1usr | tonumber),
+      s1_redis_cpu_usec_per_request: ($s1cpu | tonumber), s4: $s4, s5: $s5,
       litellm: $litellm, s2_upstream: ($s2 + {rpm_limit: $rpm, max_parallel_requests: $parallel}), s3: $s3}' \
     >"$RUN/summary.json"
 

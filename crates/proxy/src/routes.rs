@@ -8,7 +8,7 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Extension, Path, Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, MethodRouter};
 use axum::{middleware, Json};
 use futures::StreamExt;
 use router::{Endpoint, ResponseBody, ResponseMeta, RouterError};
@@ -39,49 +39,75 @@ pub const HEADER_OVERHEAD_MS: &str = "x-llm-scheduler-overhead-ms";
 /// Response header: `true` when served from the response cache.
 pub const HEADER_CACHE_HIT: &str = "x-llm-scheduler-cache-hit";
 
+/// Who may call a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Access {
+    /// The master key or a virtual key (when a master key is set).
+    Key,
+    /// Anyone (probes, the API description; `/metrics` checks its own setting).
+    Open,
+}
+
+/// Every route of the proxy: its path, its handlers and who may call it. `/openapi.json` describes exactly
+/// these paths (a test compares the two).
+fn route_table() -> Vec<(&'static str, MethodRouter<AppState>, Access)> {
+    use Access::{Key, Open};
+    let queue_response = || get(jobs::read).delete(jobs::cancel);
+    vec![
+        ("/chat/completions", post(chat_completions), Key),
+        ("/v1/chat/completions", post(chat_completions), Key),
+        ("/completions", post(completions), Key),
+        ("/v1/completions", post(completions), Key),
+        ("/embeddings", post(embeddings), Key),
+        ("/v1/embeddings", post(embeddings), Key),
+        ("/v1/messages", post(crate::messages::messages), Key),
+        ("/queue/chat/completions", post(queue_chat_completions), Key),
+        (
+            "/v1/queue/chat/completions",
+            post(queue_chat_completions),
+            Key,
+        ),
+        ("/queue/request", post(jobs::submit), Key),
+        ("/v1/queue/request", post(jobs::submit), Key),
+        ("/queue/response/{id}", queue_response(), Key),
+        ("/v1/queue/response/{id}", queue_response(), Key),
+        ("/models", get(models), Key),
+        ("/v1/models", get(models), Key),
+        ("/models/{model}", get(model), Key),
+        ("/v1/models/{model}", get(model), Key),
+        ("/model/info", get(model_info), Key),
+        ("/v1/model/info", get(model_info), Key),
+        ("/model_group/info", get(model_group_info), Key),
+        ("/health", get(health), Key),
+        ("/key/generate", post(key_routes::generate), Key),
+        ("/key/info", get(key_routes::info), Key),
+        ("/key/update", post(key_routes::update), Key),
+        ("/key/delete", post(key_routes::delete), Key),
+        ("/key/list", get(key_routes::list), Key),
+        ("/health/readiness", get(readiness), Open),
+        ("/health/liveliness", get(liveliness), Open),
+        ("/health/liveness", get(liveliness), Open),
+        ("/metrics", get(metrics), Open),
+        ("/openapi.json", get(openapi), Open),
+    ]
+}
+
 /// The proxy's HTTP app over `state`: OpenAI-compatible endpoints, health, metrics.
 ///
 /// Testable in-process with `tower::ServiceExt::oneshot`.
 pub fn app(state: AppState) -> axum::Router {
-    let authenticated = axum::Router::new()
-        .route("/chat/completions", post(chat_completions))
-        .route("/v1/chat/completions", post(chat_completions))
-        .route("/completions", post(completions))
-        .route("/v1/completions", post(completions))
-        .route("/embeddings", post(embeddings))
-        .route("/v1/embeddings", post(embeddings))
-        .route("/v1/messages", post(crate::messages::messages))
-        .route("/queue/chat/completions", post(queue_chat_completions))
-        .route("/v1/queue/chat/completions", post(queue_chat_completions))
-        .route("/queue/request", post(jobs::submit))
-        .route("/v1/queue/request", post(jobs::submit))
-        .route("/queue/response/{id}", get(jobs::read).delete(jobs::cancel))
-        .route(
-            "/v1/queue/response/{id}",
-            get(jobs::read).delete(jobs::cancel),
-        )
-        .route("/models", get(models))
-        .route("/v1/models", get(models))
-        .route("/models/{model}", get(model))
-        .route("/v1/models/{model}", get(model))
-        .route("/model/info", get(model_info))
-        .route("/v1/model/info", get(model_info))
-        .route("/model_group/info", get(model_group_info))
-        .route("/health", get(health))
-        .route("/key/generate", post(key_routes::generate))
-        .route("/key/info", get(key_routes::info))
-        .route("/key/update", post(key_routes::update))
-        .route("/key/delete", post(key_routes::delete))
-        .route("/key/list", get(key_routes::list))
-        .route_layer(middleware::from_fn_with_state(
-            state.clone(),
-            auth::require_auth,
-        ));
-    let open = axum::Router::new()
-        .route("/health/readiness", get(readiness))
-        .route("/health/liveliness", get(liveliness))
-        .route("/health/liveness", get(liveliness))
-        .route("/metrics", get(metrics));
+    let mut authenticated = axum::Router::new();
+    let mut open = axum::Router::new();
+    for (path, handlers, access) in route_table() {
+        match access {
+            Access::Key => authenticated = authenticated.route(path, handlers),
+            Access::Open => open = open.route(path, handlers),
+        }
+    }
+    let authenticated = authenticated.route_layer(middleware::from_fn_with_state(
+        state.clone(),
+        auth::require_auth,
+    ));
     let limit = state.max_request_size();
     authenticated
         .merge(open)
@@ -89,6 +115,28 @@ pub fn app(state: AppState) -> axum::Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
+}
+
+/// The OpenAPI document of [`route_table`], with this build's version.
+const OPENAPI: &str = include_str!("openapi/openapi.json");
+
+/// `GET /openapi.json`: the API description (OpenAPI 3.1), as LiteLLM's proxy serves FastAPI's.
+async fn openapi() -> Response {
+    static DOC: std::sync::LazyLock<Bytes> = std::sync::LazyLock::new(|| {
+        let mut doc: Value = serde_json::from_str(OPENAPI).unwrap_or_else(|_| json!({}));
+        if let Some(info) = doc.get_mut("info").and_then(Value::as_object_mut) {
+            info.insert("version".to_owned(), json!(env!("CARGO_PKG_VERSION")));
+        }
+        Bytes::from(serde_json::to_vec(&doc).unwrap_or_default())
+    });
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        DOC.clone(),
+    )
+        .into_response()
 }
 
 async fn chat_completions(
@@ -642,7 +690,39 @@ async fn method_not_allowed(request: Request) -> ApiError {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
     use super::*;
+
+    /// `/openapi.json` lists exactly the routes the app serves, and marks as open exactly the open ones.
+    #[test]
+    fn the_openapi_document_describes_every_route() {
+        let doc: Value = serde_json::from_str(OPENAPI).expect("openapi.json is JSON");
+        assert!(
+            doc["openapi"].as_str().is_some_and(|v| v.starts_with("3.")),
+            "{}",
+            doc["openapi"]
+        );
+        let documented: BTreeSet<&str> = doc["paths"]
+            .as_object()
+            .expect("paths")
+            .keys()
+            .map(String::as_str)
+            .collect();
+        let table = route_table();
+        let served: BTreeSet<&str> = table.iter().map(|(p, _, _)| *p).collect();
+        assert_eq!(documented, served);
+        for (path, _, access) in &table {
+            for (method, op) in doc["paths"][*path].as_object().expect("operations") {
+                let needs_key = op.get("security").is_some();
+                assert_eq!(
+                    needs_key,
+                    *access == Access::Key,
+                    "{method} {path}: security in the document"
+                );
+            }
+        }
+    }
 
     #[test]
     fn answers_name_the_requested_model() {

@@ -613,3 +613,43 @@ general_settings:
     assert_eq!(a.status, StatusCode::BAD_REQUEST, "{}", a.text);
     assert_eq!(a.json()["error"]["type"], "invalid_request_error");
 }
+
+/// `/openapi.json` is open and every operation it lists is served (no 404 for an unknown route, no 405).
+#[tokio::test]
+async fn the_openapi_document_is_served_and_every_operation_in_it_exists() {
+    let app = app_with(true).await;
+    let open = Request::builder()
+        .uri("/openapi.json")
+        .body(Body::empty())
+        .unwrap();
+    let answer = send(&app, open).await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.text);
+    assert_eq!(answer.header("content-type"), "application/json");
+    let doc = answer.json();
+    assert_eq!(doc["info"]["version"], json!(env!("CARGO_PKG_VERSION")));
+    let paths = doc["paths"].as_object().expect("paths");
+    assert!(paths.len() >= 30, "{}", paths.len());
+    for (path, ops) in paths {
+        let concrete = path
+            .replace("{id}", "0123456789abcdef.0")
+            .replace("{model}", "gpt-4o");
+        for method in ops.as_object().expect("operations").keys() {
+            let request = Request::builder()
+                .method(method.to_uppercase().as_str())
+                .uri(&concrete)
+                .header(header::AUTHORIZATION, format!("Bearer {KEY}"))
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Body::from("{}"))
+                .unwrap();
+            let answer = send(&app, request).await;
+            let unknown =
+                answer.status == StatusCode::NOT_FOUND && answer.text.contains("unknown route");
+            assert!(
+                !unknown && answer.status != StatusCode::METHOD_NOT_ALLOWED,
+                "{method} {path}: {} {}",
+                answer.status,
+                answer.text
+            );
+        }
+    }
+}

@@ -120,3 +120,33 @@ pub async fn wait_in_flight(router: &Router, n: u64) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
+
+/// The success and failure counts of a deployment's health are per fixed window (a minute by default), so a
+/// count made just before a window boundary reads 0 just after it. A test that reads one back notes when it
+/// started (`WindowWatch::start`) and asks whether the window could have rolled since (`rolled`): the
+/// router's stores use this machine's clock.
+pub struct WindowWatch {
+    window: u128,
+    started: u128,
+}
+
+impl WindowWatch {
+    /// Watches windows of the default length (60 s).
+    pub fn start() -> WindowWatch {
+        WindowWatch {
+            window: 60_000,
+            started: epoch_ms(),
+        }
+    }
+
+    /// Whether a window boundary may have passed since `start`.
+    pub fn rolled(&self) -> bool {
+        epoch_ms() / self.window != self.started / self.window
+    }
+}
+
+fn epoch_ms() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis())
+}
