@@ -236,6 +236,7 @@ that record its state; its record (request body, then answer) lives in Redis unt
 
 EOT
 fi)
+
 $(if [[ "$(s '.s5 // empty')" != "" ]]; then cat <<EOT
 ## 5. Rolling vs fixed windows
 
@@ -253,6 +254,7 @@ $(jq -r '.s5[] | [.mode, .secs, .script_usec_per_call, .commands_per_call, .usag
 
 EOT
 fi)
+
 ## Targets
 
 EOF

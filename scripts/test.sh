@@ -42,6 +42,32 @@ else
     scripts/setup.sh --redis-only
 fi
 
+# The official Anthropic and OpenAI Python SDKs for the test that drives /v1/messages and /v1/chat/completions
+# with them: a virtualenv under target/ (made once, reused), unless SDK_PYTHON names an interpreter that has
+# them. Without python3 or PyPI the test is skipped and listed.
+ensure_sdks() {
+    if [ -n "${SDK_PYTHON:-}" ]; then return; fi
+    local venv="$PWD/target/sdk-venv"
+    if [ -x "$venv/bin/python" ] && "$venv/bin/python" -c 'import anthropic, openai' 2>/dev/null; then
+        export SDK_PYTHON="$venv/bin/python"
+        return
+    fi
+    if ! command -v python3 >/dev/null 2>&1; then
+        echo "== python3 not found: the Python SDK test will be skipped"
+        return
+    fi
+    echo "== installing the anthropic and openai Python SDKs into target/sdk-venv"
+    mkdir -p target
+    if python3 -m venv "$venv" >/dev/null 2>&1 &&
+        timeout 600 "$venv/bin/pip" install -q --disable-pip-version-check anthropic openai >/dev/null 2>&1 &&
+        "$venv/bin/python" -c 'import anthropic, openai' 2>/dev/null; then
+        export SDK_PYTHON="$venv/bin/python"
+    else
+        echo "== the Python SDKs could not be installed: the Python SDK test will be skipped"
+    fi
+}
+ensure_sdks
+
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 

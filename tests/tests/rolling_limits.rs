@@ -1,13 +1,14 @@
-//! Limits across a window boundary, three replicas on one Redis (and one replica in memory), a 2 s usage
-//! window, `rpm: 20`: 20 requests just before a window boundary and 20 more just after it.
+//! Limits across a window boundary, three replicas on one Redis (and one replica in memory), a usage
+//! window of 3 s, `rpm: 20` (or a `tpm` that holds exactly 20 of the requests sent): 20 requests just before a window
+//! boundary and 20 more just after it.
 //!
 //! - `usage_window_mode: rolling` (the default): the second batch waits until a window after the first
 //!   admissions, and no stretch of one window holds more than 20 arrivals at the upstream.
 //! - `fixed`: the second batch goes at once, as the clock's window turns (40 within a fraction of a second):
 //!   what LiteLLM's per-minute counters allow, and what providers that meter continuously answer with 429s.
 //!
-//! Arrival times at the upstream trail admission times by a few milliseconds; the bound is checked over
-//! stretches one window long less a slack of 100 ms.
+//! Arrival times at the upstream trail admission times; the bound is checked over stretches one window long
+//! less a slack (`SLACK_MS`).
 
 mod common;
 
@@ -18,8 +19,25 @@ use common::{arrivals, expect_ok, tagged_with, upstream_with_latency, Cluster, K
 use serde_json::json;
 
 const RPM: usize = 20;
-const WINDOW_MS: u64 = 2000;
-const SLACK_MS: u64 = 100;
+const WINDOW_MS: u64 = 3000;
+/// Arrival at the upstream trails admission by a few ms, and by a few hundred on a 2-core machine busy with
+/// the rest of the suite: the in-process replica, its mock and its 40 clients share the test's two threads.
+/// A rolling window that failed would let the second batch through at the boundary, 40 arrivals within
+/// well under this.
+const SLACK_MS: u64 = 500;
+/// The tpm runs: every request asks for `MAX_TOKENS` and the upstream answers `MAX_TOKENS` words, so both the
+/// estimate and the settled count are `MAX_TOKENS` plus a short prompt (under `PROMPT_SLACK` tokens): `TPM`
+/// holds 20 such requests and never 21.
+const MAX_TOKENS: u64 = 1000;
+const PROMPT_SLACK: u64 = 25;
+const TPM: u64 = RPM as u64 * (MAX_TOKENS + PROMPT_SLACK);
+
+/// Which limit the deployment has.
+#[derive(Clone, Copy)]
+enum Limit {
+    Rpm,
+    Tpm,
+}
 
 /// Sleeps (pacing only) until the wall clock is between `from` and `to` ms into a usage window.
 async fn wait_for_window_phase(from: u64, to: u64) {
@@ -31,6 +49,13 @@ async fn wait_for_window_phase(from: u64, to: u64) {
         let wait = (WINDOW_MS + from - phase) % WINDOW_MS;
         tokio::time::sleep(Duration::from_millis(wait.max(1))).await;
     }
+}
+
+/// `times` sorted, as ms after `origin`.
+fn relative(times: &[u64], origin: u64) -> Vec<u64> {
+    let mut v: Vec<u64> = times.iter().map(|t| t.saturating_sub(origin)).collect();
+    v.sort_unstable();
+    v
 }
 
 /// The most arrivals of `tag_prefix` in any stretch of `span_ms`.
@@ -47,11 +72,25 @@ fn most_in_any_span(times: &[u64], span_ms: u64) -> usize {
         .unwrap_or(0)
 }
 
-async fn batches_across_a_window_boundary(kind: Kind, mode: &str) -> anyhow::Result<()> {
+async fn batches_across_a_window_boundary(
+    kind: Kind,
+    mode: &str,
+    limit: Limit,
+) -> anyhow::Result<()> {
     let upstream = upstream_with_latency(Duration::from_millis(10)).await?;
+    let (limits, extra) = match limit {
+        Limit::Rpm => (json!({"rpm": RPM}), json!({"timeout": 10})),
+        Limit::Tpm => {
+            upstream.set_reply(vec!["w"; MAX_TOKENS as usize].join(" "));
+            (
+                json!({"tpm": TPM}),
+                json!({"timeout": 10, "max_tokens": MAX_TOKENS}),
+            )
+        }
+    };
     let config = json!({
         "model_list": [
-            common::deployment("g", "dep-a", &upstream, json!({"rpm": RPM})),
+            common::deployment("g", "dep-a", &upstream, limits),
             common::deployment("warm", "dep-warm", &upstream, json!({})),
         ],
         "router_settings": {
@@ -76,7 +115,7 @@ async fn batches_across_a_window_boundary(kind: Kind, mode: &str) -> anyhow::Res
             cluster
                 .spawn(
                     i % cluster.n(),
-                    tagged_with("g", &tag, Some(0), json!({"timeout": 10})),
+                    tagged_with("g", &tag, Some(0), extra.clone()),
                 )
                 .await,
         ));
@@ -93,7 +132,7 @@ async fn batches_across_a_window_boundary(kind: Kind, mode: &str) -> anyhow::Res
             cluster
                 .spawn(
                     i % cluster.n(),
-                    tagged_with("g", &tag, Some(0), json!({"timeout": 10})),
+                    tagged_with("g", &tag, Some(0), extra.clone()),
                 )
                 .await,
         ));
@@ -124,8 +163,10 @@ async fn batches_across_a_window_boundary(kind: Kind, mode: &str) -> anyhow::Res
         "rolling" => {
             ensure!(
                 most <= RPM,
-                "{most} arrivals within {} ms (rpm {RPM})",
-                WINDOW_MS - SLACK_MS
+                "{most} arrivals within {} ms (the limit holds {RPM}); ms after the first arrival: {:?} then {:?}",
+                WINDOW_MS - SLACK_MS,
+                relative(&a, first_a),
+                relative(&b, first_a),
             );
             ensure!(
                 first_b + SLACK_MS >= first_a + WINDOW_MS,
@@ -146,15 +187,30 @@ async fn batches_across_a_window_boundary(kind: Kind, mode: &str) -> anyhow::Res
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_rolling_window_holds_rpm_across_a_window_boundary() -> anyhow::Result<()> {
-    batches_across_a_window_boundary(Kind::Redis(3), "rolling").await
+    batches_across_a_window_boundary(Kind::Redis(3), "rolling", Limit::Rpm).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_rolling_window_holds_rpm_across_a_window_boundary() -> anyhow::Result<()> {
-    batches_across_a_window_boundary(Kind::Memory, "rolling").await
+    batches_across_a_window_boundary(Kind::Memory, "rolling", Limit::Rpm).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_fixed_windows_let_twice_rpm_through_across_a_boundary() -> anyhow::Result<()> {
-    batches_across_a_window_boundary(Kind::Redis(3), "fixed").await
+    batches_across_a_window_boundary(Kind::Redis(3), "fixed", Limit::Rpm).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_rolling_window_holds_tpm_across_a_window_boundary() -> anyhow::Result<()> {
+    batches_across_a_window_boundary(Kind::Redis(3), "rolling", Limit::Tpm).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_rolling_window_holds_tpm_across_a_window_boundary() -> anyhow::Result<()> {
+    batches_across_a_window_boundary(Kind::Memory, "rolling", Limit::Tpm).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_fixed_windows_let_twice_tpm_through_across_a_boundary() -> anyhow::Result<()> {
+    batches_across_a_window_boundary(Kind::Redis(3), "fixed", Limit::Tpm).await
 }
