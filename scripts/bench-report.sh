@@ -255,6 +255,22 @@ $(jq -r '.s5[] | [.mode, .secs, .script_usec_per_call, .commands_per_call, .usag
 EOT
 fi)
 
+$(if [[ "$(s '.s6 // empty')" != "" ]]; then cat <<EOT
+## 6. The operator's page open during load
+
+One replica with Redis at concurrency 64 (closed loop, $(s .s6.rounds) rounds per side, medians), without and with
+a client that reads \`/queue/status\` every second, as \`/ui\` does while it is open.
+
+| page | ok req/s | of each round |
+| --- | ---: | ---: |
+| closed | $(fmt 0 "$(s .s6.closed_rps)") | $(for f in "$DIR"/rounds/s6-closed-round*.json; do printf '%s ' "$(fmt 0 "$(jq .ok_rps "$f")")"; done) |
+| open | $(fmt 0 "$(s .s6.open_rps)") | $(for f in "$DIR"/rounds/s6-open-round*.json; do printf '%s ' "$(fmt 0 "$(jq .ok_rps "$f")")"; done) |
+
+Throughput drop with the page open: $(fmt 2 "$(s .s6.drop_pct)")%.
+
+EOT
+fi)
+
 ## Targets
 
 EOF
@@ -288,6 +304,10 @@ if [[ "$(s '.s1_redis_script_usec_per_call // empty')" != "" ]]; then
     cpu="$(s .s1_redis_cpu_usec_per_request)"
     row "admitted req/s one Redis core carries (Redis CPU per request, I/O included)" \
         "$(fmt 0 "$(calc "1000000 / $cpu")") ($(fmt 1 "$cpu") µs)" "50,000" "$(le 50000 "$(calc "1000000 / $cpu")")"
+fi
+if [[ "$(s '.s6 // empty')" != "" ]]; then
+    row "throughput drop with the operator's page open (/queue/status every second)" \
+        "$(fmt 2 "$(s .s6.drop_pct)")%" "< 2%" "$(lt "$(s .s6.drop_pct)" 2)"
 fi
 mem="$(jq '.s3 | max_by(.depth) | .used_memory_per_entry' "$SUMMARY")"
 row "Redis memory per waiting request ($(jq '.s3 | max_by(.depth) | .depth' "$SUMMARY") waiting)" "$(fmt 0 "$mem") B" "< 300 B" "$(lt "$mem" 300)"

@@ -30,6 +30,8 @@
 #   5. rolling vs fixed windows: one replica at 167 req/s (10,000 rpm) against a deployment with a 60 s window,
 #      once per `usage_window_mode`: Redis µs per step call (commandstats) and the usage hash's bytes per
 #      deployment after a full window of traffic (rolling) or 10 s (fixed: its size does not grow).
+#   6. the operator's page: one Redis replica's closed-loop throughput without and with a client reading
+#      /queue/status every second (as an open /ui does), 3 rounds each, medians.
 #
 # Settings (environment):
 #   BENCH_OUT        where RESULTS.md and results/ go (default: bench/ in the repository)
@@ -57,10 +59,10 @@ KEY="sk-bench-master-key-0123456789"
 
 if [[ "${BENCH_QUICK:-0}" == 1 ]]; then
     RATE_SECS=1 THROUGHPUT_SECS=1 WARMUP=100 LITELLM_SECS=0.5 S2_SECS=3 S3_IDLE_SECS=2 S3_LOAD_SECS=2
-    DEPTHS="10 1000 10000" ROUNDS="${BENCH_ROUNDS:-1}" S5_SECS=3 S5_FIXED_SECS=2
+    DEPTHS="10 1000 10000" ROUNDS="${BENCH_ROUNDS:-1}" S5_SECS=3 S5_FIXED_SECS=2 S6_ROUNDS=1
 else
     RATE_SECS=5 THROUGHPUT_SECS=5 WARMUP=500 LITELLM_SECS=1 S2_SECS=8 S3_IDLE_SECS=5 S3_LOAD_SECS=6
-    DEPTHS="10 1000 100000" ROUNDS="${BENCH_ROUNDS:-3}" S5_SECS=62 S5_FIXED_SECS=10
+    DEPTHS="10 1000 100000" ROUNDS="${BENCH_ROUNDS:-3}" S5_SECS=62 S5_FIXED_SECS=10 S6_ROUNDS=3
 fi
 RATES="50 1000 2000"
 S2_RATE=400 S2_MIX="0:10,64:30,128:60" S2_PARALLEL=4 S2_RPM=300 S2_TOLERANCE_MS=5
@@ -634,6 +636,46 @@ EOF
 done
 
 # ---------------------------------------------------------------------------------------------------------
+log "scenario 6: the operator's page open during load"
+# One replica with Redis at its closed-loop maximum, S6_ROUNDS rounds each without and with a client that
+# reads /queue/status every second (what /ui does while it is open); the reported figure per side is its
+# median round. Skipped when the binary has no /queue/status.
+rcli flushall >/dev/null
+start proxy-ui "$BIN" --config "$TMP/redis.yaml" --host 127.0.0.1 --port 0
+UI="$(address proxy-ui 'listening on')"
+S6="null"
+if [[ "$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $KEY" "$UI/queue/status")" == 200 ]]; then
+    for round in $(seq "$S6_ROUNDS"); do
+        for side in closed open; do
+            poller=""
+            if [[ "$side" == open ]]; then
+                (
+                    while true; do
+                        curl -s -o /dev/null -H "Authorization: Bearer $KEY" "$UI/queue/status" || true
+                        sleep 1
+                    done
+                ) &
+                poller=$!
+            fi
+            lt "rounds/s6-$side-round$round" --url "$UI" --key "$KEY" --model bench --concurrency 64 \
+                --num-requests 100000000 --duration "$THROUGHPUT_SECS" --warmup "$WARMUP" --timeout 60
+            [[ -z "$poller" ]] || { kill "$poller" 2>/dev/null || true; wait "$poller" 2>/dev/null || true; }
+        done
+    done
+    median_rps() {
+        for f in "$RUN"/rounds/s6-"$1"-round*.json; do jq .ok_rps "$f"; done | sort -g |
+            awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'
+    }
+    S6="$(jq -n --argjson closed "$(median_rps closed)" --argjson open "$(median_rps open)" \
+        --argjson rounds "$S6_ROUNDS" \
+        '{rounds: $rounds, closed_rps: $closed, open_rps: $open, drop_pct: (100 * (1 - $open / $closed))}')"
+    log "operator page: $(jq -c . <<<"$S6")"
+else
+    log "operator page: /queue/status not served by this binary; skipped"
+fi
+stop proxy-ui
+
+# ---------------------------------------------------------------------------------------------------------
 COMMIT="$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)"
 if [[ -n "$(git -C "$ROOT" status --porcelain -- . ':!bench' 2>/dev/null || true)" ]]; then
     # Tells apart runs of different uncommitted states of the same commit.
@@ -648,13 +690,13 @@ jq -n --argjson s3 "$S3_ROWS" --argjson s2 "$S2_UPSTREAM" \
     --arg kernel "$(uname -sr)" --arg redis "$(redis-server --version | grep -o 'v=[0-9.]*' | cut -c3-)" \
     --arg rustc "$(rustc --version 2>/dev/null || echo unknown)" --arg quick "${BENCH_QUICK:-0}" --arg idle "$IDLE_BEFORE" \
     --arg evalsha "$S1_EVALSHA_PER_REQ" --arg cmds "$S1_CMDS_PER_REQ" --arg litellm "$LITELLM_STATUS" \
-    --argjson rpm "$S2_RPM" --argjson parallel "$S2_PARALLEL" --argjson s4 "$S4" --argjson s5 "$S5_ROWS" \
+    --argjson rpm "$S2_RPM" --argjson parallel "$S2_PARALLEL" --argjson s4 "$S4" --argjson s5 "$S5_ROWS" --argjson s6 "$S6" \
     --arg s1usc "$S1_SCRIPT_US_PER_CALL" --arg s1usr "$S1_SCRIPT_US_PER_REQ" --arg s1cpu "$S1_REDIS_CPU_US_PER_REQ" \
     '{date: $date, commit: $commit, machine: {cores: $cores, cpu: $cpu, memory: $mem, kernel: $kernel,
       redis: $redis, rustc: $rustc, cpu_idle_before_pct: ($idle | tonumber)}, quick: ($quick == "1"),
       s1_redis_scripts_per_request: ($evalsha | tonumber), s1_redis_commands_per_request: ($cmds | tonumber),
       s1_redis_script_usec_per_call: ($s1usc | tonumber), s1_redis_script_usec_per_request: ($s1usr | tonumber),
-      s1_redis_cpu_usec_per_request: ($s1cpu | tonumber), s4: $s4, s5: $s5,
+      s1_redis_cpu_usec_per_request: ($s1cpu | tonumber), s4: $s4, s5: $s5, s6: $s6,
       litellm: $litellm, s2_upstream: ($s2 + {rpm_limit: $rpm, max_parallel_requests: $parallel}), s3: $s3}' \
     >"$RUN/summary.json"
 
