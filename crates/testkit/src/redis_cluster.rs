@@ -177,7 +177,8 @@ pub fn cluster_slot(key: &str) -> u16 {
 }
 
 /// A local Redis Cluster: 3 primaries and 3 replicas (`--cluster-replicas 1`) on free ports of 127.0.0.1,
-/// `cluster-node-timeout` [`CLUSTER_NODE_TIMEOUT`]; every process killed (by pid) on drop.
+/// `cluster-node-timeout` [`CLUSTER_NODE_TIMEOUT`], `cluster-require-full-coverage no` (the other shards
+/// serve while one fails over); every process killed (by pid) on drop.
 ///
 /// Tests share one cluster per test binary with [`RedisCluster::shared`] and keep their keys under a
 /// prefix of their own ([`RedisCluster::fresh_prefix`]); a test that kills nodes starts its own with
@@ -249,6 +250,10 @@ impl RedisCluster {
                 format!("nodes-{port}.conf"),
                 "--cluster-node-timeout".to_owned(),
                 CLUSTER_NODE_TIMEOUT.as_millis().to_string(),
+                // Shards whose primary lives keep serving while another shard fails over (the default
+                // `yes` answers CLUSTERDOWN on every node until all slots are covered again).
+                "--cluster-require-full-coverage".to_owned(),
+                "no".to_owned(),
                 // A replica takes over however long it was cut off (the fixture's failovers are quick).
                 "--cluster-replica-validity-factor".to_owned(),
                 "0".to_owned(),

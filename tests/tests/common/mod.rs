@@ -255,8 +255,9 @@ impl Cluster {
             Kind::Memory => None,
             Kind::Redis(_) => Some(RedisServer::start().await?),
             Kind::RedisCluster(n) => {
-                return Cluster::start_on_cluster(n, RedisCluster::shared().await?, config, upstream)
-                    .await
+                let prefix = RedisCluster::fresh_prefix();
+                let shared = RedisCluster::shared().await?;
+                return Cluster::start_on_cluster(n, shared, &prefix, config, upstream).await;
             }
         };
         Cluster::start_on(kind, redis, config, upstream).await
@@ -306,15 +307,15 @@ impl Cluster {
         })
     }
 
-    /// `n` routers built from `config` on the Redis Cluster `redis_cluster`, under a fresh prefix.
+    /// `n` routers built from `config` on the Redis Cluster `redis_cluster`, under `prefix`.
     pub async fn start_on_cluster(
         n: usize,
         redis_cluster: Arc<RedisCluster>,
+        prefix: &str,
         config: Value,
         upstream: MockUpstream,
     ) -> anyhow::Result<Cluster> {
-        let prefix = RedisCluster::fresh_prefix();
-        let backend = cluster_backend(&redis_cluster, &prefix);
+        let backend = cluster_backend(&redis_cluster, prefix);
         let mut replicas = Vec::with_capacity(n);
         for _ in 0..n {
             let cfg = RouterConfig::from_json(config.clone())?;
