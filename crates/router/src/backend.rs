@@ -711,4 +711,138 @@ mod tests {
             "router_settings.key_prefix"
         );
     }
+
+    fn topology(choice: &BackendChoice) -> RedisTopology {
+        match &choice.backend {
+            Backend::Redis(cfg) => cfg.topology.clone(),
+            Backend::Memory => panic!("memory"),
+        }
+    }
+
+    fn error_path(yaml: &str) -> String {
+        match BackendChoice::from_settings(&settings(yaml), no_env) {
+            Err(RouterError::InvalidConfig { path, .. }) => path,
+            other => panic!("{yaml}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn startup_nodes_in_every_litellm_spelling_make_a_cluster() {
+        let s = settings(
+            "redis_startup_nodes: [{host: a, port: '7001'}, [b, 7002], 'c:7003', {host: 'fd00::1'}]
+\
+             redis_password: 'p@ss'\nssl: true\n",
+        );
+        let choice = BackendChoice::from_settings(&s, no_env).unwrap();
+        assert_eq!(choice.source, "router_settings.redis_startup_nodes");
+        assert_eq!(
+            topology(&choice),
+            RedisTopology::Cluster {
+                nodes: vec![
+                    "rediss://:p%40ss@a:7001/".to_owned(),
+                    "rediss://:p%40ss@b:7002/".to_owned(),
+                    "rediss://:p%40ss@c:7003/".to_owned(),
+                    "rediss://:p%40ss@[fd00::1]:6379/".to_owned(),
+                ]
+            }
+        );
+        let shown = format!("{} {choice:?}", choice.describe());
+        assert!(!shown.contains("p%40ss") && shown.contains("redis cluster"), "{shown}");
+    }
+
+    #[test]
+    fn a_cluster_url_lists_its_nodes() {
+        let s = settings("redis_url: 'redis+cluster://:pw@h1:7000,h2:7001/'\n");
+        let choice = BackendChoice::from_settings(&s, no_env).unwrap();
+        assert_eq!(
+            topology(&choice),
+            RedisTopology::Cluster {
+                nodes: vec!["redis://:pw@h1:7000/".to_owned(), "redis://:pw@h2:7001/".to_owned()]
+            }
+        );
+        let s = settings("redis_url: 'rediss+cluster://h1:7000'\n");
+        let choice = BackendChoice::from_settings(&s, no_env).unwrap();
+        assert_eq!(
+            topology(&choice),
+            RedisTopology::Cluster {
+                nodes: vec!["rediss://h1:7000/".to_owned()]
+            }
+        );
+        let s = settings("redis_url: 'redis://h:1/'\nssl: true\n");
+        let choice = BackendChoice::from_settings(&s, no_env).unwrap();
+        assert_eq!(redis_url(&choice), Some("rediss://h:1/"));
+    }
+
+    #[test]
+    fn sentinels_need_a_service_name_and_keep_their_own_password() {
+        let s = settings(
+            "sentinel_nodes: [[s1, 26379], {host: s2, port: 26380}]\nservice_name: mymaster\n\
+             sentinel_password: spw\nredis_password: rpw\n",
+        );
+        let choice = BackendChoice::from_settings(&s, no_env).unwrap();
+        assert_eq!(choice.source, "router_settings.sentinel_nodes");
+        assert_eq!(
+            topology(&choice),
+            RedisTopology::Sentinel {
+                sentinels: vec!["redis://:spw@s1:26379/".to_owned(), "redis://:spw@s2:26380/".to_owned()],
+                service_name: "mymaster".to_owned(),
+            }
+        );
+        assert_eq!(redis_url(&choice), Some("redis://:rpw@localhost:6379/"));
+        let shown = format!("{} {choice:?}", choice.describe());
+        assert!(!shown.contains("spw") && !shown.contains("rpw"), "{shown}");
+        assert_eq!(
+            error_path("sentinel_nodes: [[s1, 26379]]\n"),
+            "router_settings.service_name"
+        );
+    }
+
+    #[test]
+    fn bad_nodes_name_their_key_path() {
+        assert_eq!(
+            error_path("redis_startup_nodes: [{host: a, port: 1}, {host: b, port: 70000}]\n"),
+            "router_settings.redis_startup_nodes[1]"
+        );
+        assert_eq!(
+            error_path("sentinel_nodes: ['s1:x']\nservice_name: m\n"),
+            "router_settings.sentinel_nodes[0]"
+        );
+        assert_eq!(
+            error_path("redis_url: 'redis+cluster://'\n"),
+            "router_settings.redis_url"
+        );
+    }
+
+    #[test]
+    fn cache_params_topology_serves_the_scheduler_when_the_router_names_none() {
+        let s = settings(
+            "cache_kwargs: {type: redis, redis_startup_nodes: [{host: a, port: 7001}], password: pw, \
+             ssl_ca_certs: /ca.pem}\n",
+        );
+        let choice = BackendChoice::from_settings(&s, no_env).unwrap();
+        assert_eq!(
+            choice.source,
+            "litellm_settings.cache_params.redis_startup_nodes"
+        );
+        assert_eq!(
+            topology(&choice),
+            RedisTopology::Cluster {
+                nodes: vec!["redis://:pw@a:7001/".to_owned()]
+            }
+        );
+        let Backend::Redis(cfg) = &choice.backend else {
+            panic!("memory")
+        };
+        assert_eq!(cfg.tls_ca_file.as_deref(), Some(std::path::Path::new("/ca.pem")));
+        // With a Redis of the router's own, the cache's Cluster is the cache's.
+        let s = settings(
+            "redis_host: r\ncache_kwargs: {type: redis, redis_startup_nodes: [{host: a, port: 7001}]}\n",
+        );
+        let choice = BackendChoice::from_settings(&s, no_env).unwrap();
+        assert_eq!(redis_url(&choice), Some("redis://r:6379/"));
+        let own = own_cache_topology(&s, s.cache_kwargs.as_ref().unwrap())
+            .unwrap()
+            .unwrap();
+        assert!(matches!(own.topology, RedisTopology::Cluster { .. }));
+    }
 }
