@@ -99,6 +99,19 @@ fn watchdog(pids: &[u32]) -> anyhow::Result<Child> {
         .context("spawning the fixture's watchdog")
 }
 
+/// A free port whose Cluster bus port (`port + 10000`) is free too, both below the kernel's ephemeral
+/// range (32768 and up), which a busy machine's closed connections fill with TIME-WAIT entries.
+fn free_cluster_port() -> anyhow::Result<u16> {
+    let free = |port: u16| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok();
+    for _ in 0..1000 {
+        let port = 12000 + rand::random::<u16>() % 10000;
+        if free(port) && free(port + 10000) {
+            return Ok(port);
+        }
+    }
+    bail!("no free port with a free cluster bus port")
+}
+
 fn url(port: u16) -> String {
     format!("redis://127.0.0.1:{port}/")
 }
@@ -242,7 +255,7 @@ impl RedisCluster {
         let dir = tempfile::tempdir().context("creating a temp dir for the cluster")?;
         let mut nodes = Vec::new();
         for _ in 0..6 {
-            let port = free_port()?;
+            let port = free_cluster_port()?;
             let args = vec![
                 "--cluster-enabled".to_owned(),
                 "yes".to_owned(),
