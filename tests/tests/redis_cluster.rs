@@ -40,6 +40,9 @@ async fn groups_on_distinct_primaries(
     anyhow::bail!("no {n} groups on distinct primaries")
 }
 
+/// When each request of one group ended and whether it succeeded.
+type Outcomes = Arc<Mutex<Vec<(Instant, bool)>>>;
+
 fn config(groups: &[(String, u16)], upstream: &testkit::MockUpstream) -> serde_json::Value {
     let model_list: Vec<_> = groups
         .iter()
@@ -122,8 +125,7 @@ async fn a_primary_fails_over_and_only_its_groups_pause() -> anyhow::Result<()> 
     }
     let fleet = Arc::new(fleet);
     let stop = Arc::new(AtomicBool::new(false));
-    let logs: Vec<Arc<Mutex<Vec<(Instant, bool)>>>> =
-        (0..3).map(|_| Arc::new(Mutex::new(Vec::new()))).collect();
+    let logs: Vec<Outcomes> = (0..3).map(|_| Arc::new(Mutex::new(Vec::new()))).collect();
     let mut tasks = Vec::new();
     for (i, (g, _)) in groups.iter().enumerate() {
         for r in 0..2 {

@@ -14,7 +14,10 @@ use serde_json::json;
 use testkit::{RedisSentinel, RedisTls, SENTINEL_DOWN_AFTER, SENTINEL_SERVICE};
 use tokio::time::Instant;
 
-fn config(upstream: &testkit::MockUpstream, settings: serde_json::Value) -> anyhow::Result<RouterConfig> {
+fn config(
+    upstream: &testkit::MockUpstream,
+    settings: serde_json::Value,
+) -> anyhow::Result<RouterConfig> {
     let mut s = json!({"num_retries": 0, "timeout": 30, "usage_window": 3600});
     if let (Some(s), serde_json::Value::Object(e)) = (s.as_object_mut(), settings) {
         s.extend(e);
@@ -123,7 +126,11 @@ async fn tls_with_ssl_true_and_the_ca_of_the_config() -> anyhow::Result<()> {
     let Backend::Redis(cfg) = &backend else {
         unreachable!("backend_of answers Redis");
     };
-    ensure!(cfg.url.starts_with("rediss://"), "ssl: true gave {}", cfg.url);
+    ensure!(
+        cfg.url.starts_with("rediss://"),
+        "ssl: true gave {}",
+        cfg.url
+    );
     let upstream = upstream_with_latency(Duration::from_millis(5)).await?;
     let router = Router::new(config(&upstream, settings)?, backend.clone()).await?;
     for i in 0..3 {

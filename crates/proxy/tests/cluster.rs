@@ -154,7 +154,10 @@ async fn three_replicas_share_their_redis(
                     .collect::<Vec<_>>()
                     .join(" "),
             ),
-            ("CLUSTER_REDIS_PORT", free_port_run(redis_processes).to_string()),
+            (
+                "CLUSTER_REDIS_PORT",
+                free_port_run(redis_processes).to_string(),
+            ),
             ("CLUSTER_MASTER_KEY", "sk-cluster-test-key-77".to_owned()),
             ("CLUSTER_WAIT_SECS", "30".to_owned()),
             ("LLM_SCHEDULER_BIN", common::bin().to_owned()),

@@ -5,9 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use queue_core::{MemoryQueue, QueueBackend, QueueState, RedisQueue, RedisQueueSettings};
-use store::{
-    redact_url, Clock, Keyspace, RedisConfig, RedisConnection, RedisTopology, Subscriber,
-};
+use store::{redact_url, Clock, Keyspace, RedisConfig, RedisConnection, RedisTopology, Subscriber};
 use usage_tracker::{MemoryUsage, RedisUsage, UsageSettings, UsageStore};
 
 use crate::cache::ResponseCache;
@@ -66,7 +64,7 @@ impl BackendChoice {
         let named = if let Some(found) = router.topology()? {
             Some(found)
         } else if let Some(url) = &settings.redis_url {
-            Some(router.from_url(url.expose(), "router_settings.redis_url")?)
+            Some(router.of_url(url.expose(), "router_settings.redis_url")?)
         } else if let Some(host) = settings
             .redis_host
             .as_deref()
@@ -90,11 +88,16 @@ impl BackendChoice {
                 router.node_url(host, port as u16),
                 "router_settings.redis_host",
             )?)
-        } else if let Some(found) = cache.as_ref().map(TopologyKeys::topology).transpose()?.flatten() {
+        } else if let Some(found) = cache
+            .as_ref()
+            .map(TopologyKeys::topology)
+            .transpose()?
+            .flatten()
+        {
             // LiteLLM users name their Cluster or Sentinels in `cache_params`: the scheduler shares them.
             Some(found)
         } else if let Some(url) = env("REDIS_URL").filter(|u| !u.trim().is_empty()) {
-            Some(router.from_url(&url, "REDIS_URL")?)
+            Some(router.of_url(&url, "REDIS_URL")?)
         } else {
             None
         };
@@ -126,7 +129,11 @@ impl BackendChoice {
                 }
                 RedisTopology::Cluster { nodes } => format!(
                     "redis cluster {} (from {})",
-                    nodes.iter().map(|n| redact_url(n)).collect::<Vec<_>>().join(","),
+                    nodes
+                        .iter()
+                        .map(|n| redact_url(n))
+                        .collect::<Vec<_>>()
+                        .join(","),
                     self.source
                 ),
                 RedisTopology::Sentinel {
@@ -134,7 +141,11 @@ impl BackendChoice {
                     service_name,
                 } => format!(
                     "redis sentinel primary {service_name} via {} (from {})",
-                    sentinels.iter().map(|n| redact_url(n)).collect::<Vec<_>>().join(","),
+                    sentinels
+                        .iter()
+                        .map(|n| redact_url(n))
+                        .collect::<Vec<_>>()
+                        .join(","),
                     self.source
                 ),
             },
@@ -231,18 +242,12 @@ impl<'a> TopologyKeys<'a> {
         url: String,
         source: &'static str,
     ) -> Result<(RedisConfig, &'static str), RouterError> {
-        Ok((
-            RedisConfig {
-                url,
-                ..self.base()
-            },
-            source,
-        ))
+        Ok((RedisConfig { url, ..self.base() }, source))
     }
 
     /// A `redis_url`: one server, or a Cluster when written `redis+cluster://` (`rediss+cluster://`) with
     /// comma-separated `host:port` nodes. `ssl: true` turns `redis://` into `rediss://`.
-    fn from_url(
+    fn of_url(
         &self,
         url: &str,
         key: &'static str,
@@ -251,7 +256,10 @@ impl<'a> TopologyKeys<'a> {
         let cluster = url
             .strip_prefix("redis+cluster://")
             .map(|rest| (false, rest))
-            .or_else(|| url.strip_prefix("rediss+cluster://").map(|rest| (true, rest)));
+            .or_else(|| {
+                url.strip_prefix("rediss+cluster://")
+                    .map(|rest| (true, rest))
+            });
         if let Some((tls, rest)) = cluster {
             let rest = rest.trim_end_matches('/');
             let (auth, hosts) = match rest.rsplit_once('@') {
@@ -289,16 +297,17 @@ impl<'a> TopologyKeys<'a> {
 
     /// A Cluster (`redis_startup_nodes`) or Sentinels (`sentinel_nodes` + `service_name`), if named.
     fn topology(&self) -> Result<Option<(RedisConfig, &'static str)>, RouterError> {
-        let addresses = |nodes: &[RedisNode], key: &str| -> Result<Vec<(String, u16)>, RouterError> {
-            nodes
-                .iter()
-                .enumerate()
-                .map(|(i, n)| {
-                    n.address()
-                        .map_err(|e| RouterError::config(format!("{}[{i}]", self.key(key)), e))
-                })
-                .collect()
-        };
+        let addresses =
+            |nodes: &[RedisNode], key: &str| -> Result<Vec<(String, u16)>, RouterError> {
+                nodes
+                    .iter()
+                    .enumerate()
+                    .map(|(i, n)| {
+                        n.address()
+                            .map_err(|e| RouterError::config(format!("{}[{i}]", self.key(key)), e))
+                    })
+                    .collect()
+            };
         if let Some(nodes) = self.startup_nodes.filter(|n| !n.is_empty()) {
             let nodes: Vec<String> = addresses(nodes, "redis_startup_nodes")?
                 .iter()
@@ -365,18 +374,22 @@ pub(crate) fn own_cache_topology(
     let router_names_redis = router.startup_nodes.is_some_and(|n| !n.is_empty())
         || router.sentinel_nodes.is_some_and(|n| !n.is_empty())
         || s.redis_url.is_some()
-        || s.redis_host.as_deref().is_some_and(|h| !h.trim().is_empty());
+        || s.redis_host
+            .as_deref()
+            .is_some_and(|h| !h.trim().is_empty());
     if !router_names_redis {
         return Ok(None);
     }
-    Ok(TopologyKeys::of_cache(c).topology()?.map(|(config, _)| RedisConfig {
-        key_prefix: c
-            .namespace
-            .clone()
-            .or_else(|| s.key_prefix.clone())
-            .unwrap_or(config.key_prefix.clone()),
-        ..config
-    }))
+    Ok(TopologyKeys::of_cache(c)
+        .topology()?
+        .map(|(config, _)| RedisConfig {
+            key_prefix: c
+                .namespace
+                .clone()
+                .or_else(|| s.key_prefix.clone())
+                .unwrap_or(config.key_prefix.clone()),
+            ..config
+        }))
 }
 
 fn bracket(host: &str) -> String {
@@ -747,7 +760,10 @@ mod tests {
             }
         );
         let shown = format!("{} {choice:?}", choice.describe());
-        assert!(!shown.contains("p%40ss") && shown.contains("redis cluster"), "{shown}");
+        assert!(
+            !shown.contains("p%40ss") && shown.contains("redis cluster"),
+            "{shown}"
+        );
     }
 
     #[test]
@@ -757,7 +773,10 @@ mod tests {
         assert_eq!(
             topology(&choice),
             RedisTopology::Cluster {
-                nodes: vec!["redis://:pw@h1:7000/".to_owned(), "redis://:pw@h2:7001/".to_owned()]
+                nodes: vec![
+                    "redis://:pw@h1:7000/".to_owned(),
+                    "redis://:pw@h2:7001/".to_owned()
+                ]
             }
         );
         let s = settings("redis_url: 'rediss+cluster://h1:7000'\n");
@@ -784,7 +803,10 @@ mod tests {
         assert_eq!(
             topology(&choice),
             RedisTopology::Sentinel {
-                sentinels: vec!["redis://:spw@s1:26379/".to_owned(), "redis://:spw@s2:26380/".to_owned()],
+                sentinels: vec![
+                    "redis://:spw@s1:26379/".to_owned(),
+                    "redis://:spw@s2:26380/".to_owned()
+                ],
                 service_name: "mymaster".to_owned(),
             }
         );
@@ -833,7 +855,10 @@ mod tests {
         let Backend::Redis(cfg) = &choice.backend else {
             panic!("memory")
         };
-        assert_eq!(cfg.tls_ca_file.as_deref(), Some(std::path::Path::new("/ca.pem")));
+        assert_eq!(
+            cfg.tls_ca_file.as_deref(),
+            Some(std::path::Path::new("/ca.pem"))
+        );
         // With a Redis of the router's own, the cache's Cluster is the cache's.
         let s = settings(
             "redis_host: r\ncache_kwargs: {type: redis, redis_startup_nodes: [{host: a, port: 7001}]}\n",

@@ -38,7 +38,10 @@ impl fmt::Debug for RedisTopology {
             Self::Standalone => f.write_str("Standalone"),
             Self::Cluster { nodes } => f
                 .debug_struct("Cluster")
-                .field("nodes", &nodes.iter().map(|n| redact_url(n)).collect::<Vec<_>>())
+                .field(
+                    "nodes",
+                    &nodes.iter().map(|n| redact_url(n)).collect::<Vec<_>>(),
+                )
                 .finish(),
             Self::Sentinel {
                 sentinels,
@@ -116,9 +119,9 @@ impl RedisConfig {
 
     /// `url` as connection parameters, with `tls_ca_file`'s roots for TLS.
     pub(crate) fn connection_info(&self, url: &str) -> Result<ConnectionInfo, BackendError> {
-        let info = url
-            .into_connection_info()
-            .map_err(|e| BackendError::config(format!("invalid redis url {}: {e}", redact_url(url))))?;
+        let info = url.into_connection_info().map_err(|e| {
+            BackendError::config(format!("invalid redis url {}: {e}", redact_url(url)))
+        })?;
         let Some(certs) = self.tls_certificates()? else {
             return Ok(info);
         };

@@ -28,7 +28,7 @@ pub struct Subscriber {
 
 #[derive(Clone)]
 enum Target {
-    One(Client),
+    One(Arc<Client>),
     Nodes {
         clients: Arc<Vec<Client>>,
         next: Arc<AtomicUsize>,
@@ -49,7 +49,7 @@ impl fmt::Debug for Subscriber {
 impl From<Client> for Subscriber {
     fn from(client: Client) -> Self {
         Subscriber {
-            target: Target::One(client),
+            target: Target::One(Arc::new(client)),
         }
     }
 }
@@ -59,14 +59,11 @@ impl Subscriber {
     pub fn new(config: &RedisConfig) -> Result<Subscriber, BackendError> {
         let client = |url: &str| {
             Client::open(config.connection_info(url)?).map_err(|e| {
-                BackendError::config(format!(
-                    "invalid redis url {}: {e}",
-                    crate::redact_url(url)
-                ))
+                BackendError::config(format!("invalid redis url {}: {e}", crate::redact_url(url)))
             })
         };
         let target = match &config.topology {
-            RedisTopology::Standalone => Target::One(client(&config.url)?),
+            RedisTopology::Standalone => Target::One(Arc::new(client(&config.url)?)),
             RedisTopology::Cluster { nodes } => Target::Nodes {
                 clients: Arc::new(nodes.iter().map(|n| client(n)).collect::<Result<_, _>>()?),
                 next: Arc::new(AtomicUsize::new(0)),
@@ -92,7 +89,7 @@ impl Subscriber {
     ) -> Result<PubSub, BackendError> {
         let attempt = async {
             let client = match &self.target {
-                Target::One(client) => client.clone(),
+                Target::One(client) => Client::clone(client),
                 Target::Nodes { clients, next } => {
                     let n = clients.len().max(1);
                     let i = next.fetch_add(1, Ordering::Relaxed) % n;
@@ -100,9 +97,8 @@ impl Subscriber {
                         BackendError::config("a Redis Cluster needs startup nodes")
                     })?
                 }
-                Target::Sentinel(sentinel) => {
-                    Client::open(sentinel.primary_info(timeout).await?).map_err(BackendError::from)?
-                }
+                Target::Sentinel(sentinel) => Client::open(sentinel.primary_info(timeout).await?)
+                    .map_err(BackendError::from)?,
             };
             let mut pubsub = client
                 .get_async_pubsub()

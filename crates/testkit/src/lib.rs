@@ -23,8 +23,8 @@ mod redis_cluster;
 mod redis_server;
 
 pub use redis_cluster::{
-    cluster_slot, RedisCluster, RedisSentinel, RedisTls, CLUSTER_NODE_TIMEOUT, SENTINEL_DOWN_AFTER,
-    SENTINEL_SERVICE,
+    cluster_slot, RedisCluster, RedisSentinel, RedisTls, Shard, CLUSTER_NODE_TIMEOUT,
+    SENTINEL_DOWN_AFTER, SENTINEL_SERVICE,
 };
 
 pub use redis_server::{skip_on_external_redis, RedisServer, TESTKIT_SKIP_LOG, TEST_REDIS_URL};

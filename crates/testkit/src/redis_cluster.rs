@@ -27,6 +27,9 @@ const FORM_TIMEOUT: Duration = Duration::from_secs(30);
 /// Deadline of each call the fixture makes.
 const CALL_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// A primary's port and the slot ranges (`first..=last`) it serves.
+pub type Shard = (u16, Vec<(u16, u16)>);
+
 /// Slots of a Redis Cluster.
 const SLOTS: u16 = 16384;
 
@@ -330,7 +333,8 @@ impl RedisCluster {
                     {
                         return false;
                     }
-                    let Ok(repl) = call::<String>(port, redis::cmd("INFO").arg("replication")).await
+                    let Ok(repl) =
+                        call::<String>(port, redis::cmd("INFO").arg("replication")).await
                     else {
                         return false;
                     };
@@ -370,7 +374,7 @@ impl RedisCluster {
     }
 
     /// The slot ranges each primary serves, as a running node sees them: `(port, [(first, last)])`.
-    pub async fn primaries(&self) -> anyhow::Result<Vec<(u16, Vec<(u16, u16)>)>> {
+    pub async fn primaries(&self) -> anyhow::Result<Vec<Shard>> {
         let mut last = None;
         for port in self.running_ports() {
             match call::<redis::Value>(port, redis::cmd("CLUSTER").arg("SLOTS")).await {
@@ -405,7 +409,12 @@ impl RedisCluster {
 
     /// Waits until `slot` is served by a running primary other than `old` and the cluster is healthy again
     /// (a replica was promoted after `old` died); answers the new primary's port.
-    pub async fn wait_failover(&self, slot: u16, old: u16, timeout: Duration) -> anyhow::Result<u16> {
+    pub async fn wait_failover(
+        &self,
+        slot: u16,
+        old: u16,
+        timeout: Duration,
+    ) -> anyhow::Result<u16> {
         let deadline = Instant::now() + timeout;
         loop {
             if let Ok(port) = self.primary_of_slot(slot).await {
@@ -425,11 +434,11 @@ impl RedisCluster {
 }
 
 /// Decodes `CLUSTER SLOTS`: `[[first, last, [host, port, id], replicas...], ...]`.
-fn parse_slots(value: &redis::Value) -> anyhow::Result<Vec<(u16, Vec<(u16, u16)>)>> {
+fn parse_slots(value: &redis::Value) -> anyhow::Result<Vec<Shard>> {
     let redis::Value::Array(ranges) = value else {
         bail!("CLUSTER SLOTS answered {value:?}");
     };
-    let mut by_port: Vec<(u16, Vec<(u16, u16)>)> = Vec::new();
+    let mut by_port: Vec<Shard> = Vec::new();
     for range in ranges {
         let redis::Value::Array(fields) = range else {
             bail!("CLUSTER SLOTS range {range:?}");
@@ -441,12 +450,8 @@ fn parse_slots(value: &redis::Value) -> anyhow::Result<Vec<(u16, Vec<(u16, u16)>
         };
         let first: u16 = redis::from_redis_value(first.clone())?;
         let last: u16 = redis::from_redis_value(last.clone())?;
-        let port: u16 = redis::from_redis_value(
-            primary
-                .get(1)
-                .cloned()
-                .context("CLUSTER SLOTS: no port")?,
-        )?;
+        let port: u16 =
+            redis::from_redis_value(primary.get(1).cloned().context("CLUSTER SLOTS: no port")?)?;
         match by_port.iter_mut().find(|(p, _)| *p == port) {
             Some((_, r)) => r.push((first, last)),
             None => by_port.push((port, vec![(first, last)])),
@@ -468,7 +473,10 @@ pub struct RedisSentinel {
 impl std::fmt::Debug for RedisSentinel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisSentinel")
-            .field("servers", &self.servers.iter().map(|n| n.port).collect::<Vec<_>>())
+            .field(
+                "servers",
+                &self.servers.iter().map(|n| n.port).collect::<Vec<_>>(),
+            )
             .field(
                 "sentinels",
                 &self.sentinels.iter().map(|n| n.port).collect::<Vec<_>>(),
@@ -668,17 +676,51 @@ impl RedisTls {
             "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n",
         )?;
         let made = openssl(&[
-            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=test-ca",
-            "-keyout", "ca.key", "-out", "ca.crt",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=test-ca",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
         ])? && openssl(&[
-            "req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1", "-keyout",
-            "server.key", "-out", "server.csr",
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
         ])? && openssl(&[
-            "x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
-            "-CAcreateserial", "-days", "2", "-extfile", "ext.cnf", "-out", "server.crt",
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+            "-out",
+            "server.crt",
         ])?;
         if !made {
-            eprintln!("skipped: the TLS test needs the openssl CLI to make a throwaway certificate");
+            eprintln!(
+                "skipped: the TLS test needs the openssl CLI to make a throwaway certificate"
+            );
             return Ok(None);
         }
         let port = free_port()?;

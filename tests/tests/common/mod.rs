@@ -48,7 +48,10 @@ pub enum Probe {
 }
 
 impl ConnectionLike for Probe {
-    fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> redis::RedisFuture<'a, redis::Value> {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
         match self {
             Probe::Single(c) => c.req_packed_command(cmd),
             Probe::Cluster(c) => c.req_packed_command(cmd),

@@ -348,7 +348,11 @@ fn litellms_cluster_sentinel_and_tls_keys_are_read_where_litellm_writes_them() {
         &[],
     )
     .unwrap();
-    assert!(config.unimplemented_keys.is_empty(), "{:?}", config.unimplemented_keys);
+    assert!(
+        config.unimplemented_keys.is_empty(),
+        "{:?}",
+        config.unimplemented_keys
+    );
     let config = load(
         &format!(
             "{MINIMAL}router_settings:\n  sentinel_nodes: [[127.0.0.1, 26379]]\n  service_name: mymaster\n  \
@@ -357,5 +361,9 @@ fn litellms_cluster_sentinel_and_tls_keys_are_read_where_litellm_writes_them() {
         &[],
     )
     .unwrap();
-    assert!(config.unimplemented_keys.is_empty(), "{:?}", config.unimplemented_keys);
+    assert!(
+        config.unimplemented_keys.is_empty(),
+        "{:?}",
+        config.unimplemented_keys
+    );
 }
