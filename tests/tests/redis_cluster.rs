@@ -221,3 +221,49 @@ async fn a_primary_fails_over_and_only_its_groups_pause() -> anyhow::Result<()> 
     );
     Ok(())
 }
+
+/// Durable jobs of groups on three primaries: each job's record, queue entry and runs stay on its group's
+/// slot (submit, claim, run and finish are single-slot steps), submitted on one replica and run by any.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_of_groups_on_three_primaries_finish() -> anyhow::Result<()> {
+    let redis_cluster = RedisCluster::shared().await?;
+    let prefix = RedisCluster::fresh_prefix();
+    let keyspace = Keyspace::new(prefix.clone())?;
+    let groups = groups_on_distinct_primaries(&redis_cluster, &keyspace, 3).await?;
+    let upstream = upstream_with_latency(Duration::from_millis(10)).await?;
+    let config = config(&groups, &upstream);
+    let fleet =
+        Cluster::start_on_cluster(2, redis_cluster.clone(), &prefix, config, upstream).await?;
+    let caller = router::JobCaller {
+        identity: "tester".to_owned(),
+        admin: false,
+    };
+    let mut tickets = Vec::new();
+    for (i, (g, _)) in groups.iter().enumerate() {
+        for n in 0..2 {
+            let req = tagged(g, &format!("{g}-job-{n}"), Some(1));
+            tickets.push(fleet.replica(i).submit_job(req, &caller).await?);
+        }
+    }
+    for ticket in tickets {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let report = fleet
+                .replica(1)
+                .job(&ticket.id, &caller, Duration::from_secs(2))
+                .await?;
+            match report.phase {
+                router::JobPhase::Finished(router::JobOutcome::Result(_)) => break,
+                router::JobPhase::Finished(other) => {
+                    anyhow::bail!("job {} ended {other:?}", ticket.id)
+                }
+                _ => ensure!(
+                    Instant::now() < deadline,
+                    "job {} did not finish",
+                    ticket.id
+                ),
+            }
+        }
+    }
+    Ok(())
+}
