@@ -173,3 +173,10 @@ async fn memory_fixed_windows_rpm_is_exact_per_window_and_windows_serve_the_most
 ) -> anyhow::Result<()> {
     rpm_is_exact_per_window_and_windows_serve_the_most_urgent(Kind::Memory, 60, "fixed").await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cluster_rpm_is_exact_per_window_and_windows_serve_the_most_urgent(
+) -> anyhow::Result<()> {
+    rpm_is_exact_per_window_and_windows_serve_the_most_urgent(Kind::RedisCluster(3), 200, "rolling")
+        .await
+}

@@ -233,3 +233,25 @@ mod memory {
         super::urgent_stream_holds_back_lower_priorities_which_then_proceed_fifo(Kind::Memory).await
     }
 }
+
+mod redis_cluster {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn upstream_receives_waiting_requests_in_priority_then_arrival_order(
+    ) -> anyhow::Result<()> {
+        super::upstream_receives_waiting_requests_in_priority_then_arrival_order(
+            Kind::RedisCluster(3),
+        )
+        .await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn urgent_stream_holds_back_lower_priorities_which_then_proceed_fifo(
+    ) -> anyhow::Result<()> {
+        super::urgent_stream_holds_back_lower_priorities_which_then_proceed_fifo(
+            Kind::RedisCluster(3),
+        )
+        .await
+    }
+}

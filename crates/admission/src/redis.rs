@@ -9,7 +9,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use futures::StreamExt;
 use queue_core::{Entry, Score};
-use store::{BackendError, GroupKeys, Keyspace, RedisConnection, StepCall, StepFunction};
+use store::{
+    BackendError, GroupKeys, Keyspace, RedisConnection, StepCall, StepFunction, Subscriber,
+};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use usage_tracker::{Candidate, Outcome, Reservation, SettleReport};
@@ -54,7 +56,7 @@ const LATENCY_ALPHA: f64 = 0.2;
 /// subscribes to this replica's wake-up channel.
 pub struct RedisAdmission {
     connection: RedisConnection,
-    client: redis::Client,
+    client: Subscriber,
     keyspace: Keyspace,
     /// ARGV `usage window`: `<ms>` (fixed windows) or `<ms>r` (rolling).
     window_spec: String,
@@ -77,17 +79,18 @@ struct CachedKeys {
 }
 
 impl RedisAdmission {
-    /// Admission over `connection`; `client` subscribes to this replica's wake-up channel.
+    /// Admission over `connection`; `client` (a [`redis::Client`], or a [`Subscriber`] for a Cluster or
+    /// Sentinels) subscribes to this replica's wake-up channel.
     pub fn new(
         connection: RedisConnection,
-        client: redis::Client,
+        client: impl Into<Subscriber>,
         keyspace: Keyspace,
         window: Duration,
     ) -> RedisAdmission {
         let wake_prefix = format!("{}wake:", keyspace.prefix());
         RedisAdmission {
             connection,
-            client,
+            client: client.into(),
             keyspace,
             window_spec: window.as_millis().to_string(),
             wake_prefix,
@@ -443,13 +446,11 @@ impl AdmissionBackend for RedisAdmission {
             // Wake-ups only shorten waits: pollers poll anyway, so a lost subscription costs latency, not
             // correctness. Reconnect with a pause after failures.
             while !shutdown.is_cancelled() {
-                let subscribed = async {
-                    let mut pubsub = client.get_async_pubsub().await?;
-                    pubsub.subscribe(&[&channel, &job_channel]).await?;
-                    Ok::<_, redis::RedisError>(pubsub)
-                };
-                match tokio::time::timeout(timeout, subscribed).await {
-                    Ok(Ok(mut pubsub)) => {
+                let subscribed = client
+                    .subscribe(&[channel.as_str(), job_channel.as_str()], timeout)
+                    .await;
+                match subscribed {
+                    Ok(mut pubsub) => {
                         let mut messages = pubsub.on_message();
                         loop {
                             tokio::select! {
@@ -469,8 +470,7 @@ impl AdmissionBackend for RedisAdmission {
                             }
                         }
                     }
-                    Ok(Err(e)) => tracing::debug!("wake-up subscription failed: {e}"),
-                    Err(_) => tracing::debug!("wake-up subscription timed out"),
+                    Err(e) => tracing::debug!("wake-up subscription failed: {e}"),
                 }
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_millis(500)) => {}

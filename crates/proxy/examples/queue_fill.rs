@@ -62,6 +62,7 @@ async fn main() -> anyhow::Result<()> {
         pool_size: 4,
         command_timeout: Duration::from_secs(5),
         key_prefix: cli.key_prefix.clone(),
+        ..RedisConfig::default()
     })
     .context("connecting to Redis")?;
     let priority = Priority::new(cli.priority).context("--priority")?;

@@ -206,17 +206,17 @@ impl AppState {
     }
 }
 
-/// The key store beside the router's: the same Redis (a pool of its own, the same call timeout and key
-/// prefix), or memory.
+/// The key store beside the router's: the same Redis (a pool or Cluster client of its own, the same call
+/// timeout and key prefix), or memory.
 fn key_store(backend: &Backend) -> Keys {
     match backend {
         Backend::Memory => Keys::memory(),
-        Backend::Redis(redis) => match store::create_pool(&redis.url, 8, redis.command_timeout) {
-            Ok(pool) => Keys::redis(
-                store::RedisConnection::new(pool, redis.command_timeout),
-                &redis.key_prefix,
-            ),
-            // The router built a pool from the same URL before this: not reached in practice.
+        Backend::Redis(redis) => match store::RedisConnection::connect(&store::RedisConfig {
+            pool_size: 8,
+            ..redis.clone()
+        }) {
+            Ok(connection) => Keys::redis(connection, &redis.key_prefix),
+            // The router connected with the same settings before this: not reached in practice.
             Err(error) => {
                 tracing::error!(%error, "cannot reach Redis for virtual keys; keys live in memory");
                 Keys::memory()

@@ -1,5 +1,6 @@
-//! `scripts/cluster.sh up|status|down`: redis-server and three replicas on loopback ports from the environment,
-//! each answering, then everything stopped and the cluster directory removed.
+//! `scripts/cluster.sh up|status|down`: redis-server (or, with `up --redis-cluster`, a 6-node Redis Cluster) and
+//! three replicas on loopback ports from the environment, each answering, then everything stopped and the
+//! cluster directory removed.
 
 mod common;
 
@@ -18,9 +19,35 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// The first of `n` consecutive ports that are free now (the script's Redis nodes take `port..port + n`),
+/// with their Cluster bus ports (`port + 10000`) free too. Drawn below the kernel's ephemeral range
+/// (32768 and up), which a busy machine's closed connections fill with TIME-WAIT entries.
+fn free_port_run(n: usize) -> u16 {
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos())
+        ^ std::process::id();
+    for attempt in 0..1000u32 {
+        let spread = seed.wrapping_add(attempt.wrapping_mul(7919)) % 10000;
+        let first = 12000 + u16::try_from(spread).unwrap_or(0);
+        let free = (0..n).all(|i| {
+            [i, i + 10000].into_iter().all(|offset| {
+                u16::try_from(usize::from(first) + offset)
+                    .is_ok_and(|p| TcpListener::bind(("127.0.0.1", p)).is_ok())
+            })
+        });
+        if free {
+            return first;
+        }
+    }
+    panic!("no {n} consecutive free ports");
+}
+
 struct Cluster {
     dir: PathBuf,
     env: Vec<(&'static str, String)>,
+    /// `up`'s extra argument (`--redis-cluster`).
+    up_flag: Option<&'static str>,
 }
 
 impl Cluster {
@@ -28,6 +55,7 @@ impl Cluster {
         let out = Command::new("bash")
             .arg(repo_root().join("scripts/cluster.sh"))
             .arg(command)
+            .args(self.up_flag.filter(|_| command == "up"))
             .envs(self.env.iter().map(|(k, v)| (*k, v.as_str())))
             .env_remove("REDIS_URL")
             .output()
@@ -75,13 +103,34 @@ async fn cluster_script_brings_up_three_replicas_sharing_redis_and_cleans_up() {
     if testkit::skip_on_external_redis("scripts/cluster.sh starts its own redis-server") {
         return;
     }
+    three_replicas_share_their_redis(None, "examples/compose-config.yaml", 1).await;
+}
+
+/// `up --redis-cluster`: six cluster nodes (3 primaries + 3 replicas) instead of one redis-server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_script_on_a_redis_cluster_brings_up_three_replicas_and_cleans_up() {
+    if testkit::skip_on_external_redis("scripts/cluster.sh starts its own redis-servers") {
+        return;
+    }
+    three_replicas_share_their_redis(
+        Some("--redis-cluster"),
+        "examples/redis-cluster-config.yaml",
+        6,
+    )
+    .await;
+}
+
+async fn three_replicas_share_their_redis(
+    up_flag: Option<&'static str>,
+    example: &str,
+    redis_processes: usize,
+) {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("cluster");
     let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
     // The example config with an hour-long usage window: the three requests below must count in one window,
     // which a 60 s window rolling between them would split.
-    let example =
-        std::fs::read_to_string(repo_root().join("examples/compose-config.yaml")).unwrap();
+    let example = std::fs::read_to_string(repo_root().join(example)).unwrap();
     assert!(example.contains("\nrouter_settings:\n"), "{example}");
     let config = tmp.path().join("config.yaml");
     std::fs::write(
@@ -105,11 +154,15 @@ async fn cluster_script_brings_up_three_replicas_sharing_redis_and_cleans_up() {
                     .collect::<Vec<_>>()
                     .join(" "),
             ),
-            ("CLUSTER_REDIS_PORT", free_port().to_string()),
+            (
+                "CLUSTER_REDIS_PORT",
+                free_port_run(redis_processes).to_string(),
+            ),
             ("CLUSTER_MASTER_KEY", "sk-cluster-test-key-77".to_owned()),
             ("CLUSTER_WAIT_SECS", "30".to_owned()),
             ("LLM_SCHEDULER_BIN", common::bin().to_owned()),
         ],
+        up_flag,
     };
 
     let (ok, out, err) = cluster.script("up");
@@ -166,12 +219,12 @@ async fn cluster_script_brings_up_three_replicas_sharing_redis_and_cleans_up() {
     assert!(ok, "status failed:\n{out}\n{err}");
     assert_eq!(
         out.lines().filter(|l| l.contains(" up ")).count(),
-        4,
+        3 + redis_processes,
         "{out}"
     );
 
     let started = pids(&cluster.dir);
-    assert_eq!(started.len(), 4, "{started:?}");
+    assert_eq!(started.len(), 3 + redis_processes, "{started:?}");
     let (ok, _, err) = cluster.script("down");
     assert!(ok, "{err}");
     assert!(!cluster.dir.exists(), "cluster dir left behind");

@@ -92,6 +92,7 @@ fn bench(c: &mut Criterion) {
         pool_size: 4,
         command_timeout: Duration::from_secs(2),
         key_prefix,
+        ..RedisConfig::default()
     };
     let redis_queue: Arc<dyn QueueOps> = Arc::new(RedisQueue::new(&config).expect("redis queue"));
     let memory_queue: Arc<dyn QueueOps> = Arc::new(MemoryQueue::new(Clock::new()));

@@ -53,13 +53,17 @@ impl fmt::Debug for RedisQueue {
 }
 
 impl RedisQueue {
-    /// A queue with its own pool built from `config` (connections are made lazily).
+    /// A queue with its own connection built from `config` (one server, Cluster or Sentinel; connections
+    /// are made lazily).
     pub fn new(config: &RedisConfig) -> Result<Self, QueueError> {
         let settings = RedisQueueSettings {
             keyspace: config.keyspace()?,
             command_timeout: config.command_timeout,
         };
-        Ok(Self::from_pool(config.create_pool()?, settings))
+        Ok(Self::from_connection(
+            RedisConnection::connect(config)?,
+            settings,
+        ))
     }
 
     /// A queue on an existing pool (for example shared with usage tracking).
@@ -78,8 +82,8 @@ impl RedisQueue {
         }
     }
 
-    /// The connection pool.
-    pub fn pool(&self) -> &Pool {
+    /// The connection pool (none on a Redis Cluster or behind Sentinels).
+    pub fn pool(&self) -> Option<&Pool> {
         self.connection.pool()
     }
 

@@ -5,11 +5,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use queue_core::{MemoryQueue, QueueBackend, QueueState, RedisQueue, RedisQueueSettings};
-use store::{redact_url, Clock, Keyspace, RedisConfig, RedisConnection};
+use store::{redact_url, Clock, Keyspace, RedisConfig, RedisConnection, RedisTopology, Subscriber};
 use usage_tracker::{MemoryUsage, RedisUsage, UsageSettings, UsageStore};
 
 use crate::cache::ResponseCache;
-use crate::config::RouterSettings;
+use crate::config::{CacheSettings, RedisNode, RouterSettings, Secret};
 use crate::error::RouterError;
 use crate::topology::{CachePolicy, RedisFailureMode};
 use admission::{AdmissionBackend, FailoverAdmission, JobStore, MemoryAdmission, RedisAdmission};
@@ -59,9 +59,12 @@ impl BackendChoice {
         settings: &RouterSettings,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<BackendChoice, RouterError> {
-        let (url, source) = if let Some(url) = &settings.redis_url {
-            check_url(url.expose(), "router_settings.redis_url")?;
-            (url.expose().to_owned(), "router_settings.redis_url")
+        let router = TopologyKeys::of_router(settings);
+        let cache = settings.cache_kwargs.as_ref().map(TopologyKeys::of_cache);
+        let named = if let Some(found) = router.topology()? {
+            Some(found)
+        } else if let Some(url) = &settings.redis_url {
+            Some(router.of_url(url.expose(), "router_settings.redis_url")?)
         } else if let Some(host) = settings
             .redis_host
             .as_deref()
@@ -81,33 +84,32 @@ impl BackendChoice {
                     "expected a host name or address (use router_settings.redis_url for a URL)",
                 ));
             }
-            let host = if host.contains(':') && !host.starts_with('[') {
-                format!("[{host}]")
-            } else {
-                host.to_owned()
-            };
-            let auth = match &settings.redis_password {
-                Some(p) if !p.expose().is_empty() => format!(":{}@", percent_encode(p.expose())),
-                _ => String::new(),
-            };
-            (
-                format!("redis://{auth}{host}:{port}/"),
+            Some(router.standalone(
+                router.node_url(host, port as u16),
                 "router_settings.redis_host",
-            )
+            )?)
+        } else if let Some(found) = cache
+            .as_ref()
+            .map(TopologyKeys::topology)
+            .transpose()?
+            .flatten()
+        {
+            // LiteLLM users name their Cluster or Sentinels in `cache_params`: the scheduler shares them.
+            Some(found)
         } else if let Some(url) = env("REDIS_URL").filter(|u| !u.trim().is_empty()) {
-            check_url(&url, "REDIS_URL")?;
-            (url, "REDIS_URL")
+            Some(router.of_url(&url, "REDIS_URL")?)
         } else {
+            None
+        };
+        let Some((config, source)) = named else {
             return Ok(BackendChoice::default());
         };
-        let defaults = RedisConfig::default();
         let config = RedisConfig {
-            url,
             key_prefix: settings
                 .key_prefix
                 .clone()
-                .unwrap_or(defaults.key_prefix.clone()),
-            ..defaults
+                .unwrap_or(config.key_prefix.clone()),
+            ..config
         };
         config
             .keyspace()
@@ -121,7 +123,32 @@ impl BackendChoice {
     /// A description safe to log: the URL with its password replaced by `***`.
     pub fn describe(&self) -> String {
         match &self.backend {
-            Backend::Redis(cfg) => format!("redis {} (from {})", redact_url(&cfg.url), self.source),
+            Backend::Redis(cfg) => match &cfg.topology {
+                RedisTopology::Standalone => {
+                    format!("redis {} (from {})", redact_url(&cfg.url), self.source)
+                }
+                RedisTopology::Cluster { nodes } => format!(
+                    "redis cluster {} (from {})",
+                    nodes
+                        .iter()
+                        .map(|n| redact_url(n))
+                        .collect::<Vec<_>>()
+                        .join(","),
+                    self.source
+                ),
+                RedisTopology::Sentinel {
+                    sentinels,
+                    service_name,
+                } => format!(
+                    "redis sentinel primary {service_name} via {} (from {})",
+                    sentinels
+                        .iter()
+                        .map(|n| redact_url(n))
+                        .collect::<Vec<_>>()
+                        .join(","),
+                    self.source
+                ),
+            },
             Backend::Memory => "in-memory (single replica)".to_owned(),
         }
     }
@@ -147,6 +174,239 @@ fn check_url(url: &str, key: &str) -> Result<(), RouterError> {
             ),
         ))
     }
+}
+
+/// The Redis keys of `router_settings` or of `cache_kwargs` (LiteLLM's `cache_params`), with the path
+/// errors name.
+struct TopologyKeys<'a> {
+    /// `router_settings.` or `router_settings.cache_kwargs.`.
+    path: &'static str,
+    password: Option<&'a str>,
+    startup_nodes: Option<&'a [RedisNode]>,
+    sentinel_nodes: Option<&'a [RedisNode]>,
+    service_name: Option<&'a str>,
+    sentinel_password: Option<&'a str>,
+    ssl: bool,
+    ssl_ca_certs: Option<&'a str>,
+}
+
+impl<'a> TopologyKeys<'a> {
+    fn of_router(s: &'a RouterSettings) -> Self {
+        TopologyKeys {
+            path: "router_settings.",
+            password: s.redis_password.as_ref().map(Secret::expose),
+            startup_nodes: s.redis_startup_nodes.as_deref(),
+            sentinel_nodes: s.sentinel_nodes.as_deref(),
+            service_name: s.service_name.as_deref(),
+            sentinel_password: s.sentinel_password.as_ref().map(Secret::expose),
+            ssl: s.ssl.unwrap_or(false),
+            ssl_ca_certs: s.ssl_ca_certs.as_deref(),
+        }
+    }
+
+    fn of_cache(c: &'a CacheSettings) -> Self {
+        TopologyKeys {
+            path: "router_settings.cache_kwargs.",
+            password: c.password.as_ref().map(Secret::expose),
+            startup_nodes: c.redis_startup_nodes.as_deref(),
+            sentinel_nodes: c.sentinel_nodes.as_deref(),
+            service_name: c.service_name.as_deref(),
+            sentinel_password: c.sentinel_password.as_ref().map(Secret::expose),
+            ssl: c.ssl.unwrap_or(false),
+            ssl_ca_certs: c.ssl_ca_certs.as_deref(),
+        }
+    }
+
+    fn key(&self, name: &str) -> String {
+        format!("{}{name}", self.path)
+    }
+
+    fn base(&self) -> RedisConfig {
+        RedisConfig {
+            tls_ca_file: self
+                .ssl_ca_certs
+                .map(str::trim)
+                .filter(|p| !p.is_empty())
+                .map(std::path::PathBuf::from),
+            ..RedisConfig::default()
+        }
+    }
+
+    /// `redis[s]://[:password@]host:port/`, `rediss` when `ssl` is set.
+    fn node_url(&self, host: &str, port: u16) -> String {
+        url_of(self.ssl, self.password, host, port)
+    }
+
+    fn standalone(
+        &self,
+        url: String,
+        source: &'static str,
+    ) -> Result<(RedisConfig, &'static str), RouterError> {
+        Ok((RedisConfig { url, ..self.base() }, source))
+    }
+
+    /// A `redis_url`: one server, or a Cluster when written `redis+cluster://` (`rediss+cluster://`) with
+    /// comma-separated `host:port` nodes. `ssl: true` turns `redis://` into `rediss://`.
+    fn of_url(
+        &self,
+        url: &str,
+        key: &'static str,
+    ) -> Result<(RedisConfig, &'static str), RouterError> {
+        let url = url.trim();
+        let cluster = url
+            .strip_prefix("redis+cluster://")
+            .map(|rest| (false, rest))
+            .or_else(|| {
+                url.strip_prefix("rediss+cluster://")
+                    .map(|rest| (true, rest))
+            });
+        if let Some((tls, rest)) = cluster {
+            let rest = rest.trim_end_matches('/');
+            let (auth, hosts) = match rest.rsplit_once('@') {
+                Some((auth, hosts)) => (Some(auth), hosts),
+                None => (None, rest),
+            };
+            let scheme = if tls || self.ssl { "rediss" } else { "redis" };
+            let auth = auth.map(|a| format!("{a}@")).unwrap_or_default();
+            let mut nodes = Vec::new();
+            for node in hosts.split(',').filter(|h| !h.trim().is_empty()) {
+                let (host, port) = RedisNode::Text(node.to_owned())
+                    .address()
+                    .map_err(|e| RouterError::config(key, e))?;
+                nodes.push(format!("{scheme}://{auth}{}:{port}/", bracket(&host)));
+            }
+            if nodes.is_empty() {
+                return Err(RouterError::config(key, "a cluster URL names no nodes"));
+            }
+            return Ok((
+                RedisConfig {
+                    url: nodes[0].clone(),
+                    topology: RedisTopology::Cluster { nodes },
+                    ..self.base()
+                },
+                key,
+            ));
+        }
+        check_url(url, key)?;
+        let url = match url.strip_prefix("redis://") {
+            Some(rest) if self.ssl => format!("rediss://{rest}"),
+            _ => url.to_owned(),
+        };
+        self.standalone(url, key)
+    }
+
+    /// A Cluster (`redis_startup_nodes`) or Sentinels (`sentinel_nodes` + `service_name`), if named.
+    fn topology(&self) -> Result<Option<(RedisConfig, &'static str)>, RouterError> {
+        let addresses =
+            |nodes: &[RedisNode], key: &str| -> Result<Vec<(String, u16)>, RouterError> {
+                nodes
+                    .iter()
+                    .enumerate()
+                    .map(|(i, n)| {
+                        n.address()
+                            .map_err(|e| RouterError::config(format!("{}[{i}]", self.key(key)), e))
+                    })
+                    .collect()
+            };
+        if let Some(nodes) = self.startup_nodes.filter(|n| !n.is_empty()) {
+            let nodes: Vec<String> = addresses(nodes, "redis_startup_nodes")?
+                .iter()
+                .map(|(h, p)| self.node_url(h, *p))
+                .collect();
+            let source = if self.path == "router_settings." {
+                "router_settings.redis_startup_nodes"
+            } else {
+                "litellm_settings.cache_params.redis_startup_nodes"
+            };
+            return Ok(Some((
+                RedisConfig {
+                    url: nodes[0].clone(),
+                    topology: RedisTopology::Cluster { nodes },
+                    ..self.base()
+                },
+                source,
+            )));
+        }
+        if let Some(nodes) = self.sentinel_nodes.filter(|n| !n.is_empty()) {
+            let service_name = self
+                .service_name
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .ok_or_else(|| {
+                    RouterError::config(
+                        self.key("service_name"),
+                        "sentinel_nodes needs the service_name of the primary they monitor",
+                    )
+                })?;
+            let sentinels = addresses(nodes, "sentinel_nodes")?
+                .iter()
+                .map(|(h, p)| url_of(false, self.sentinel_password, h, *p))
+                .collect();
+            let source = if self.path == "router_settings." {
+                "router_settings.sentinel_nodes"
+            } else {
+                "litellm_settings.cache_params.sentinel_nodes"
+            };
+            // The host is replaced by the primary the Sentinels name; the URL carries its password and TLS.
+            return Ok(Some((
+                RedisConfig {
+                    url: self.node_url("localhost", 6379),
+                    topology: RedisTopology::Sentinel {
+                        sentinels,
+                        service_name: service_name.to_owned(),
+                    },
+                    ..self.base()
+                },
+                source,
+            )));
+        }
+        Ok(None)
+    }
+}
+
+/// The cache's own Cluster or Sentinels when `cache_kwargs` names them and `router_settings` names a Redis
+/// of its own (else the scheduler uses them and the cache shares its connection).
+pub(crate) fn own_cache_topology(
+    s: &RouterSettings,
+    c: &CacheSettings,
+) -> Result<Option<RedisConfig>, RouterError> {
+    let router = TopologyKeys::of_router(s);
+    let router_names_redis = router.startup_nodes.is_some_and(|n| !n.is_empty())
+        || router.sentinel_nodes.is_some_and(|n| !n.is_empty())
+        || s.redis_url.is_some()
+        || s.redis_host
+            .as_deref()
+            .is_some_and(|h| !h.trim().is_empty());
+    if !router_names_redis {
+        return Ok(None);
+    }
+    Ok(TopologyKeys::of_cache(c)
+        .topology()?
+        .map(|(config, _)| RedisConfig {
+            key_prefix: c
+                .namespace
+                .clone()
+                .or_else(|| s.key_prefix.clone())
+                .unwrap_or(config.key_prefix.clone()),
+            ..config
+        }))
+}
+
+fn bracket(host: &str) -> String {
+    if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]")
+    } else {
+        host.to_owned()
+    }
+}
+
+fn url_of(tls: bool, password: Option<&str>, host: &str, port: u16) -> String {
+    let scheme = if tls { "rediss" } else { "redis" };
+    let auth = match password {
+        Some(p) if !p.is_empty() => format!(":{}@", percent_encode(p)),
+        _ => String::new(),
+    };
+    format!("{scheme}://{auth}{}:{port}/", bracket(host))
 }
 
 /// Percent-encodes everything but RFC 3986 unreserved characters, for a password inside a URL.
@@ -177,13 +437,11 @@ pub(crate) struct BackendHandle {
     redis: Option<RedisHandle>,
 }
 
-/// The Redis pool, the kept connection every script of this replica multiplexes over, and the call
-/// timeout.
+/// The kept connection (one server's, the Cluster client's or the Sentinels' primary's) every script of
+/// this replica multiplexes over.
 #[derive(Clone)]
 struct RedisHandle {
-    pool: deadpool_redis::Pool,
     connection: RedisConnection,
-    command_timeout: Duration,
 }
 
 impl BackendHandle {
@@ -231,9 +489,6 @@ impl BackendHandle {
                 let keyspace = Keyspace::new(cfg.key_prefix.clone()).map_err(|e| {
                     RouterError::config("router_settings.key_prefix", e.to_string())
                 })?;
-                let pool = cfg
-                    .create_pool()
-                    .map_err(|e| RouterError::config("router_settings.redis_url", e.to_string()))?;
                 let settings = UsageSettings {
                     keyspace: keyspace.clone(),
                     window,
@@ -241,10 +496,11 @@ impl BackendHandle {
                     command_timeout: cfg.command_timeout,
                     ..UsageSettings::default()
                 };
-                let connection = RedisConnection::new(pool.clone(), cfg.command_timeout);
+                let connection = RedisConnection::connect(cfg)
+                    .map_err(|e| RouterError::config("router_settings.redis_url", e.to_string()))?;
                 let usage = RedisUsage::from_connection(connection.clone(), settings)
                     .map_err(|e| RouterError::config("router_settings", e.to_string()))?;
-                let client = redis::Client::open(cfg.url.as_str())
+                let client = Subscriber::new(cfg)
                     .map_err(|e| RouterError::config("router_settings.redis_url", e.to_string()))?;
                 let redis_admission =
                     RedisAdmission::new(connection.clone(), client, keyspace.clone(), window)
@@ -289,11 +545,7 @@ impl BackendHandle {
                     jobs,
                     failover,
                     keyspace,
-                    redis: Some(RedisHandle {
-                        pool,
-                        connection,
-                        command_timeout: cfg.command_timeout,
-                    }),
+                    redis: Some(RedisHandle { connection }),
                 })
             }
         }
@@ -328,18 +580,13 @@ impl BackendHandle {
             return Ok(None);
         };
         if let Some(own) = &c.own_redis {
-            let pool = own.create_pool().map_err(|e| {
+            let connection = RedisConnection::connect(own).map_err(|e| {
                 RouterError::config("router_settings.cache_kwargs.host", e.to_string())
             })?;
             let keyspace = own.keyspace().map_err(|e| {
                 RouterError::config("router_settings.cache_kwargs.namespace", e.to_string())
             })?;
-            return Ok(Some(ResponseCache::redis(
-                c.ttl,
-                pool,
-                keyspace,
-                own.command_timeout,
-            )));
+            return Ok(Some(ResponseCache::redis(c.ttl, connection, keyspace)));
         }
         Ok(match (c.redis, &self.redis) {
             (Some(true), None) => {
@@ -351,9 +598,8 @@ impl BackendHandle {
             (Some(false), _) | (None, None) => Some(ResponseCache::memory(c.ttl, c.max_size_bytes)),
             (_, Some(r)) => Some(ResponseCache::redis(
                 c.ttl,
-                r.pool.clone(),
+                r.connection.clone(),
                 self.keyspace.clone(),
-                r.command_timeout,
             )),
         })
     }
@@ -477,5 +723,151 @@ mod tests {
             path("redis_host: h\nkey_prefix: 'a{b'\n", None),
             "router_settings.key_prefix"
         );
+    }
+
+    fn topology(choice: &BackendChoice) -> RedisTopology {
+        match &choice.backend {
+            Backend::Redis(cfg) => cfg.topology.clone(),
+            Backend::Memory => panic!("memory"),
+        }
+    }
+
+    fn error_path(yaml: &str) -> String {
+        match BackendChoice::from_settings(&settings(yaml), no_env) {
+            Err(RouterError::InvalidConfig { path, .. }) => path,
+            other => panic!("{yaml}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn startup_nodes_in_every_litellm_spelling_make_a_cluster() {
+        let s = settings(
+            "redis_startup_nodes: [{host: a, port: '7001'}, [b, 7002], 'c:7003', {host: 'fd00::1'}]
+\
+             redis_password: 'p@ss'\nssl: true\n",
+        );
+        let choice = BackendChoice::from_settings(&s, no_env).unwrap();
+        assert_eq!(choice.source, "router_settings.redis_startup_nodes");
+        assert_eq!(
+            topology(&choice),
+            RedisTopology::Cluster {
+                nodes: vec![
+                    "rediss://:p%40ss@a:7001/".to_owned(),
+                    "rediss://:p%40ss@b:7002/".to_owned(),
+                    "rediss://:p%40ss@c:7003/".to_owned(),
+                    "rediss://:p%40ss@[fd00::1]:6379/".to_owned(),
+                ]
+            }
+        );
+        let shown = format!("{} {choice:?}", choice.describe());
+        assert!(
+            !shown.contains("p%40ss") && shown.contains("redis cluster"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn a_cluster_url_lists_its_nodes() {
+        let s = settings("redis_url: 'redis+cluster://:pw@h1:7000,h2:7001/'\n");
+        let choice = BackendChoice::from_settings(&s, no_env).unwrap();
+        assert_eq!(
+            topology(&choice),
+            RedisTopology::Cluster {
+                nodes: vec![
+                    "redis://:pw@h1:7000/".to_owned(),
+                    "redis://:pw@h2:7001/".to_owned()
+                ]
+            }
+        );
+        let s = settings("redis_url: 'rediss+cluster://h1:7000'\n");
+        let choice = BackendChoice::from_settings(&s, no_env).unwrap();
+        assert_eq!(
+            topology(&choice),
+            RedisTopology::Cluster {
+                nodes: vec!["rediss://h1:7000/".to_owned()]
+            }
+        );
+        let s = settings("redis_url: 'redis://h:1/'\nssl: true\n");
+        let choice = BackendChoice::from_settings(&s, no_env).unwrap();
+        assert_eq!(redis_url(&choice), Some("rediss://h:1/"));
+    }
+
+    #[test]
+    fn sentinels_need_a_service_name_and_keep_their_own_password() {
+        let s = settings(
+            "sentinel_nodes: [[s1, 26379], {host: s2, port: 26380}]\nservice_name: mymaster\n\
+             sentinel_password: spw\nredis_password: rpw\n",
+        );
+        let choice = BackendChoice::from_settings(&s, no_env).unwrap();
+        assert_eq!(choice.source, "router_settings.sentinel_nodes");
+        assert_eq!(
+            topology(&choice),
+            RedisTopology::Sentinel {
+                sentinels: vec![
+                    "redis://:spw@s1:26379/".to_owned(),
+                    "redis://:spw@s2:26380/".to_owned()
+                ],
+                service_name: "mymaster".to_owned(),
+            }
+        );
+        assert_eq!(redis_url(&choice), Some("redis://:rpw@localhost:6379/"));
+        let shown = format!("{} {choice:?}", choice.describe());
+        assert!(!shown.contains("spw") && !shown.contains("rpw"), "{shown}");
+        assert_eq!(
+            error_path("sentinel_nodes: [[s1, 26379]]\n"),
+            "router_settings.service_name"
+        );
+    }
+
+    #[test]
+    fn bad_nodes_name_their_key_path() {
+        assert_eq!(
+            error_path("redis_startup_nodes: [{host: a, port: 1}, {host: b, port: 70000}]\n"),
+            "router_settings.redis_startup_nodes[1]"
+        );
+        assert_eq!(
+            error_path("sentinel_nodes: ['s1:x']\nservice_name: m\n"),
+            "router_settings.sentinel_nodes[0]"
+        );
+        assert_eq!(
+            error_path("redis_url: 'redis+cluster://'\n"),
+            "router_settings.redis_url"
+        );
+    }
+
+    #[test]
+    fn cache_params_topology_serves_the_scheduler_when_the_router_names_none() {
+        let s = settings(
+            "cache_kwargs: {type: redis, redis_startup_nodes: [{host: a, port: 7001}], password: pw, \
+             ssl_ca_certs: /ca.pem}\n",
+        );
+        let choice = BackendChoice::from_settings(&s, no_env).unwrap();
+        assert_eq!(
+            choice.source,
+            "litellm_settings.cache_params.redis_startup_nodes"
+        );
+        assert_eq!(
+            topology(&choice),
+            RedisTopology::Cluster {
+                nodes: vec!["redis://:pw@a:7001/".to_owned()]
+            }
+        );
+        let Backend::Redis(cfg) = &choice.backend else {
+            panic!("memory")
+        };
+        assert_eq!(
+            cfg.tls_ca_file.as_deref(),
+            Some(std::path::Path::new("/ca.pem"))
+        );
+        // With a Redis of the router's own, the cache's Cluster is the cache's.
+        let s = settings(
+            "redis_host: r\ncache_kwargs: {type: redis, redis_startup_nodes: [{host: a, port: 7001}]}\n",
+        );
+        let choice = BackendChoice::from_settings(&s, no_env).unwrap();
+        assert_eq!(redis_url(&choice), Some("redis://r:6379/"));
+        let own = own_cache_topology(&s, s.cache_kwargs.as_ref().unwrap())
+            .unwrap()
+            .unwrap();
+        assert!(matches!(own.topology, RedisTopology::Cluster { .. }));
     }
 }

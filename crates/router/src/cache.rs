@@ -12,9 +12,9 @@ use crate::request::{AnswerSource, Endpoint};
 pub(crate) enum CacheStore {
     Memory(moka::sync::Cache<String, Arc<Entry>>),
     Redis {
-        pool: deadpool_redis::Pool,
+        /// Every call bounded by the connection's timeout.
+        connection: store::RedisConnection,
         keyspace: store::Keyspace,
-        timeout: Duration,
     },
 }
 
@@ -63,15 +63,13 @@ impl ResponseCache {
 
     pub(crate) fn redis(
         ttl: Duration,
-        pool: deadpool_redis::Pool,
+        connection: store::RedisConnection,
         keyspace: store::Keyspace,
-        timeout: Duration,
     ) -> Self {
         Self {
             store: CacheStore::Redis {
-                pool,
+                connection,
                 keyspace,
-                timeout,
             },
             ttl,
         }
@@ -103,28 +101,17 @@ impl ResponseCache {
                 .filter(|e| fresh(e.created_ms))
                 .map(|e| e.body.clone()),
             CacheStore::Redis {
-                pool,
+                connection,
                 keyspace,
-                timeout,
             } => {
                 let rkey = redis_key(keyspace, key);
-                let res = tokio::time::timeout(*timeout, async {
-                    let mut conn = pool.get().await.map_err(|e| e.to_string())?;
-                    redis::cmd("GET")
-                        .arg(&rkey)
-                        .query_async::<Option<String>>(&mut conn)
-                        .await
-                        .map_err(|e| e.to_string())
-                })
-                .await;
+                let res = connection
+                    .query::<Option<String>>(redis::cmd("GET").arg(&rkey))
+                    .await;
                 let text = match res {
-                    Ok(Ok(v)) => v?,
-                    Ok(Err(e)) => {
+                    Ok(v) => v?,
+                    Err(e) => {
                         tracing::warn!(error = %e, "response cache read failed");
-                        return None;
-                    }
-                    Err(_) => {
-                        tracing::warn!("response cache read timed out");
                         return None;
                     }
                 };
@@ -168,29 +155,17 @@ impl ResponseCache {
                 );
             }
             CacheStore::Redis {
-                pool,
+                connection,
                 keyspace,
-                timeout,
             } => {
                 let rkey = redis_key(keyspace, key);
                 let text = serde_json::json!({"t": created_ms, "v": body}).to_string();
                 let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
-                let res = tokio::time::timeout(*timeout, async {
-                    let mut conn = pool.get().await.map_err(|e| e.to_string())?;
-                    redis::cmd("SET")
-                        .arg(&rkey)
-                        .arg(text)
-                        .arg("PX")
-                        .arg(ms)
-                        .query_async::<()>(&mut conn)
-                        .await
-                        .map_err(|e| e.to_string())
-                })
-                .await;
-                match res {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => tracing::warn!(error = %e, "response cache write failed"),
-                    Err(_) => tracing::warn!("response cache write timed out"),
+                let res = connection
+                    .query::<()>(redis::cmd("SET").arg(&rkey).arg(text).arg("PX").arg(ms))
+                    .await;
+                if let Err(e) = res {
+                    tracing::warn!(error = %e, "response cache write failed");
                 }
             }
         }

@@ -260,6 +260,27 @@ pub struct RouterSettings {
     /// Prefix of every Redis key (default `llms:`).
     #[serde(default)]
     pub key_prefix: Option<String>,
+    /// Redis Cluster startup nodes (LiteLLM's `redis_startup_nodes`: `[{host, port}, ...]`; also
+    /// `[host, port]` pairs or `"host:port"` strings). Credentials from `redis_password`, TLS from `ssl`.
+    #[serde(default)]
+    pub redis_startup_nodes: Option<Vec<RedisNode>>,
+    /// Sentinels to ask for the primary named `service_name` (LiteLLM's `sentinel_nodes`:
+    /// `[[host, port], ...]`; also `{host, port}` maps or `"host:port"` strings).
+    #[serde(default)]
+    pub sentinel_nodes: Option<Vec<RedisNode>>,
+    /// The primary's name the Sentinels monitor (LiteLLM's `service_name`).
+    #[serde(default, deserialize_with = "lenient::opt_string")]
+    pub service_name: Option<String>,
+    /// Password of the Sentinels themselves (masked in `Debug`); the primary's is `redis_password`.
+    #[serde(default)]
+    pub sentinel_password: Option<Secret>,
+    /// `true`: TLS to the Redis servers (`rediss://`), as LiteLLM's `ssl`.
+    #[serde(default, deserialize_with = "lenient::opt_bool")]
+    pub ssl: Option<bool>,
+    /// PEM file of the certificate authorities to check the servers' TLS certificates against
+    /// (LiteLLM's `ssl_ca_certs`; default: the system's roots).
+    #[serde(default, deserialize_with = "lenient::opt_string")]
+    pub ssl_ca_certs: Option<String>,
     /// Keys this project does not implement (the proxy reports them).
     #[serde(flatten)]
     pub extra: BTreeMap<String, Value>,
@@ -403,9 +424,93 @@ pub struct CacheSettings {
     /// Key prefix in the cache's own Redis (LiteLLM's `namespace`; default: the router's `key_prefix`).
     #[serde(default, deserialize_with = "lenient::opt_string")]
     pub namespace: Option<String>,
+    /// Redis Cluster startup nodes (LiteLLM's `redis_startup_nodes`: `[{host, port}, ...]`; also
+    /// `[host, port]` pairs or `"host:port"` strings). Credentials from `password`, TLS from `ssl`.
+    #[serde(default)]
+    pub redis_startup_nodes: Option<Vec<RedisNode>>,
+    /// Sentinels to ask for the primary named `service_name` (LiteLLM's `sentinel_nodes`:
+    /// `[[host, port], ...]`; also `{host, port}` maps or `"host:port"` strings).
+    #[serde(default)]
+    pub sentinel_nodes: Option<Vec<RedisNode>>,
+    /// The primary's name the Sentinels monitor (LiteLLM's `service_name`).
+    #[serde(default, deserialize_with = "lenient::opt_string")]
+    pub service_name: Option<String>,
+    /// Password of the Sentinels themselves (masked in `Debug`); the primary's is `password`.
+    #[serde(default)]
+    pub sentinel_password: Option<Secret>,
+    /// `true`: TLS to the Redis servers (`rediss://`), as LiteLLM's `ssl`.
+    #[serde(default, deserialize_with = "lenient::opt_bool")]
+    pub ssl: Option<bool>,
+    /// PEM file of the certificate authorities to check the servers' TLS certificates against
+    /// (LiteLLM's `ssl_ca_certs`; default: the system's roots).
+    #[serde(default, deserialize_with = "lenient::opt_string")]
+    pub ssl_ca_certs: Option<String>,
     /// Other keys.
     #[serde(flatten)]
     pub extra: BTreeMap<String, Value>,
+}
+
+/// One Redis node: `{host, port}`, `[host, port]` or `"host:port"` (ports as numbers or strings).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum RedisNode {
+    /// `{host: h, port: p}`.
+    Map {
+        /// Host name or address.
+        host: String,
+        /// Port (default 6379).
+        #[serde(default)]
+        port: Option<NodePort>,
+    },
+    /// `[h, p]`.
+    Pair(String, NodePort),
+    /// `"h:p"`.
+    Text(String),
+}
+
+/// A port written as a number or a string.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum NodePort {
+    /// `7001`.
+    Number(u64),
+    /// `"7001"`.
+    Text(String),
+}
+
+impl RedisNode {
+    /// `(host, port)`, or what is wrong with it.
+    pub fn address(&self) -> Result<(String, u16), String> {
+        let (host, port) = match self {
+            RedisNode::Map { host, port } => (host.trim().to_owned(), port.clone()),
+            RedisNode::Pair(host, port) => (host.trim().to_owned(), Some(port.clone())),
+            RedisNode::Text(text) => {
+                let text = text.trim();
+                match text.rsplit_once(':') {
+                    Some((h, p)) if !h.ends_with(':') => (
+                        h.trim_start_matches('[').trim_end_matches(']').to_owned(),
+                        Some(NodePort::Text(p.to_owned())),
+                    ),
+                    _ => (text.to_owned(), None),
+                }
+            }
+        };
+        if host.is_empty() || host.contains(['/', '@', ',']) {
+            return Err(format!("expected a host name or address, got {host:?}"));
+        }
+        let port = match port {
+            None => 6379,
+            Some(NodePort::Number(n)) => n,
+            Some(NodePort::Text(t)) => t
+                .trim()
+                .parse::<u64>()
+                .map_err(|_| format!("expected a port, got {t:?}"))?,
+        };
+        match u16::try_from(port) {
+            Ok(p) if p > 0 => Ok((host, p)),
+            _ => Err(format!("expected a port in 1..=65535, got {port}")),
+        }
+    }
 }
 
 /// A secret string (API key, password): `Debug` prints `***`, it has no `Display` and no `Serialize`.

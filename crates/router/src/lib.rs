@@ -119,7 +119,7 @@ pub use admission::SchedulerStats;
 pub use backend::{Backend, BackendChoice};
 pub use config::{
     AliasTarget, CacheSettings, FallbackTargets, LitellmParams, ModelInfo, ModelListEntry,
-    RetryPolicy, RouterConfig, RouterSettings, RoutingStrategyArgs, Secret,
+    NodePort, RedisNode, RetryPolicy, RouterConfig, RouterSettings, RoutingStrategyArgs, Secret,
 };
 pub use environ::{resolve_env_reference, EnvValue};
 pub use error::{RouterError, UpstreamError, UpstreamErrorKind};

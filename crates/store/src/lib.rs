@@ -9,15 +9,20 @@
 //! - **Every Redis call is bounded**: [`RedisConnection`] wraps each call (getting a connection included) in
 //!   its timeout; [`create_pool`] sets the pool's wait, create and recycle timeouts and the connection and
 //!   response timeouts.
-//! - **All keys of a model group hash to one Redis Cluster slot**: [`Keyspace`] (the group's hash tag).
+//! - **All keys of a model group hash to one Redis Cluster slot**: [`Keyspace`] (the group's hash tag), so
+//!   every step is single-slot and the Cluster client routes it to the slot's primary.
 //! - **Failures are classified once**: the `From<redis::RedisError>` and `From<deadpool_redis::PoolError>`
 //!   conversions of [`BackendError`]; callers decide on [`BackendErrorKind`], never on messages.
 //! - **No password in logs or errors**: [`redact_url`], used by [`RedisConfig`]'s `Debug`, [`create_pool`]'s
 //!   errors and the router's backend description.
 //!
 //! # Layout
-//! - `config`: [`RedisConfig`] (URL, pool size, call timeout, key prefix) and [`create_pool`].
-//! - `connection`: [`RedisConnection`], one kept multiplexed connection with a timeout on every call.
+//! - `config`: [`RedisConfig`] (URL, pool size, call timeout, key prefix, [`RedisTopology`]: one server,
+//!   Cluster or Sentinel, TLS roots) and [`create_pool`].
+//! - `connection`: [`RedisConnection`], one kept multiplexed connection (or Cluster client, or the
+//!   Sentinels' primary) with a timeout on every call.
+//! - `subscriber`: [`Subscriber`], where wake-up subscriptions go (any Cluster node, the Sentinels'
+//!   primary).
 //! - `function`: [`StepFunction`] and [`StepCall`], an atomic Lua step run as a Redis Function (`FCALL`),
 //!   or as a cached script where the server has no Functions.
 //! - `keyspace`: [`Keyspace`] and [`GroupKeys`], key names, hash tags and their Redis Cluster slot.
@@ -55,11 +60,13 @@ mod error;
 mod function;
 mod keyspace;
 mod redact;
+mod subscriber;
 
 pub use clock::Clock;
-pub use config::{create_pool, RedisConfig};
+pub use config::{create_pool, RedisConfig, RedisTopology};
 pub use connection::RedisConnection;
 pub use error::{BackendError, BackendErrorKind};
 pub use function::{StepCall, StepFunction};
 pub use keyspace::{GroupKeys, Keyspace};
 pub use redact::redact_url;
+pub use subscriber::Subscriber;

@@ -696,12 +696,12 @@ async fn server_pid(port: u16) -> Option<u32> {
         .flatten()
 }
 
-fn free_port() -> anyhow::Result<u16> {
+pub(crate) fn free_port() -> anyhow::Result<u16> {
     let listener = TcpListener::bind("127.0.0.1:0").context("probing for a free port")?;
     Ok(listener.local_addr()?.port())
 }
 
-fn redis_server_bin() -> anyhow::Result<PathBuf> {
+pub(crate) fn redis_server_bin() -> anyhow::Result<PathBuf> {
     if let Some(bin) = std::env::var_os("REDIS_SERVER_BIN") {
         return Ok(PathBuf::from(bin));
     }

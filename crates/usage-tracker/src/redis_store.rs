@@ -90,8 +90,8 @@ impl RedisUsage {
         RedisUsage::from_pool(pool, settings)
     }
 
-    /// The pool this store uses.
-    pub fn pool(&self) -> &Pool {
+    /// The pool this store uses (none on a Redis Cluster or behind Sentinels).
+    pub fn pool(&self) -> Option<&Pool> {
         self.connection.pool()
     }
 

@@ -10,14 +10,15 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, ensure, Context};
-use redis::aio::MultiplexedConnection;
+use redis::aio::{ConnectionLike, MultiplexedConnection};
+use redis::cluster_async::ClusterConnection;
 use router::{
     Backend, DeploymentHealth, Endpoint, Router, RouterConfig, RouterError, RouterRequest,
     RouterResponse,
 };
 use serde_json::{json, Value};
 use store::{GroupKeys, Keyspace, RedisConfig};
-use testkit::{Behavior, MockUpstream, MockUpstreamConfig, RedisServer};
+use testkit::{Behavior, MockUpstream, MockUpstreamConfig, RedisCluster, RedisServer};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -31,6 +32,71 @@ pub enum Kind {
     Memory,
     /// This many independent routers (each with its own pool) on one fresh Redis.
     Redis(usize),
+    /// This many independent routers (each with its own Cluster client) on the test binary's shared
+    /// Redis Cluster (3 primaries + 3 replicas), under a prefix of the test's own.
+    RedisCluster(usize),
+}
+
+/// A probe connection to the scheduler's Redis: one server's, or a Cluster client's (which routes each
+/// command to its slot's primary).
+#[derive(Clone)]
+pub enum Probe {
+    /// One server.
+    Single(MultiplexedConnection),
+    /// A Redis Cluster.
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Probe {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            Probe::Single(c) => c.req_packed_command(cmd),
+            Probe::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Probe::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Probe::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Probe::Single(c) => c.get_db(),
+            Probe::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// The Redis backend on a Redis Cluster (short timeouts, `prefix`).
+pub fn cluster_backend(cluster: &RedisCluster, prefix: &str) -> Backend {
+    let nodes = cluster.node_urls();
+    Backend::Redis(RedisConfig {
+        url: nodes[0].clone(),
+        pool_size: 8,
+        command_timeout: Duration::from_secs(2),
+        key_prefix: prefix.to_owned(),
+        topology: store::RedisTopology::Cluster { nodes },
+        ..RedisConfig::default()
+    })
+}
+
+/// A probe connection to `cluster`.
+pub async fn cluster_probe(cluster: &RedisCluster) -> anyhow::Result<Probe> {
+    let client = redis::cluster::ClusterClientBuilder::new(cluster.node_urls())
+        .response_timeout(Duration::from_secs(10))
+        .build()?;
+    Ok(Probe::Cluster(client.get_async_connection().await?))
 }
 
 /// A mock upstream answering after `latency`.
@@ -169,7 +235,7 @@ pub struct Cluster {
     pub kind: Kind,
     pub upstream: MockUpstream,
     pub replicas: Vec<Router>,
-    conn: Option<MultiplexedConnection>,
+    conn: Option<Probe>,
     keyspace: Keyspace,
     /// Queue and grant members already attributed to a submitted request (Redis).
     seen: Mutex<HashSet<String>>,
@@ -177,6 +243,8 @@ pub struct Cluster {
     started: Mutex<Vec<Started>>,
     /// Last, so the routers are dropped before their server.
     pub redis: Option<RedisServer>,
+    /// The shared Redis Cluster of [`Kind::RedisCluster`].
+    pub redis_cluster: Option<Arc<RedisCluster>>,
 }
 
 impl Cluster {
@@ -189,6 +257,11 @@ impl Cluster {
         let redis = match kind {
             Kind::Memory => None,
             Kind::Redis(_) => Some(RedisServer::start().await?),
+            Kind::RedisCluster(n) => {
+                let prefix = RedisCluster::fresh_prefix();
+                let shared = RedisCluster::shared().await?;
+                return Cluster::start_on_cluster(n, shared, &prefix, config, upstream).await;
+            }
         };
         Cluster::start_on(kind, redis, config, upstream).await
     }
@@ -214,14 +287,14 @@ impl Cluster {
         }
         let conn = match &redis {
             // Probes may queue behind bursts of admission steps: allow more than the default 500 ms.
-            Some(server) => Some(
+            Some(server) => Some(Probe::Single(
                 redis::Client::open(server.url())?
                     .get_multiplexed_async_connection_with_config(
                         &redis::AsyncConnectionConfig::new()
                             .set_response_timeout(Some(Duration::from_secs(10))),
                     )
                     .await?,
-            ),
+            )),
             None => None,
         };
         Ok(Cluster {
@@ -233,6 +306,34 @@ impl Cluster {
             seen: Mutex::new(HashSet::new()),
             started: Mutex::new(Vec::new()),
             redis,
+            redis_cluster: None,
+        })
+    }
+
+    /// `n` routers built from `config` on the Redis Cluster `redis_cluster`, under `prefix`.
+    pub async fn start_on_cluster(
+        n: usize,
+        redis_cluster: Arc<RedisCluster>,
+        prefix: &str,
+        config: Value,
+        upstream: MockUpstream,
+    ) -> anyhow::Result<Cluster> {
+        let backend = cluster_backend(&redis_cluster, prefix);
+        let mut replicas = Vec::with_capacity(n);
+        for _ in 0..n {
+            let cfg = RouterConfig::from_json(config.clone())?;
+            replicas.push(Router::new(cfg, backend.clone()).await?);
+        }
+        Ok(Cluster {
+            kind: Kind::RedisCluster(n),
+            upstream,
+            replicas,
+            conn: Some(cluster_probe(&redis_cluster).await?),
+            keyspace: Keyspace::new(prefix)?,
+            seen: Mutex::new(HashSet::new()),
+            started: Mutex::new(Vec::new()),
+            redis: None,
+            redis_cluster: Some(redis_cluster),
         })
     }
 
@@ -251,8 +352,16 @@ impl Cluster {
         self.keyspace.group(group)
     }
 
-    /// A probe connection (Redis only).
+    /// A probe connection to the one redis-server ([`Kind::Redis`] only).
     pub fn conn(&self) -> anyhow::Result<MultiplexedConnection> {
+        match self.probe()? {
+            Probe::Single(conn) => Ok(conn),
+            Probe::Cluster(_) => bail!("this fleet runs on a Redis Cluster: use probe()"),
+        }
+    }
+
+    /// A probe connection to the shared Redis (one server or a Cluster).
+    pub fn probe(&self) -> anyhow::Result<Probe> {
         self.conn.clone().context("this cluster has no Redis")
     }
 
@@ -314,7 +423,7 @@ impl Cluster {
     }
 
     /// Whether a queue or grant member of `group` appeared that no submitted request was credited with.
-    async fn new_member(&self, conn: &MultiplexedConnection, group: &str) -> anyhow::Result<bool> {
+    async fn new_member(&self, conn: &Probe, group: &str) -> anyhow::Result<bool> {
         let keys = self.keys(group);
         let mut conn = conn.clone();
         let (queued, granted): (Vec<String>, Vec<String>) = redis::pipe()
@@ -383,7 +492,7 @@ impl Cluster {
 
     /// Grants not yet taken by their replica (Redis only).
     pub async fn grants(&self, group: &str) -> anyhow::Result<u64> {
-        let mut conn = self.conn()?;
+        let mut conn = self.probe()?;
         Ok(redis::cmd("HLEN")
             .arg(self.keys(group).grants)
             .query_async(&mut conn)
@@ -392,7 +501,7 @@ impl Cluster {
 
     /// In-flight leases of deployment `id`, expired ones included (Redis only).
     pub async fn in_flight_leases(&self, group: &str, id: &str) -> anyhow::Result<u64> {
-        let mut conn = self.conn()?;
+        let mut conn = self.probe()?;
         Ok(redis::cmd("ZCARD")
             .arg(self.keys(group).deployment_inflight(id))
             .query_async(&mut conn)
@@ -567,6 +676,7 @@ pub fn redis_backend(server: &RedisServer) -> Backend {
         pool_size: 8,
         command_timeout: Duration::from_secs(2),
         key_prefix: server.prefix().to_owned(),
+        ..RedisConfig::default()
     })
 }
 
@@ -580,7 +690,8 @@ pub async fn expect_ok(tag: &str, pending: Pending) -> anyhow::Result<RouterResp
 }
 
 /// Runs each named `async fn(Kind) -> anyhow::Result<()>` of the including test file on three replicas
-/// sharing a fresh redis-server and on one in-memory router.
+/// sharing a fresh redis-server, on three replicas sharing the test binary's Redis Cluster, and on one
+/// in-memory router.
 #[allow(unused_macros)] // not every test file runs on both backends
 macro_rules! on_both_backends {
     ($($name:ident),* $(,)?) => {
@@ -597,6 +708,14 @@ macro_rules! on_both_backends {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() -> anyhow::Result<()> {
                     super::$name(super::Kind::Memory).await
+                }
+            )*
+        }
+        mod redis_cluster {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() -> anyhow::Result<()> {
+                    super::$name(super::Kind::RedisCluster(3)).await
                 }
             )*
         }

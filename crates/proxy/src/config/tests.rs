@@ -337,3 +337,33 @@ async fn errors_of_the_caches_own_redis_name_the_cache_params() {
         "{text}"
     );
 }
+
+#[test]
+fn litellms_cluster_sentinel_and_tls_keys_are_read_where_litellm_writes_them() {
+    let config = load(
+        &format!(
+            "{MINIMAL}litellm_settings:\n  cache: true\n  cache_params: {{type: redis, \
+             redis_startup_nodes: [{{host: 127.0.0.1, port: '7001'}}], ssl: true, ssl_ca_certs: /ca.pem}}\n"
+        ),
+        &[],
+    )
+    .unwrap();
+    assert!(
+        config.unimplemented_keys.is_empty(),
+        "{:?}",
+        config.unimplemented_keys
+    );
+    let config = load(
+        &format!(
+            "{MINIMAL}router_settings:\n  sentinel_nodes: [[127.0.0.1, 26379]]\n  service_name: mymaster\n  \
+             sentinel_password: s\n  redis_password: p\n"
+        ),
+        &[],
+    )
+    .unwrap();
+    assert!(
+        config.unimplemented_keys.is_empty(),
+        "{:?}",
+        config.unimplemented_keys
+    );
+}

@@ -32,6 +32,7 @@ pub(crate) fn redis_config(server: &RedisServer, name: &str) -> RedisConfig {
         pool_size: 4,
         command_timeout: Duration::from_secs(2),
         key_prefix: unique_prefix(server, name),
+        ..RedisConfig::default()
     }
 }
 

@@ -20,6 +20,7 @@ fn queue(server: &RedisServer) -> anyhow::Result<RedisQueue> {
         pool_size: 2,
         command_timeout: TIMEOUT,
         key_prefix: unique_prefix(server, "recovery"),
+        ..RedisConfig::default()
     })?)
 }
 

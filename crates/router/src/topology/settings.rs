@@ -240,7 +240,7 @@ fn own_cache_redis(
     s: &RouterSettings,
 ) -> Result<Option<store::RedisConfig>, RouterError> {
     let Some(host) = c.host.as_deref().filter(|h| !h.trim().is_empty()) else {
-        return Ok(None);
+        return crate::backend::own_cache_topology(s, c);
     };
     let as_router = RouterSettings {
         redis_host: Some(host.to_owned()),

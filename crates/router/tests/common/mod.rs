@@ -8,8 +8,9 @@ use serde_json::{json, Value};
 use store::RedisConfig;
 use testkit::{MockUpstream, RedisServer};
 
-/// Runs each named `async fn(Backend) -> anyhow::Result<()>` against the memory backend and against Redis (a
-/// fresh redis-server, or a prefix of its own on `TEST_REDIS_URL`).
+/// Runs each named `async fn(Backend) -> anyhow::Result<()>` against the memory backend, against Redis (a
+/// fresh redis-server, or a prefix of its own on `TEST_REDIS_URL`) and against the test binary's Redis
+/// Cluster (a prefix of its own).
 #[macro_export]
 macro_rules! on_both_backends {
     ($($name:ident),* $(,)?) => {
@@ -30,6 +31,14 @@ macro_rules! on_both_backends {
                 }
             )*
         }
+        mod redis_cluster {
+            $(
+                #[tokio::test]
+                async fn $name() -> anyhow::Result<()> {
+                    super::$name($crate::common::cluster_backend().await?).await
+                }
+            )*
+        }
     };
 }
 
@@ -40,7 +49,22 @@ pub fn redis_backend(server: &RedisServer) -> Backend {
         pool_size: 8,
         command_timeout: Duration::from_secs(2),
         key_prefix: server.prefix().to_owned(),
+        ..RedisConfig::default()
     })
+}
+
+/// The Redis backend on the test binary's shared Redis Cluster, under a fresh prefix.
+pub async fn cluster_backend() -> anyhow::Result<Backend> {
+    let cluster = testkit::RedisCluster::shared().await?;
+    let nodes = cluster.node_urls();
+    Ok(Backend::Redis(RedisConfig {
+        url: nodes[0].clone(),
+        pool_size: 8,
+        command_timeout: Duration::from_secs(2),
+        key_prefix: testkit::RedisCluster::fresh_prefix(),
+        topology: store::RedisTopology::Cluster { nodes },
+        ..RedisConfig::default()
+    }))
 }
 
 /// A router from a `config.yaml`-shaped JSON value.
