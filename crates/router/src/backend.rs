@@ -164,6 +164,14 @@ fn percent_encode(text: &str) -> String {
     out
 }
 
+/// The admission steps, jobs' records, queue status and (fail-open) the failover wrapper, on Redis.
+type RedisSides = (
+    Arc<dyn AdmissionBackend>,
+    Arc<dyn JobStore>,
+    Arc<dyn QueueStatus>,
+    Option<Arc<FailoverAdmission>>,
+);
+
 /// The built backend: the usage store, the admission steps and, on Redis, the shared pool.
 pub(crate) struct BackendHandle {
     usage: Arc<dyn UsageStore>,
@@ -254,12 +262,7 @@ impl BackendHandle {
                 let redis_admission =
                     RedisAdmission::new(connection.clone(), client, keyspace.clone(), window)
                         .rolling(rolling);
-                let (admission, jobs, status, failover): (
-                    Arc<dyn AdmissionBackend>,
-                    Arc<dyn JobStore>,
-                    Arc<dyn QueueStatus>,
-                    _,
-                ) = match failure_mode {
+                let (admission, jobs, status, failover): RedisSides = match failure_mode {
                     RedisFailureMode::Closed => {
                         let redis_admission = Arc::new(redis_admission);
                         (
