@@ -167,6 +167,8 @@ function timeline(points) {
   priorities.forEach((p, k) => {
     const line = points.map((smp, i) => `${x(i).toFixed(1)},${y(smp.depths.get(p) || 0).toFixed(1)}`).join(" ");
     s.append(svg("polyline", { points: line, fill: "none", stroke: COLORS[k], "stroke-width": 2, "stroke-dasharray": DASHES[k], "vector-effect": "non-scaling-stroke" }));
+    const last = points[points.length - 1];
+    if (last) s.append(svg("circle", { cx: x(points.length - 1).toFixed(1), cy: y(last.depths.get(p) || 0).toFixed(1), r: 2.5, fill: COLORS[k] }));
   });
   const wrap = el("div");
   wrap.append(s);
