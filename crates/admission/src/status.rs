@@ -249,3 +249,61 @@ fn decode(value: redis::Value) -> Result<GroupStatus, BackendError> {
         jobs_running,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use queue_core::EntryMeta;
+
+    fn member(id: uuid::Uuid, owner: &str) -> String {
+        Entry::new(id, owner, EntryMeta::default())
+            .expect("entry")
+            .member()
+            .to_owned()
+    }
+
+    #[test]
+    fn a_waiters_age_comes_from_its_version_7_id() {
+        let at_ms = 1_796_000_000_123_u64;
+        let ts = uuid::Timestamp::from_unix(
+            uuid::NoContext,
+            at_ms / 1000,
+            (at_ms % 1000) as u32 * 1_000_000,
+        );
+        let band = Band {
+            priority: Priority::new(3).expect("priority"),
+            waiting: 2,
+            head: member(uuid::Uuid::new_v7(ts), "replica-a"),
+        };
+        assert_eq!(band.head_enqueued_ms(), Some(at_ms));
+        let status = GroupStatus {
+            now_ms: at_ms + 1_500,
+            bands: vec![band],
+            ..GroupStatus::default()
+        };
+        assert_eq!(status.oldest_wait(), Some(Duration::from_millis(1_500)));
+        let old = Band {
+            priority: Priority::new(0).expect("priority"),
+            waiting: 1,
+            head: member(uuid::Uuid::new_v4(), "replica-a"),
+        };
+        assert_eq!(old.head_enqueued_ms(), None, "a version 4 id tells no time");
+    }
+
+    #[test]
+    fn grants_are_counted_by_their_owner() {
+        let status = GroupStatus {
+            granted: vec![
+                member(uuid::Uuid::new_v4(), "replica-a"),
+                member(uuid::Uuid::new_v4(), "replica-b"),
+                member(uuid::Uuid::new_v4(), "replica-a"),
+                "not a member".to_owned(),
+            ],
+            ..GroupStatus::default()
+        };
+        let by_owner = status.grants_by_owner();
+        assert_eq!(by_owner.get("replica-a"), Some(&2));
+        assert_eq!(by_owner.get("replica-b"), Some(&1));
+        assert_eq!(by_owner.len(), 2);
+    }
+}
