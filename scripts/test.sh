@@ -68,6 +68,18 @@ ensure_sdks() {
 }
 ensure_sdks
 
+# The operator's page is tested in headless Chromium (Debian's `chromium`); install it when missing, quietly
+# and bounded in time. The browser test prints why it skipped when it still cannot find one.
+if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    echo "== installing chromium (the /ui browser test)"
+    if ! DEBIAN_FRONTEND=noninteractive timeout 600 apt-get install -y -qq --no-install-recommends chromium \
+        >/dev/null 2>&1; then
+        timeout 300 apt-get update -qq >/dev/null 2>&1 || true
+        DEBIAN_FRONTEND=noninteractive timeout 600 apt-get install -y -qq --no-install-recommends chromium \
+            >/dev/null 2>&1 || echo "   chromium could not be installed: the browser test will skip"
+    fi
+fi
+
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 

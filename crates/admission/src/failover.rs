@@ -69,6 +69,16 @@ impl FailoverAdmission {
         self.down.load(Ordering::Relaxed)
     }
 
+    /// The Redis twin.
+    pub(crate) fn redis(&self) -> &RedisAdmission {
+        &self.redis
+    }
+
+    /// The memory twin serving while Redis does not answer.
+    pub(crate) fn memory(&self) -> &MemoryAdmission {
+        &self.memory
+    }
+
     /// Whether this step should try Redis.
     fn try_redis(&self) -> bool {
         match *lock(&self.retry_at) {

@@ -46,7 +46,8 @@ impl JobId {
     /// A fresh id in `group`.
     pub fn new(group: &str) -> JobId {
         JobId {
-            key: uuid::Uuid::new_v4(),
+            // Version 7: the id carries its creation time (a queued job's age in /queue/status).
+            key: uuid::Uuid::now_v7(),
             group: group.to_owned(),
         }
     }

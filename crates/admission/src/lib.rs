@@ -45,6 +45,9 @@
 //!   and [`JobStore`], the steps on a job's record (`src/lua/job_v1.lua`; twin in `src/memory.rs`). A job's
 //!   entry has the owner `queue_core::JOB_OWNER`: no replica's liveness ends it; only its run holds a
 //!   runner lease, and a claim puts runs whose lease lapsed back at their place.
+//! - `status`: [`QueueStatus`], a read-only view of a group's queue for operators ([`GroupStatus`]: depth
+//!   and oldest waiter by priority, live replicas, grants not yet taken, jobs), one call of
+//!   `src/lua/status_v1.lua` on Redis (twin: [`MemoryAdmission`]), never a walk over the entries.
 //! - `error`: [`AdmissionError`]. A failed step is a `store::BackendError` (the store's one
 //!   classification of failures, shared with queue-core, usage-tracker and the router).
 //!
@@ -108,6 +111,7 @@ mod jobs;
 mod memory;
 mod redis;
 mod scheduler;
+mod status;
 mod step;
 
 pub use error::AdmissionError;
@@ -119,6 +123,7 @@ pub use jobs::{
 pub use memory::MemoryAdmission;
 pub use redis::RedisAdmission;
 pub use scheduler::{AdmitRequest, GroupCandidates, GroupOrder, Scheduler, SchedulerStats};
+pub use status::{Band, GroupStatus, QueueStatus, STATUS_BANDS};
 pub use step::{
     job_lease_id, lease_id, AdmissionBackend, AdmissionSettings, CancelOutcome, Grant,
     GrantPayload, Place, Polled, Release, Restore, Restored, Step, StepReply, Submit,

@@ -157,6 +157,14 @@ impl MemoryAdmission {
             .unwrap_or_default()
     }
 
+    /// Durable jobs of `group` queued or running, and running (`HLEN` of `:jobs`, `ZCARD` of `:jobruns`).
+    pub(crate) fn job_counts(&self, group: &str) -> (u64, u64) {
+        lock(&self.jobs)
+            .groups
+            .get(group)
+            .map_or((0, 0), |g| (g.jobs.len() as u64, g.runs.len() as u64))
+    }
+
     /// Job records held (expired ones included until swept).
     pub fn job_records(&self) -> usize {
         lock(&self.jobs).records.len()

@@ -120,6 +120,23 @@ impl RedisAdmission {
         self
     }
 
+    /// The keyspace of this store.
+    pub(crate) fn keyspace(&self) -> &Keyspace {
+        &self.keyspace
+    }
+
+    /// The kept connection.
+    pub(crate) fn connection(&self) -> &RedisConnection {
+        &self.connection
+    }
+
+    /// The pinned time of a test, if any.
+    pub(crate) fn pinned_ms(&self) -> Option<u64> {
+        self.pinned_now
+            .as_ref()
+            .map(|now| now.load(Ordering::SeqCst))
+    }
+
     /// KEYS and the group-wide ARGV of one step.
     fn invocation(&self, step: &Step<'_>, mode: &str) -> StepCall {
         let mut inv = StepCall::new();

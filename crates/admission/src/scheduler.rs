@@ -200,7 +200,8 @@ impl Scheduler {
             prompt_tokens: request.prompt_tokens,
             deadline_ms,
         };
-        let entry = Entry::new(uuid::Uuid::new_v4(), &*inner.owner, meta)
+        // A version 7 id carries its creation time: /queue/status reads a waiter's age from it.
+        let entry = Entry::new(uuid::Uuid::now_v7(), &*inner.owner, meta)
             .map_err(|e| AdmissionError::Backend(e.into()))?;
         let (tx, rx) = oneshot::channel();
         let generation = {

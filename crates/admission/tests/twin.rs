@@ -15,8 +15,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use admission::{
     AdmissionBackend, AdmissionSettings, CancelOutcome, Claim, Claimed, Grant, GrantPayload,
-    JobEnd, JobErrors, JobId, JobStore, MemoryAdmission, NewJob, Place, Polled, RedisAdmission,
-    Release, Restore, Restored, Step, StepReply, Submit, SubmitOutcome,
+    JobEnd, JobErrors, JobId, JobStore, MemoryAdmission, NewJob, Place, Polled, QueueStatus,
+    RedisAdmission, Release, Restore, Restored, Step, StepReply, Submit, SubmitOutcome,
+    STATUS_BANDS,
 };
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
@@ -504,6 +505,32 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// The read-only status (`status_v1.lua` and its twin) agrees after step `i`: with one band, so the cut-off
+/// is exercised, and with the default.
+async fn statuses_agree(twins: &Twins, i: usize, op: &Op) -> Result<(), TestCaseError> {
+    for bands in [1, STATUS_BANDS] {
+        let from_redis = twins
+            .redis
+            .group_status(GROUP, bands)
+            .await
+            .map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let from_memory = twins
+            .memory
+            .group_status(GROUP, bands)
+            .await
+            .map_err(|e| TestCaseError::fail(e.to_string()))?;
+        prop_assert_eq!(
+            &from_redis,
+            &from_memory,
+            "status ({} bands) after step {} {:?}",
+            bands,
+            i,
+            op
+        );
+    }
+    Ok(())
+}
+
 /// Runs `ops` on both twins, comparing every reply and the state after every step.
 async fn run_case(
     twins: &Twins,
@@ -539,6 +566,7 @@ async fn run_case(
                 prop_assert_eq!(&from_redis, &from_memory, "job step {} {:?}", i, op);
                 let (redis_jobs, memory_jobs) = twins.job_keys().await.map_err(|e| fail(&e))?;
                 prop_assert_eq!(&redis_jobs, &memory_jobs, "jobs after step {} {:?}", i, op);
+                statuses_agree(twins, i, op).await?;
                 let redis_state = twins.redis_state().await.map_err(|e| fail(&e))?;
                 prop_assert_eq!(
                     &redis_state,
@@ -720,6 +748,7 @@ async fn run_case(
         );
         let (redis_jobs, memory_jobs) = twins.job_keys().await.map_err(|e| fail(&e))?;
         prop_assert_eq!(&redis_jobs, &memory_jobs, "jobs after step {} {:?}", i, op);
+        statuses_agree(twins, i, op).await?;
         // What the step reserved, for later releases.
         let reply = from_memory.map_err(|e| fail(&e))?;
         tally(seen, &reply);

@@ -37,7 +37,7 @@ fn require_master(state: &AppState, caller: &Caller) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn key_error(state: &AppState, err: KeyError) -> ApiError {
+pub(crate) fn key_error(state: &AppState, err: KeyError) -> ApiError {
     if err.is_backend() {
         state.metrics().backend_errors().inc();
         ApiError::store_unavailable(err.to_string())

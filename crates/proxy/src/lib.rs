@@ -18,6 +18,9 @@
 //! - `error`: [`ApiError`], the OpenAI-shaped error every handler answers with.
 //! - `metrics`: Prometheus metrics of the edge and the router.
 //! - `model_info`: LiteLLM's `/model/info` and `/model_group/info` shapes, without credentials.
+//! - `status`: `GET /queue/status`, every group's queue and every deployment's usage from the shared store
+//!   (a virtual key sees its own requests).
+//! - `ui`: `GET /ui`, the operator's page (HTML, CSS and JS embedded at build time) over `/queue/status`.
 //! - `state`: [`AppState`], shared by handlers.
 //! - `server`: [`run`], serving until shutdown with a grace period; accepting under `max_connections`.
 //! - `connection`: one client connection (HTTP/1.1) with its header, keep-alive and body timeouts
@@ -53,6 +56,8 @@ mod request;
 mod routes;
 mod server;
 mod state;
+mod status;
+mod ui;
 
 pub use auth::{Caller, CallerIdentity};
 pub use check::{check_config, ConfigReport};

@@ -44,7 +44,8 @@ pub const HEADER_CACHE_HIT: &str = "x-llm-scheduler-cache-hit";
 enum Access {
     /// The master key or a virtual key (when a master key is set).
     Key,
-    /// Anyone (probes, the API description; `/metrics` checks its own setting).
+    /// Anyone (probes, the API description, the operator's page, which logs in itself; `/metrics` checks
+    /// its own setting).
     Open,
 }
 
@@ -84,6 +85,9 @@ fn route_table() -> Vec<(&'static str, MethodRouter<AppState>, Access)> {
         ("/key/update", post(key_routes::update), Key),
         ("/key/delete", post(key_routes::delete), Key),
         ("/key/list", get(key_routes::list), Key),
+        ("/queue/status", get(crate::status::queue_status), Key),
+        ("/ui", get(crate::ui::index), Open),
+        ("/ui/{asset}", get(crate::ui::asset), Open),
         ("/health/readiness", get(readiness), Open),
         ("/health/liveliness", get(liveliness), Open),
         ("/health/liveness", get(liveliness), Open),

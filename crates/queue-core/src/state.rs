@@ -253,6 +253,52 @@ impl QueueState {
         out
     }
 
+    /// The twin of `status_v1.lua`'s band walk: for each priority with queued entries (best first, at most
+    /// `max_bands`) its count and its head's member, and whether more priorities wait beyond them. Costs a
+    /// range lookup per band, as the script's `ZRANGEBYSCORE ... LIMIT 0 1` and `ZCOUNT` do.
+    pub fn priority_bands(
+        &self,
+        group: &str,
+        max_bands: usize,
+    ) -> (Vec<(Priority, u64, String)>, bool) {
+        let Some(g) = self.group(group) else {
+            return (Vec::new(), false);
+        };
+        let mut out = Vec::new();
+        let mut from = 0_u64;
+        while let Some(((score, member), _)) = g.by_score.range((from, String::new())..).next() {
+            if out.len() >= max_bands {
+                return (out, true);
+            }
+            let priority = Score::from_raw(*score).priority().unwrap_or(Priority::MAX);
+            let next = Score::last_of(priority).get() + 1;
+            let count = g
+                .by_score
+                .range((Score::first_of(priority).get(), String::new())..(next, String::new()))
+                .count() as u64;
+            out.push((priority, count, member.clone()));
+            from = next;
+        }
+        (out, false)
+    }
+
+    /// Owners whose lease runs at `now_ms` or later, with its expiry, sorted by owner (`ZRANGEBYSCORE
+    /// owners now +inf`).
+    pub fn live_owner_leases(&self, group: &str, now_ms: u64) -> Vec<(String, u64)> {
+        let mut owners: Vec<(String, u64)> = self
+            .group(group)
+            .map(|g| {
+                g.owners
+                    .iter()
+                    .filter(|(_, &expiry)| expiry >= now_ms)
+                    .map(|(owner, &expiry)| (owner.clone(), expiry))
+                    .collect()
+            })
+            .unwrap_or_default();
+        owners.sort();
+        owners
+    }
+
     /// `q_record_grant`: records that `entry` was granted, with the router's `payload`.
     pub fn record_grant(&mut self, group: &str, entry: &Entry, payload: impl Into<String>) {
         self.group_mut(group).grants.insert(

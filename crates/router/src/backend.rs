@@ -12,7 +12,9 @@ use crate::cache::ResponseCache;
 use crate::config::{CacheSettings, RedisNode, RouterSettings, Secret};
 use crate::error::RouterError;
 use crate::topology::{CachePolicy, RedisFailureMode};
-use admission::{AdmissionBackend, FailoverAdmission, JobStore, MemoryAdmission, RedisAdmission};
+use admission::{
+    AdmissionBackend, FailoverAdmission, JobStore, MemoryAdmission, QueueStatus, RedisAdmission,
+};
 
 /// The state backend. `Memory` (the default) serves one instance; `Redis` shares limits, cooldowns and the
 /// queue between replicas.
@@ -422,12 +424,22 @@ fn percent_encode(text: &str) -> String {
     out
 }
 
+/// The admission steps, jobs' records, queue status and (fail-open) the failover wrapper, on Redis.
+type RedisSides = (
+    Arc<dyn AdmissionBackend>,
+    Arc<dyn JobStore>,
+    Arc<dyn QueueStatus>,
+    Option<Arc<FailoverAdmission>>,
+);
+
 /// The built backend: the usage store, the admission steps and, on Redis, the shared pool.
 pub(crate) struct BackendHandle {
     usage: Arc<dyn UsageStore>,
     /// The queues, for reads (depths); admission changes them through `admission` only.
     queue: Arc<dyn QueueBackend>,
     admission: Arc<dyn AdmissionBackend>,
+    /// Read-only views of the queues for operators (the same store as `admission`).
+    status: Arc<dyn QueueStatus>,
     /// Durable jobs' records (the same store as `admission`).
     jobs: Arc<dyn JobStore>,
     /// `redis_failure_mode: open`: the admission backend, to ask whether it serves from memory.
@@ -479,6 +491,7 @@ impl BackendHandle {
                     usage: Arc::new(usage),
                     queue: Arc::new(queue),
                     admission: admission.clone(),
+                    status: admission.clone(),
                     jobs: admission,
                     failover: None,
                     keyspace,
@@ -505,32 +518,38 @@ impl BackendHandle {
                 let redis_admission =
                     RedisAdmission::new(connection.clone(), client, keyspace.clone(), window)
                         .rolling(rolling);
-                let (admission, jobs, failover): (Arc<dyn AdmissionBackend>, Arc<dyn JobStore>, _) =
-                    match failure_mode {
-                        RedisFailureMode::Closed => {
-                            let redis_admission = Arc::new(redis_admission);
-                            (redis_admission.clone(), redis_admission, None)
-                        }
-                        RedisFailureMode::Open => {
-                            let local = MemoryAdmission::new(
-                                Arc::new(Mutex::new(QueueState::new())),
-                                Arc::new(Mutex::new(
-                                    usage_tracker::UsageState::new(
-                                        window,
-                                        UsageSettings::default().latency_ewma_alpha,
-                                    )
-                                    .rolling(rolling),
-                                )),
-                                Clock::new(),
-                            );
-                            let failover = Arc::new(FailoverAdmission::new(
-                                redis_admission,
-                                local,
-                                probe_every,
-                            ));
-                            (failover.clone(), failover.clone(), Some(failover))
-                        }
-                    };
+                let (admission, jobs, status, failover): RedisSides = match failure_mode {
+                    RedisFailureMode::Closed => {
+                        let redis_admission = Arc::new(redis_admission);
+                        (
+                            redis_admission.clone(),
+                            redis_admission.clone(),
+                            redis_admission,
+                            None,
+                        )
+                    }
+                    RedisFailureMode::Open => {
+                        let local = MemoryAdmission::new(
+                            Arc::new(Mutex::new(QueueState::new())),
+                            Arc::new(Mutex::new(
+                                usage_tracker::UsageState::new(
+                                    window,
+                                    UsageSettings::default().latency_ewma_alpha,
+                                )
+                                .rolling(rolling),
+                            )),
+                            Clock::new(),
+                        );
+                        let failover =
+                            Arc::new(FailoverAdmission::new(redis_admission, local, probe_every));
+                        (
+                            failover.clone(),
+                            failover.clone(),
+                            failover.clone(),
+                            Some(failover),
+                        )
+                    }
+                };
                 let queue = RedisQueue::from_connection(
                     connection.clone(),
                     RedisQueueSettings {
@@ -542,6 +561,7 @@ impl BackendHandle {
                     usage: Arc::new(usage),
                     queue: Arc::new(queue),
                     admission,
+                    status,
                     jobs,
                     failover,
                     keyspace,
@@ -564,6 +584,11 @@ impl BackendHandle {
     /// The admission steps.
     pub(crate) fn admission(&self) -> &Arc<dyn AdmissionBackend> {
         &self.admission
+    }
+
+    /// Read-only views of the queues.
+    pub(crate) fn status(&self) -> &dyn QueueStatus {
+        self.status.as_ref()
     }
 
     /// Durable jobs' records.

@@ -63,6 +63,15 @@ pub struct QueueDepth {
     pub waiting: u64,
 }
 
+/// One model group's queue as the shared store holds it (all replicas' waiters), for operators.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupQueueStatus {
+    /// Model group.
+    pub group: String,
+    /// Depth and oldest waiter by priority, live replicas, grants not yet taken, jobs.
+    pub status: admission::GroupStatus,
+}
+
 /// Live usage and health of a deployment.
 #[derive(Clone, Debug, PartialEq)]
 pub struct DeploymentHealth {
@@ -169,6 +178,25 @@ pub(crate) async fn queue_depths(
             priority: priority.get(),
             waiting,
         }));
+    }
+    Ok(out)
+}
+
+/// Every group's queue status (one backend call per group, never a walk over the entries).
+pub(crate) async fn queue_status(
+    topology: &Topology,
+    status: &dyn admission::QueueStatus,
+) -> Result<Vec<GroupQueueStatus>, RouterError> {
+    let mut out = Vec::new();
+    for group in topology.groups().map(|g| &g.name) {
+        let s = status
+            .group_status(group, admission::STATUS_BANDS)
+            .await
+            .map_err(RouterError::backend)?;
+        out.push(GroupQueueStatus {
+            group: group.clone(),
+            status: s,
+        });
     }
     Ok(out)
 }

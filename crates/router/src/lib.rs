@@ -115,7 +115,7 @@ mod text_completion;
 mod topology;
 mod walk;
 
-pub use admission::SchedulerStats;
+pub use admission::{Band, GroupStatus, SchedulerStats};
 pub use backend::{Backend, BackendChoice};
 pub use config::{
     AliasTarget, CacheSettings, FallbackTargets, LitellmParams, ModelInfo, ModelListEntry,
@@ -124,7 +124,7 @@ pub use config::{
 pub use environ::{resolve_env_reference, EnvValue};
 pub use error::{RouterError, UpstreamError, UpstreamErrorKind};
 pub use health_check::HealthCheck;
-pub use info::{DeploymentHealth, DeploymentInfo, QueueDepth};
+pub use info::{DeploymentHealth, DeploymentInfo, GroupQueueStatus, QueueDepth};
 pub use jobs::{JobCaller, JobOutcome, JobPhase, JobReport, JobStats, JobTicket, CLAIM_EVERY};
 pub use metrics::{Histogram, MetricsSnapshot, RouterMetrics, LATENCY_BUCKETS};
 pub use params::openai_params;

@@ -12,7 +12,7 @@ use crate::capacity::Capacity;
 use crate::config::RouterConfig;
 use crate::error::RouterError;
 use crate::health_check::{self, HealthCheck};
-use crate::info::{self, DeploymentHealth, DeploymentInfo, QueueDepth};
+use crate::info::{self, DeploymentHealth, DeploymentInfo, GroupQueueStatus, QueueDepth};
 use crate::jobs::{JobCaller, JobReport, JobStats, JobTicket, Jobs};
 use crate::leases::{renew_leases, Leases};
 use crate::metrics::RouterMetrics;
@@ -237,6 +237,17 @@ impl Router {
     /// group). Entries of a crashed replica count until they are reaped at the head of the queue.
     pub async fn queue_depths(&self) -> Result<Vec<QueueDepth>, RouterError> {
         info::queue_depths(&self.inner.topology, self.inner.backend.queue()).await
+    }
+
+    /// Every model group's queue as the shared store holds it: depth and oldest waiter by priority, live
+    /// replicas, grants not yet taken, durable jobs (one backend call per group).
+    pub async fn queue_status(&self) -> Result<Vec<GroupQueueStatus>, RouterError> {
+        info::queue_status(&self.inner.topology, self.inner.backend.status()).await
+    }
+
+    /// `router_settings.usage_window`: the span rpm and tpm are counted over.
+    pub fn usage_window(&self) -> std::time::Duration {
+        self.inner.topology.policy().queue.usage_window
     }
 
     /// Releases of answered requests still running in the background (each a moment after its answer).
