@@ -632,7 +632,8 @@ async fn the_openapi_document_is_served_and_every_operation_in_it_exists() {
     for (path, ops) in paths {
         let concrete = path
             .replace("{id}", "0123456789abcdef.0")
-            .replace("{model}", "gpt-4o");
+            .replace("{model}", "gpt-4o")
+            .replace("{asset}", "app.js");
         for method in ops.as_object().expect("operations").keys() {
             let request = Request::builder()
                 .method(method.to_uppercase().as_str())
