@@ -773,7 +773,8 @@ mod tests {
         );
         let (completion, handler) = (size_of_val(&completion), size_of_val(&handler));
         println!("router completion future: {completion} B; inference handler future: {handler} B");
-        assert!(handler <= 4096, "the handler future is {handler} B");
+        // About 3.9 KB in a debug build, 3.2 KB of it the router's.
+        assert!(handler <= 8192, "the handler future is {handler} B");
     }
 
     #[test]
