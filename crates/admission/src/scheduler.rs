@@ -79,7 +79,8 @@ struct GroupState {
 /// A local waiter and what it takes to put its entry back.
 struct Waiting {
     tx: Waiter,
-    entry: Entry,
+    /// Shared with the request's [`WaiterGuard`]: one copy of the entry per waiter.
+    entry: Arc<Entry>,
     priority: Priority,
     /// Its place, once its submit step answered.
     score: Option<Score>,
@@ -201,8 +202,10 @@ impl Scheduler {
             deadline_ms,
         };
         // A version 7 id carries its creation time: /queue/status reads a waiter's age from it.
-        let entry = Entry::new(uuid::Uuid::now_v7(), &*inner.owner, meta)
-            .map_err(|e| AdmissionError::Backend(e.into()))?;
+        let entry = Arc::new(
+            Entry::new(uuid::Uuid::now_v7(), &*inner.owner, meta)
+                .map_err(|e| AdmissionError::Backend(e.into()))?,
+        );
         let (tx, rx) = oneshot::channel();
         let generation = {
             let mut groups = lock(&inner.groups);
@@ -211,7 +214,7 @@ impl Scheduler {
                 entry.member().to_owned(),
                 Waiting {
                     tx,
-                    entry: entry.clone(),
+                    entry: Arc::clone(&entry),
                     priority: request.priority,
                     score: None,
                 },
@@ -572,7 +575,7 @@ impl Inner {
     /// not passed) and, when the store lost its state, its in-flight reservations.
     async fn restore(self: &Arc<Self>, group: &Arc<str>, store_lost: bool, last: Option<Instant>) {
         let keep_place = last.is_none_or(|t| t.elapsed() <= self.settings.queue_lease);
-        let waiters: Vec<(Entry, Place)> = lock(&self.groups)
+        let waiters: Vec<(Arc<Entry>, Place)> = lock(&self.groups)
             .get(group)
             .map(|state| {
                 state
@@ -586,7 +589,7 @@ impl Inner {
                         } else {
                             Place::Back(w.priority)
                         };
-                        Some((w.entry.clone(), place))
+                        Some((Arc::clone(&w.entry), place))
                     })
                     .collect()
             })
@@ -605,7 +608,7 @@ impl Inner {
                 let generation = self.generation(group);
                 let step = self.step(group, &candidates, order, generation.as_deref());
                 let restore = Restore {
-                    waiters: waiters.iter().map(|(e, p)| (e, *p)).collect(),
+                    waiters: waiters.iter().map(|(e, p)| (&**e, *p)).collect(),
                     reservations: reservations.iter().collect(),
                 };
                 Some(self.backend.restore(&step, &restore).await)
@@ -808,7 +811,7 @@ struct WaiterGuard {
     inner: Arc<Inner>,
     group: Arc<str>,
     /// `None` only once the drop handed it to the cancelling task.
-    entry: Option<Entry>,
+    entry: Option<Arc<Entry>>,
     rx: oneshot::Receiver<Result<Reservation, AdmissionError>>,
     armed: bool,
 }

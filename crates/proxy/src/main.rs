@@ -11,7 +11,9 @@ use clap::{Parser, Subcommand, ValueEnum};
 use tracing_subscriber::EnvFilter;
 
 /// mimalloc instead of the system allocator: a request allocates a few hundred small buffers (headers, JSON,
-/// Redis arguments) across worker threads, where glibc's malloc took about a fifth of the proxy's CPU.
+/// Redis arguments) across worker threads, where glibc's malloc took about a fifth of the proxy's CPU. The
+/// `system-alloc` feature leaves it out, for heap profilers.
+#[cfg(not(feature = "system-alloc"))]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

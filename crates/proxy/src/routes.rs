@@ -268,7 +268,15 @@ pub(crate) async fn inference(
     let requested: std::sync::Arc<str> = model.as_str().into();
     // A virtual key's rules; its place in the key's limits is held until the answer is out.
     let mut permit = match &caller {
-        Some(caller) => match key_routes::admit(&state, caller, &mut parsed.router_request).await {
+        // Boxed, as the key router below: only virtual keys reach them, and inline they would enlarge the
+        // future of every request (allocated once, at its largest state, for as long as it waits).
+        Some(caller) => match Box::pin(key_routes::admit(
+            &state,
+            caller,
+            &mut parsed.router_request,
+        ))
+        .await
+        {
             Ok(permit) => permit,
             Err(err) => return tracker.refuse(err),
         },
@@ -280,7 +288,7 @@ pub(crate) async fn inference(
             if key.config.is_some()
                 && key_config::groups(key).contains(&parsed.router_request.model) =>
         {
-            match state.key_routers().get(&state, key).await {
+            match Box::pin(state.key_routers().get(&state, key)).await {
                 Ok(router) => Some(router),
                 Err(err) => return tracker.refuse(err),
             }
@@ -738,6 +746,39 @@ mod tests {
         let mut value = json!({"object": "list", "data": []});
         name_requested_model(&mut value, "chat");
         assert!(value.get("model").is_none(), "{value}");
+    }
+
+    /// What a waiting request costs is mostly the size of its future (one allocation that lives as long as
+    /// the request): the parts a request rarely reaches (the upstream call and what follows) are boxed, so
+    /// waiting in the queue stays small. Prints the sizes (`--nocapture`).
+    #[tokio::test]
+    async fn the_request_future_is_small_while_it_waits() {
+        let config = crate::config::Config::from_yaml_str(
+            "model_list:\n  - model_name: g\n    litellm_params: { model: openai/g, mock_response: hi }\n",
+        )
+        .expect("config");
+        let router = router::Router::new(config.router.clone(), router::Backend::Memory)
+            .await
+            .expect("router");
+        let state = AppState::new(router.clone(), &config);
+        let request = crate::request::parse(
+            Endpoint::ChatCompletions,
+            br#"{"model":"g","messages":[{"role":"user","content":"hi"}]}"#,
+            false,
+        )
+        .expect("request");
+        let completion = router.completion(request.router_request);
+        let handler = inference(
+            state,
+            Endpoint::ChatCompletions,
+            false,
+            None,
+            Ok(Bytes::from_static(b"{}")),
+        );
+        let (completion, handler) = (size_of_val(&completion), size_of_val(&handler));
+        println!("router completion future: {completion} B; inference handler future: {handler} B");
+        // About 3.9 KB in a debug build, 3.2 KB of it the router's.
+        assert!(handler <= 8192, "the handler future is {handler} B");
     }
 
     #[test]

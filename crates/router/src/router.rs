@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use admission::{AdmissionSettings, GroupCandidates, Scheduler, SchedulerStats};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use usage_tracker::TokenEstimator;
+use usage_tracker::{TokenCounter, TokenEstimator};
 
 use crate::backend::{Backend, BackendHandle};
 use crate::capacity::Capacity;
@@ -89,8 +89,20 @@ impl Router {
             None => TokenEstimator::default(),
         };
         let providers = Providers::new()?;
-        // Loading the BPE tables takes a fraction of a second: do it now, not on the first request.
-        let _ = tokio::task::spawn_blocking(usage_tracker::preload_tokenizers).await;
+        // Loading the BPE tables takes a fraction of a second: do it now, not on the first request. Only the
+        // tokenizers the groups count with (their first deployment's model): each holds tens of MB of
+        // tables, and a config of other providers needs none.
+        let mut counters: Vec<TokenCounter> = topology
+            .groups()
+            .filter_map(|g| g.deployments.first())
+            .map(|d| TokenCounter::for_model(&d.litellm_model))
+            .collect();
+        counters.sort_unstable_by_key(|c| *c as u8);
+        counters.dedup();
+        let _ = tokio::task::spawn_blocking(move || {
+            counters.into_iter().for_each(TokenCounter::preload)
+        })
+        .await;
         let settings = AdmissionSettings {
             polling_interval: policy.queue.polling_interval,
             queue_lease: policy.queue.queue_lease,

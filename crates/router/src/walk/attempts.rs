@@ -198,26 +198,27 @@ impl Attempts {
                     params::for_deployment(d, job.endpoint, body, policy.drop_params),
                 )
             };
-            let reply = self
-                .providers
-                .call(Call {
-                    deployment: d,
-                    endpoint,
-                    body: &body,
-                    stream: job.stream,
-                    timeout: first_byte_timeout,
-                    mock_response: job.mock_response.as_deref(),
-                    mock_delay: job.mock_delay,
-                    prompt_tokens: job.prompt_tokens,
-                })
-                .await
-                .map(|reply| {
-                    if as_chat {
-                        text_completion::reply_as_text(reply)
-                    } else {
-                        reply
-                    }
-                });
+            // Boxed, as every await after the grant: the request's future is allocated once for its whole
+            // life, at the size of its largest state, and the upstream call (the HTTP client's futures) is
+            // several times what waiting in the queue needs. Unboxed, every waiter would carry it.
+            let reply = Box::pin(self.providers.call(Call {
+                deployment: d,
+                endpoint,
+                body: &body,
+                stream: job.stream,
+                timeout: first_byte_timeout,
+                mock_response: job.mock_response.as_deref(),
+                mock_delay: job.mock_delay,
+                prompt_tokens: job.prompt_tokens,
+            }))
+            .await
+            .map(|reply| {
+                if as_chat {
+                    text_completion::reply_as_text(reply)
+                } else {
+                    reply
+                }
+            });
             let latency = sent.elapsed();
             let source = provider::answer_source(d, job.mock_response.as_deref());
             match reply {
@@ -276,11 +277,10 @@ impl Attempts {
                     self.metrics.attempt(&group.name, &d.id, &status, None);
                     tracing::warn!(group = %group.name, deployment = %d.id, attempt = job.attempts, error = %e,
                         "upstream attempt failed");
-                    let cooled = self
-                        .capacity
-                        .settle(&held.take(), Settlement::failure(&e))
-                        .await
-                        .is_some();
+                    let cooled =
+                        Box::pin(self.capacity.settle(&held.take(), Settlement::failure(&e)))
+                            .await
+                            .is_some();
                     failed.insert(index);
                     if !e.is_retryable() {
                         return Err(e);

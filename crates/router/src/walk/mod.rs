@@ -177,7 +177,8 @@ impl Walk {
         };
         if let (Some(c), Some(key)) = (&self.cache, &cache_key) {
             if !cache_control.no_cache {
-                let hit = c.get(key, cache_control.s_maxage).await;
+                // Boxed: the cache's futures would otherwise enlarge every request's future (see `run_group`).
+                let hit = Box::pin(c.get(key, cache_control.s_maxage)).await;
                 self.metrics.cache(hit.is_some());
                 if let Some(v) = hit {
                     self.metrics.request(&group.name, 200, "");
@@ -293,7 +294,7 @@ impl Walk {
                     if !cache_control.no_store && answer.source.is_cacheable() {
                         answer.body = match answer.body {
                             ResponseBody::Json(v) => {
-                                c.put(&key, &v, answer.source, cache_control.ttl).await;
+                                Box::pin(c.put(&key, &v, answer.source, cache_control.ttl)).await;
                                 ResponseBody::Json(v)
                             }
                             ResponseBody::Stream(s) => ResponseBody::Stream(cache_when_done(
